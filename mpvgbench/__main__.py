@@ -1,0 +1,3 @@
+from mpvgbench.cli import main
+
+main()

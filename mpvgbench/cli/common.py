@@ -1,0 +1,87 @@
+"""Shared pieces of the command line: the group, error handling, the --db option.
+
+Every user error (a bad spec, an unknown model, a missing dataset, a newer database) ends as one
+line on stderr and exit code 2; nothing is written to the database before the input is valid.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from mpvgbench.spec import Spec
+    from mpvgbench.store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_DB = "results.db"
+DEFAULT_RUNS_DIR = "runs"
+
+
+class UserError(click.ClickException):
+    """One line, exit code 2, no traceback."""
+
+    exit_code = 2
+
+
+def user_errors(func: F) -> F:
+    """Turn the library's ValueErrors (SpecError, DataError, StoreError, RunDirError...) into UserError."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except ValueError as error:
+            raise UserError(" ".join(str(error).split("\n")[0:1]) or type(error).__name__) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: running jobs were stopped; rerun the same command to resume them", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def db_option(func: F) -> F:
+    return click.option(
+        "--db",
+        envvar="MPVGBENCH_DB",
+        default=None,
+        metavar="URL|PATH",
+        help=f"Results database: a SQLite path or any SQLAlchemy URL (env MPVGBENCH_DB; default ./{DEFAULT_DB}).",
+    )(func)
+
+
+def open_store(db: str | None, spec: Spec | None = None, *, must_exist: bool = False) -> Store:
+    from mpvgbench.store import Store
+
+    target = db or (spec.results.db if spec is not None and spec.results and spec.results.db else None) or DEFAULT_DB
+    if must_exist and "://" not in target and not Path(target).exists():
+        raise UserError(f"no results database at {target}; run `mpvgbench run SPEC` first or pass --db")
+    return Store(target)
+
+
+def resolve_runs_root(runs_dir: str | None, spec: Spec | None) -> Path:
+    if runs_dir:
+        return Path(runs_dir)
+    if spec is not None and spec.results and spec.results.runs_dir:
+        return Path(spec.results.runs_dir)
+    return Path(DEFAULT_RUNS_DIR)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="mpvgbench")
+def cli() -> None:
+    """Benchmark position-embedding methods (Default, LaPE, PVG, MPVG) in vision transformers.
+
+    \b
+    Quick start (CPU, sklearn's digits, about two minutes):
+      mpvgbench run experiments/quickstart.yaml
+      mpvgbench report
+    """

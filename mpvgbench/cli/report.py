@@ -1,0 +1,96 @@
+"""`mpvgbench report`, `models` and `methods`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mpvgbench.cli.common import cli, db_option, open_store, user_errors
+from mpvgbench.cli.run import load_optional_spec, reconcile_runs
+
+@cli.command()
+@click.option("--table", "table_number", type=int, default=None, help="The paper's table (1-6); default: pivot everything stored.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "latex", "csv", "json"]), default="table", show_default=True)
+@click.option("--metric", type=click.Choice(["final", "best"]), default="final", show_default=True,
+              help="Final-epoch top-1 (what the paper reports) or best top-1 over epochs.")
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Only runs of this spec.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write to a file instead of stdout.")
+@db_option
+@user_errors
+def report(table_number: int | None, fmt: str, metric: str, spec_path: Path | None, output: Path | None, db: str | None) -> None:
+    """Render measured results (mean +- std over seeds) beside the paper's numbers.
+
+    \b
+    Examples:
+      mpvgbench report
+      mpvgbench report --table 1 --format markdown
+      mpvgbench report --table 5 --format latex -o table5.tex
+    """
+    from mpvgbench.report import build_table, render
+
+    spec = load_optional_spec(spec_path)
+    store = open_store(db, spec, must_exist=True)
+    reconcile_runs(store, spec)
+    table = build_table(store, table_number, metric=metric, spec=spec.name if spec else None)
+    if fmt == "table" and output is None:
+        from rich.console import Console
+
+        Console().print(render(table, "table"))
+        return
+    text = render(table, fmt)
+    if output is not None:
+        output.write_text(text if isinstance(text, str) else str(text))
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text)
+
+
+@cli.command()
+@click.option("--params", is_flag=True, help="Also count parameters for default/lape/pvg/mpvg (builds each model).")
+@user_errors
+def models(params: bool) -> None:
+    """List the registered backbones.
+
+    \b
+    Example:
+      mpvgbench models --params
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from mpvgbench.models import build_model, default_img_size, list_models, model_family
+
+    table = Table(title="models (timm names: mpvg_*)")
+    columns = ["name", "family", "img_size"] + (["default", "lape", "pvg", "mpvg"] if params else [])
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("default", "lape", "pvg", "mpvg", "img_size") else "left")
+    for name in list_models():
+        cells = [name, model_family(name), str(default_img_size(name))]
+        if params:
+            for method in ("default", "lape", "pvg", "mpvg"):
+                model = build_model(name, method)
+                cells.append(f"{sum(p.numel() for p in model.parameters()):,}")
+        table.add_row(*cells)
+    Console().print(table)
+
+
+@cli.command()
+def methods() -> None:
+    """List the position-embedding presets and their five knobs.
+
+    \b
+    A spec names a preset ("mpvg") or knobs on a base: {base: mpvg, last_ln_pe: 5}.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from mpvgbench.methods import KNOBS, PRESETS
+
+    table = Table(title="position-embedding methods")
+    table.add_column("name")
+    for knob in KNOBS:
+        table.add_column(knob)
+    for name, method in PRESETS.items():
+        table.add_row(name, *(str(v).lower() if v is not None else "-" for v in method.to_dict().values()))
+    Console().print(table)

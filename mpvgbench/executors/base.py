@@ -1,0 +1,93 @@
+"""The executor seam: how pending jobs become trained run directories.
+
+An executor receives jobs that the store has already registered, claims each one atomically
+(so two coordinators never train the same cell), prepares its run directory and launches
+``mpvgbench.worker`` on it. Workers write run directories only; the coordinating process
+ingests them into the store (``Store.ingest_run_dir``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from mpvgbench.matrix import Job
+    from mpvgbench.store import Store
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Operational settings shared by every job of one `mpvgbench run` (not part of job keys)."""
+
+    runs_root: Path
+    data_roots: Mapping[str, str] = field(default_factory=dict)  # dataset name -> local root
+    device: str = "auto"  # auto | cpu | cuda
+    num_workers: int = 0  # DataLoader workers per job
+    stale_after_s: float = 120.0  # a running job whose heartbeat is older is reclaimable
+    max_infra_retries: int = 1  # automatic retries for infrastructure failures only
+    fail_fast: bool = False
+    download: bool = False
+
+    def run_dir(self, key: str) -> Path:
+        # The directory name is the job key (hex), never a spec value: nothing in a spec can
+        # make a worker write outside runs_root.
+        assert all(c in "0123456789abcdef" for c in key) and len(key) == 16, key
+        return self.runs_root / key
+
+
+def new_owner_id() -> str:
+    """Identifies one coordinating process in the store's claims."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def prepare_run_dir(job: Job, ctx: RunContext) -> Path:
+    """Write config.json and job.json (the worker's whole input) into the job's run directory."""
+    from mpvgbench.rundir import atomic_write_json
+
+    run_dir = ctx.run_dir(job.key)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", job.config.model_dump(mode="json"))
+    atomic_write_json(
+        run_dir / "job.json",
+        {
+            "key": job.key,
+            "data_root": ctx.data_roots.get(job.config.dataset),
+            "device": ctx.device,
+            "num_workers": ctx.num_workers,
+            "download": ctx.download,
+        },
+    )
+    return run_dir
+
+
+@dataclass
+class LaunchSummary:
+    """What an executor did with the jobs it was given."""
+
+    launched: list[str] = field(default_factory=list)  # keys started (local) or submitted (slurm)
+    skipped: list[str] = field(default_factory=list)  # claimed by another coordinator
+    finished: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    external_ids: dict[str, str] = field(default_factory=dict)  # key -> scheduler job id
+    messages: list[str] = field(default_factory=list)  # what to tell the user afterwards
+
+
+class Executor(ABC):
+    """A pluggable backend. Subclasses: LocalExecutor (subprocesses), SlurmExecutor (submitit)."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def launch(self, jobs: Sequence[Job], store: Store, ctx: RunContext) -> LaunchSummary:
+        """Claim, prepare and start every job; return when done (local) or submitted (slurm)."""
+
+    def options(self) -> dict[str, Any]:
+        """Executor settings recorded with each run (never part of the job key)."""
+        return {}

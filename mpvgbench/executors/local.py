@@ -1,0 +1,205 @@
+"""Run jobs on this machine: one `python -m mpvgbench.worker RUN_DIR` subprocess per job.
+
+Subprocesses rather than threads because a job must be killable at any moment without taking
+the coordinator (and the database) with it, and because `CUDA_VISIBLE_DEVICES` pins a GPU per
+process. Workers die with the coordinator (PR_SET_PDEATHSIG), so a killed `mpvgbench run`
+never leaves an orphan training the same run directory as its successor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TextIO
+
+from mpvgbench.executors.base import Executor, LaunchSummary, RunContext, new_owner_id, prepare_run_dir
+
+if TYPE_CHECKING:
+    from mpvgbench.matrix import Job
+    from mpvgbench.store import Store
+
+HEARTBEAT_EVERY_S = 10.0
+POLL_EVERY_S = 0.2
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: workers may outlive a killed coordinator
+        pass
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may hand out, honouring an outer CUDA_VISIBLE_DEVICES."""
+    outer = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if outer is not None:
+        return [g for g in outer.split(",") if g.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - no CUDA runtime at all
+        return []
+
+
+@dataclass
+class RunningJob:
+    job: Job
+    run_dir: Path
+    process: subprocess.Popen[bytes]
+    gpu: str | None
+    logs: list[TextIO] = field(default_factory=list)
+    attempt: int = 1
+
+
+JobEvent = Callable[[str, "Job", dict[str, Any]], None]  # (event, job, info) for the live view
+
+
+class LocalExecutor(Executor):
+    """Runs up to ``workers`` jobs at once; pins one GPU per job when GPUs exist."""
+
+    name: ClassVar[str] = "local"
+
+    def __init__(self, workers: int = 1, on_event: JobEvent | None = None) -> None:
+        if workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {workers}")
+        self.workers = workers
+        self.on_event = on_event or (lambda event, job, info: None)
+
+    def options(self) -> dict[str, Any]:
+        return {"workers": self.workers}
+
+    def launch(self, jobs: Sequence[Job], store: Store, ctx: RunContext) -> LaunchSummary:
+        owner = new_owner_id()
+        summary = LaunchSummary()
+        queue = list(jobs)
+        free_gpus = visible_gpus()
+        slots = min(self.workers, len(free_gpus)) if free_gpus and ctx.device != "cpu" else self.workers
+        running: dict[str, RunningJob] = {}
+        last_heartbeat = time.monotonic()
+        stop = False
+        try:
+            while (queue and not stop) or running:
+                while queue and not stop and len(running) < slots:
+                    job = queue.pop(0)
+                    if not store.claim(job.key, owner, stale_after_s=ctx.stale_after_s):
+                        summary.skipped.append(job.key)
+                        self.on_event("skipped", job, {"reason": "claimed by another run"})
+                        continue
+                    gpu = free_gpus.pop(0) if free_gpus and ctx.device != "cpu" else None
+                    running[job.key] = self._start(job, ctx, gpu, store, owner)
+                    summary.launched.append(job.key)
+                for key in list(running):
+                    entry = running[key]
+                    if entry.process.poll() is None:
+                        continue
+                    del running[key]
+                    for handle in entry.logs:
+                        handle.close()
+                    if entry.gpu is not None:
+                        free_gpus.append(entry.gpu)
+                    outcome = self._finish(entry, store, owner, ctx)
+                    if outcome == "retry":
+                        running[key] = self._start(entry.job, ctx, entry.gpu, store, owner, entry.attempt + 1)
+                        if entry.gpu is not None:
+                            free_gpus.remove(entry.gpu)
+                        continue
+                    (summary.finished if outcome == "finished" else summary.failed).append(key)
+                    if outcome != "finished" and ctx.fail_fast:
+                        stop = True
+                        self._terminate(running, store, owner)
+                if running and time.monotonic() - last_heartbeat > HEARTBEAT_EVERY_S:
+                    store.heartbeat(owner, list(running))
+                    last_heartbeat = time.monotonic()
+                    for entry in running.values():
+                        self.on_event("progress", entry.job, {"run_dir": entry.run_dir})
+                elif running:
+                    for entry in running.values():
+                        self.on_event("progress", entry.job, {"run_dir": entry.run_dir})
+                time.sleep(POLL_EVERY_S)
+        except BaseException:
+            # Ctrl-C or any crash of the coordinator: stop the workers and hand their claims
+            # back; each checkpoint stays, so the next `mpvgbench run` resumes them.
+            self._terminate(running, store, owner)
+            raise
+        if stop and queue:
+            summary.messages.append(f"--fail-fast: {len(queue)} job(s) not started")
+        return summary
+
+    def _start(
+        self, job: Job, ctx: RunContext, gpu: str | None, store: Store, owner: str, attempt: int = 1
+    ) -> RunningJob:
+        run_dir = prepare_run_dir(job, ctx)
+        store.set_run_dir(job.key, str(run_dir), executor=self.name)
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        elif ctx.device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        out = open(run_dir / "stdout.log", "a")  # noqa: SIM115 - closed when the job ends
+        err = open(run_dir / "stderr.log", "a")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mpvgbench.worker", str(run_dir)],
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
+        self.on_event("started", job, {"run_dir": run_dir, "gpu": gpu, "attempt": attempt})
+        return RunningJob(job, run_dir, process, gpu, [out, err], attempt)
+
+    def _finish(self, entry: RunningJob, store: Store, owner: str, ctx: RunContext) -> str:
+        """Ingest the run directory; returns finished, failed or retry."""
+        status = store.ingest_run_dir(entry.run_dir)
+        if status == "finished":
+            self.on_event("finished", entry.job, {"run_dir": entry.run_dir})
+            return "finished"
+        if status == "failed":
+            self.on_event("failed", entry.job, store.failure(entry.job.key))
+            return "failed"
+        # No result.json and no error.json: the worker died without a word (killed, segfault).
+        # That is an infrastructure failure, the only kind that is retried automatically.
+        code = entry.process.returncode
+        tail = _tail(entry.run_dir / "stderr.log")
+        if entry.attempt <= ctx.max_infra_retries:
+            self.on_event("retry", entry.job, {"returncode": code, "attempt": entry.attempt})
+            return "retry"
+        error = f"worker exited with code {code} and wrote no result (see {entry.run_dir / 'stderr.log'})"
+        store.mark_failed(entry.job.key, owner, error=error, traceback_tail=tail, kind="infra")
+        self.on_event("failed", entry.job, {"error": error, "kind": "infra"})
+        return "failed"
+
+    def _terminate(self, running: dict[str, RunningJob], store: Store, owner: str) -> None:
+        for entry in running.values():
+            if entry.process.poll() is None:
+                entry.process.terminate()
+        deadline = time.monotonic() + 10
+        for entry in running.values():
+            try:
+                entry.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                entry.process.kill()
+                entry.process.wait()
+            for handle in entry.logs:
+                handle.close()
+            # A worker may have finished in the meantime: keep its result rather than lose it.
+            if store.ingest_run_dir(entry.run_dir) not in ("finished", "failed"):
+                store.release(entry.job.key, owner)
+        running.clear()
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

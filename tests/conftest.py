@@ -1,0 +1,11 @@
+"""Shared test setup: one thread per test process (tests run in parallel under pytest-xdist)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

@@ -26,6 +26,7 @@ STATUS_STYLE = {
     "failed": "bold red",
     "skipped": "yellow",
     "retry": "magenta",
+    "cancelled": "yellow",
 }
 
 
@@ -79,16 +80,19 @@ class LiveView:
             self._update_progress(line, Path(info["run_dir"]))
             return
         line.status = {"started": "running"}.get(event, event)
+        full_note = ""
         if event == "failed":
-            line.note = str(info.get("error", ""))[:80]
+            full_note = str(info.get("error", ""))
+            line.note = full_note[:80]
         elif event == "skipped":
             line.note = str(info.get("reason", ""))
         elif event == "finished":
             self._update_progress(line, Path(info["run_dir"]))
-        if not self.interactive:
-            note = f" {line.note}" if line.note else ""
+        if not self.interactive:  # one line per event, never wrapped: logs stay greppable
+            note = f" {full_note or line.note}" if full_note or line.note else ""
             acc = f" top1={line.top1}" if event == "finished" and line.top1 else ""
-            self.console.print(f"[{line.status}] {job.key} {_cell(job)}{acc}{note}", markup=False, highlight=False)
+            self.console.print(f"[{line.status}] {job.key} {_cell(job)}{acc}{note}", markup=False,
+                               highlight=False, soft_wrap=True)
 
     def _update_progress(self, line: JobLine, run_dir: Path) -> None:
         progress = _read_json(run_dir / "progress.json")

@@ -10,7 +10,8 @@ from mpvgbench.cli.common import cli, db_option, open_store, user_errors
 from mpvgbench.cli.run import load_optional_spec, reconcile_runs
 
 @cli.command()
-@click.option("--table", "table_number", type=int, default=None, help="The paper's table (1-6); default: pivot everything stored.")
+@click.option("--table", "table_number", default=None, metavar="1-6|fig5",
+              help="The paper's table (1-6) or Fig. 5; default: pivot everything stored.")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "latex", "csv", "json"]), default="table", show_default=True)
 @click.option("--metric", type=click.Choice(["final", "best"]), default="final", show_default=True,
               help="Final-epoch top-1 (what the paper reports) or best top-1 over epochs.")
@@ -18,7 +19,7 @@ from mpvgbench.cli.run import load_optional_spec, reconcile_runs
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write to a file instead of stdout.")
 @db_option
 @user_errors
-def report(table_number: int | None, fmt: str, metric: str, spec_path: Path | None, output: Path | None, db: str | None) -> None:
+def report(table_number: str | None, fmt: str, metric: str, spec_path: Path | None, output: Path | None, db: str | None) -> None:
     """Render measured results (mean +- std over seeds) beside the paper's numbers.
 
     \b
@@ -27,12 +28,14 @@ def report(table_number: int | None, fmt: str, metric: str, spec_path: Path | No
       mpvgbench report --table 1 --format markdown
       mpvgbench report --table 5 --format latex -o table5.tex
     """
+    from mpvgbench.paper import get_table
     from mpvgbench.report import build_table, render
 
+    table_id = None if table_number is None else get_table(table_number).id  # a bad --table: exit 2, nothing read
     spec = load_optional_spec(spec_path)
     store = open_store(db, spec, must_exist=True)
     reconcile_runs(store, spec)
-    table = build_table(store, table_number, metric=metric, spec=spec.name if spec else None)
+    table = build_table(store, table_id, metric=metric, spec=spec.name if spec else None)
     if fmt == "table" and output is None:
         from rich.console import Console
 

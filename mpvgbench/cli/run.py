@@ -55,11 +55,20 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
     if dry_run:
         _print_matrix(jobs, db, spec)
         return
+    name = executor_name or spec.executor.name
+    # Every input is checked before the database is written or a job starts (docs/reliability.md).
+    check_data_roots(spec, jobs, local=name == "local", download=download or spec.data.download)
+    runs_root = resolve_runs_root(runs_dir, spec).resolve()
     store = open_store(db, spec)
+    states = store.statuses([job.key for job in jobs])
+    resumed = ("pending", "running", "failed", "cancelled") if retry_failed and not force else ("pending", "running")
+    check_run_dirs([job for job in jobs if states.get(job.key, "pending") in resumed], runs_root)
     store.register_jobs(jobs, spec.name)
     states = store.statuses([job.key for job in jobs])
     if force:
-        store.reset([job.key for job in jobs if states.get(job.key) in ("finished", "failed", "cancelled")])
+        # --force retrains from scratch: resuming would only re-read a finished run's last checkpoint
+        for key in store.reset([job.key for job in jobs if states.get(job.key) in ("finished", "failed", "cancelled")]):
+            clear_training_state(runs_root / key)
     elif retry_failed:
         store.reset([job.key for job in jobs if states.get(job.key) in ("failed", "cancelled")])
     states = store.statuses([job.key for job in jobs])
@@ -73,15 +82,23 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
 
     exec_settings = spec.executor
     ctx = RunContext(
-        runs_root=resolve_runs_root(runs_dir, spec).resolve(),
-        data_roots={k: str(v) for k, v in spec.data_roots().items()},
+        runs_root=runs_root,
+        data_roots={d: root for d in {job.dataset for job in todo} if (root := spec.data_root(d))},
         device=device or exec_settings.device,
-        num_workers=spec.data.num_workers if spec.data else 0,
+        num_workers=spec.data.num_workers or 0,
         fail_fast=fail_fast,
-        download=download or bool(spec.data and spec.data.download),
+        download=download or spec.data.download,
     )
-    name = executor_name or exec_settings.name
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        _launch(name, spec, jobs, todo, store, ctx, workers, wait)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _launch(name: str, spec: Spec, jobs: Sequence[Job], todo: Sequence[Job], store: Store, ctx: Any,
+            workers: int | None, wait: bool) -> None:
+    exec_settings = spec.executor
     if name == "slurm":
         from mpvgbench.executors.slurm import SlurmExecutor
 
@@ -109,6 +126,81 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+ROOT_FREE_DATASETS = frozenset({"digits", "synthetic"})  # bundled or generated: no data.roots entry
+
+
+def check_data_roots(spec: Spec, jobs: Sequence[Job], *, local: bool, download: bool) -> None:
+    """A DataError (one line, exit 2) for a dataset whose root is unset or, for local runs, not
+    laid out as expected: before anything is stored or started, not inside a worker.
+
+    Slurm runs only need the root to be set: its path may exist on the cluster only.
+    """
+    from mpvgbench.data import DataError
+
+    for dataset in sorted({job.dataset for job in jobs} - ROOT_FREE_DATASETS):
+        root = spec.data_root(dataset)
+        if not root:
+            raise DataError(
+                f"{spec.source}: data.roots.{dataset} is not set but the spec trains on {dataset}; "
+                f"add `data: {{roots: {{{dataset}: /path/to/{dataset}}}}}` to the spec "
+                "(or run with --smoke on synthetic data)"
+            )
+        if not local:
+            continue
+        path = Path(root)
+        if dataset == "cifar100":
+            if download:
+                continue  # torchvision fetches it into the root
+            if not (path / "cifar-100-python" / "train").is_file():
+                raise DataError(
+                    f"{spec.source}: data.roots.cifar100: {root!r} holds no cifar-100-python/train; "
+                    "point it at the folder that holds cifar-100-python/ or set data.download: true"
+                )
+        elif not path.is_dir():
+            raise DataError(f"{spec.source}: data.roots.{dataset}: {root!r} is not a directory; "
+                            "fix the path in the spec")
+        else:
+            for split in ("train", "val"):
+                if not (path / split).is_dir():
+                    raise DataError(
+                        f"{spec.source}: data.roots.{dataset}: {root!r} has no {split}/ folder; "
+                        f"expected {split}/<class>/<image> under it"
+                    )
+
+
+def check_run_dirs(jobs: Sequence[Job], runs_root: Path) -> None:
+    """A RunDirError (one line, exit 2) when a job about to resume has a corrupted result.json or
+    checkpoint.pt, instead of a worker failing on it."""
+    import zipfile
+
+    from mpvgbench.rundir import RunDir, RunDirError, read_result
+
+    for job in jobs:
+        rd = RunDir(runs_root / job.key)
+        if not rd.path.is_dir():
+            continue
+        read_result(rd.path)  # RunDirError when it does not parse
+        if not rd.checkpoint.exists():
+            continue
+        try:  # torch.save writes a zip archive with <name>/data.pkl; no need to load the tensors
+            with zipfile.ZipFile(rd.checkpoint) as archive:
+                if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                    raise zipfile.BadZipFile("no data.pkl in the archive")
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise RunDirError(
+                f"run dir {rd.path}: checkpoint.pt is corrupted ({type(exc).__name__}: {exc}); "
+                "delete it to restart the run from scratch"
+            ) from None
+
+
+TRAINING_STATE = ("checkpoint.pt", "result.json", "metrics.jsonl", "progress.json", "error.json")
+
+
+def clear_training_state(run_dir: Path) -> None:
+    for name in TRAINING_STATE:
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def _print_matrix(jobs: Sequence[Job], db: str | None, spec: Spec) -> None:

@@ -1,0 +1,449 @@
+"""Issue 6: what the position embedding does inside a trained model (paper Figs. 2, 4, 6, 7, 8).
+
+Every activation comes from forward hooks on the real modules of the model the trainer built,
+never from a re-implementation of its forward pass:
+
+``blocks[l].norm1``          input ``x_l`` (token embedding entering block l) and ``norm1_l(x_l)``
+``pe_chain.pe_norms[l]``     ``LN'_l`` output: the PE delivered to block l
+``norm``                     the Last LN: its input and its per-token output
+``pe_chain.last_norm_pe``    ``LN''(pos_k)``, MPVG's Last-LN PE term
+
+Definitions (the paper does not spell them out; these are ours):
+
+* *batch average* ``mean_b T[b]``: a ``(tokens, channels)`` matrix per tensor, over the first
+  ``--images`` validation images (eval transforms, dataset order).
+* *correlation* of block l (Fig. 4): Pearson's r between the batch-averaged ``norm1_l(x_l)`` and
+  ``LN'_l`` output (input-independent, so its batch average is itself), both flattened over
+  (patch tokens x channels). Class-token rows are dropped from both, so class-token and GAP
+  runs are compared over the same 196 (DeiT) rows; see :func:`pearson`.
+* *Last-LN statistics* (Fig. 6 / appendix): population variance (``ddof=0``, as ``numpy.var``)
+  of the Last LN's ``beta`` (bias) and ``gamma`` (weight); cosine similarity between the token
+  average before and after the Last LN, where *token average* is the mean over patch tokens of
+  the batch average (GAP) or the class-token row (class-token runs), as in the paper's captions.
+  *After* is what reaches the pooling: ``LN(x) + LN''(pos_k)`` for MPVG, ``LN(x)`` otherwise.
+* *token-norm map* (Fig. 7): L2 norm over channels of each patch token of one image, before and
+  after the Last LN, on the patch grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from mpvgbench.methods import PEMethod, method_label
+from mpvgbench.rundir import RunDir, RunDirError, read_checkpoint, read_config, read_job, read_result
+
+__all__ = [
+    "Activations",
+    "PAPER_REFERENCE",
+    "analyze_run",
+    "collect_activations",
+    "cosine",
+    "last_ln_stats",
+    "layer_correlations",
+    "load_model",
+    "load_val_images",
+    "pearson",
+]
+
+NO_LAYERWISE_NOTE = "no layer-wise PE: correlation n/a"
+
+# The paper's DeiT-Ti / ImageNet numbers (appendix, Fig. 6), printed beside ours for reference.
+PAPER_REFERENCE: dict[str, dict[str, float]] = {
+    "pvg": {"beta_var": 0.2387, "cosine": 0.2995},
+    "mpvg": {"beta_var": 0.0193},
+    "pvg_cls": {"cosine": 0.4597},
+}
+
+
+# ------------------------------------------------------------------------------- pure numbers
+
+
+def pearson(a: Tensor, b: Tensor) -> float:
+    """Pearson's r of two equally-shaped tensors, flattened (all elements are samples).
+
+    ``r = sum((a - mean a)(b - mean b)) / sqrt(sum((a - mean a)^2) sum((b - mean b)^2))``, in
+    float64. NaN when either tensor is constant (r is undefined there, not 0).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"pearson needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+    x = a.detach().reshape(-1).double()
+    y = b.detach().reshape(-1).double()
+    x = x - x.mean()
+    y = y - y.mean()
+    denom = math.sqrt(float((x * x).sum()) * float((y * y).sum()))
+    return float((x * y).sum()) / denom if denom > 0 else math.nan
+
+
+def cosine(a: Tensor, b: Tensor) -> float:
+    """Cosine similarity of two flattened tensors (float64); NaN when either is zero."""
+    x = a.detach().reshape(-1).double()
+    y = b.detach().reshape(-1).double()
+    denom = float(x.norm() * y.norm())
+    return float(x @ y) / denom if denom > 0 else math.nan
+
+
+def _finite_or_none(value: float) -> Optional[float]:
+    # NaN does not survive JSON round trips through every database backend; None does.
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+# ---------------------------------------------------------------------------- hooks / capture
+
+
+@dataclass
+class Activations:
+    """Batch-averaged activations of one model on a batch of images (all on CPU, float32).
+
+    Token tensors are ``(tokens, channels)`` including prefix (class) tokens; ``pe`` tensors have
+    the rows the model's PE has. ``num_prefix_tokens`` rows lead every token tensor.
+    """
+
+    method: PEMethod
+    n_images: int
+    num_prefix_tokens: int
+    grid: tuple[int, int]  # patch grid of the tokens reaching the Last LN (Fig. 7 maps)
+    block_in: list[Tensor]  # x_l, input of block l's norm1
+    block_norm: list[Tensor]  # norm1_l(x_l)
+    pe: list[Optional[Tensor]]  # LN'_l output delivered to block l; None: block gets no PE
+    last_in: Tensor  # input of the Last LN
+    last_ln: Tensor  # Last LN output (the module alone)
+    last_pe: Optional[Tensor]  # LN''(pos_k): MPVG's term added after the Last LN
+    sample_norms_in: Tensor  # (K, patch tokens): per-image token L2 norms before the Last LN
+    sample_norms_out: Tensor  # (K, patch tokens): after (LN output + LN'' term)
+    sample_images: Tensor  # (K, C, H, W): the images of those maps, as fed to the model
+    gamma: Tensor = field(default_factory=lambda: torch.empty(0))
+    beta: Tensor = field(default_factory=lambda: torch.empty(0))
+
+    @property
+    def depth(self) -> int:
+        return len(self.block_norm)
+
+    @property
+    def last_out(self) -> Tensor:
+        """What reaches the pooling: Last LN output plus the LN'' term when the method has one."""
+        return self.last_ln if self.last_pe is None else self.last_ln + self.last_pe
+
+    @property
+    def has_layerwise_pe(self) -> bool:
+        return any(p is not None for p in self.pe)
+
+    def patch_rows(self, t: Tensor) -> Tensor:
+        """Drop the prefix (class) token rows of a token tensor (a PE without them is returned as is)."""
+        n_patch = self.grid[0] * self.grid[1]
+        return t[-n_patch:] if t.shape[0] > n_patch else t
+
+
+def _blocks(model: nn.Module, depth: int) -> list[nn.Module]:
+    """The blocks the PE chain indexes: ``model.blocks`` or, for staged backbones (Swin), every
+    module with a ``norm1`` under a ``blocks`` container, in order (the T2T soft-split Performer
+    blocks also have ``norm1`` but live outside ``blocks``)."""
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) == depth:
+        return list(blocks)
+    found = [
+        m for name, m in model.named_modules()
+        if hasattr(m, "norm1") and ".blocks." in f".{name}" and name.rsplit(".", 1)[-1].isdigit()
+    ]
+    if len(found) != depth:
+        raise ValueError(f"{type(model).__name__}: found {len(found)} blocks with norm1, PE chain has {depth}")
+    return found
+
+
+def _last_norm(model: nn.Module) -> nn.Module:
+    norm = getattr(model, "norm", None)
+    if norm is None or isinstance(norm, nn.Identity) or getattr(norm, "weight", None) is None:
+        raise ValueError(f"{type(model).__name__} has no affine Last LN (model.norm); Last-LN analysis needs one")
+    return norm
+
+
+def _as_tokens(t: Tensor) -> Tensor:
+    """``(B, N, C)`` or ``(B, H, W, C)`` -> ``(B, N, C)``, float32 on CPU."""
+    return t.detach().reshape(t.shape[0], -1, t.shape[-1]).float().cpu()
+
+
+def _grid(model: nn.Module, last_shape: torch.Size, n_tokens: int, n_prefix: int) -> tuple[int, int]:
+    if len(last_shape) == 4:  # (B, H, W, C): staged backbones keep the grid
+        return int(last_shape[1]), int(last_shape[2])
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    n_patch = n_tokens - n_prefix
+    if grid is not None and int(grid[0]) * int(grid[1]) == n_patch:
+        return int(grid[0]), int(grid[1])
+    side = math.isqrt(n_patch)
+    if side * side != n_patch:
+        raise ValueError(f"cannot lay {n_patch} patch tokens out on a square grid")
+    return side, side
+
+
+@torch.no_grad()
+def collect_activations(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    batch_size: int = 64,
+    n_samples: int = 4,
+    device: torch.device | str = "cpu",
+) -> Activations:
+    """Run ``model`` (eval mode) on ``images`` and average the hooked activations over the batch.
+
+    Hooks are registered on the model's own modules and removed afterwards; the PE cache is off
+    so every forward goes through the LN' modules (``pe_cache``). ``n_samples`` images keep their
+    per-image token norms (Fig. 7).
+    """
+    from mpvgbench.models.pe import PositionEmbeddingChain, pe_cache
+
+    chain = getattr(model, "pe_chain", None)
+    if not isinstance(chain, PositionEmbeddingChain):
+        raise ValueError(f"{type(model).__name__} is not a PE model (no pe_chain)")
+    blocks = _blocks(model, chain.depth)
+    norm = _last_norm(model)
+    sums: dict[str, Tensor] = {}
+    last: dict[str, Tensor] = {}  # input-independent tensors: the value of the last call
+    calls: dict[str, int] = {}
+    samples: dict[str, list[Tensor]] = {"in": [], "out": []}
+    last_shape: list[torch.Size] = []  # (B, N, C) or (B, H, W, C): where the patch grid comes from
+
+    def accumulate(name: str, t: Tensor) -> None:
+        t = _as_tokens(t).double()
+        sums[name] = sums.get(name, 0) + t.sum(0)  # type: ignore[assignment]
+        calls[name] = calls.get(name, 0) + 1
+
+    def block_hook(idx: int):  # type: ignore[no-untyped-def]
+        def hook(_m: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            accumulate(f"in{idx}", inputs[0])
+            accumulate(f"norm{idx}", output)
+        return hook
+
+    def keep(name: str):  # type: ignore[no-untyped-def]
+        def hook(_m: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            last[name] = _as_tokens(output)[0]
+            calls[name] = calls.get(name, 0) + 1
+        return hook
+
+    def norm_hook(_m: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        accumulate("last_in", inputs[0])
+        accumulate("last_ln", output)
+        if not samples["in"]:  # first batch: per-image maps
+            last_shape.append(inputs[0].shape)
+            samples["in"].append(_as_tokens(inputs[0][:n_samples]))
+            samples["out"].append(_as_tokens(output[:n_samples]))
+
+    handles = [blk.norm1.register_forward_hook(block_hook(i)) for i, blk in enumerate(blocks)]
+    handles += [chain.pe_norms[str(i)].register_forward_hook(keep(f"pe{i}")) for i in chain.pe_blocks]
+    if chain.last_norm_pe is not None:
+        handles.append(chain.last_norm_pe.register_forward_hook(keep("last_pe")))
+    handles.append(norm.register_forward_hook(norm_hook))
+    was_training = model.training
+    model.eval()
+    n_batches = 0
+    try:
+        with pe_cache(model, False):
+            for start in range(0, images.shape[0], batch_size):
+                model(images[start:start + batch_size].to(device))
+                n_batches += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if n_batches == 0:
+        raise ValueError("no images to analyze")
+    for name in ("last_in", *(f"norm{i}" for i in range(len(blocks)))):
+        # a module called more than once per forward would make the averages meaningless
+        if calls.get(name) != n_batches:
+            raise ValueError(f"hook {name} fired {calls.get(name, 0)} times for {n_batches} batches")
+    n = images.shape[0]
+    avg = {k: (v / n).float() for k, v in sums.items()}
+    n_prefix = int(getattr(model, "num_prefix_tokens", 1 if chain.method.has_class_token else 0))
+    n_tokens = avg["last_in"].shape[0]
+    grid = _grid(model, last_shape[0], n_tokens, n_prefix)
+    n_patch = grid[0] * grid[1]
+    pe_out = last.get("last_pe")
+    s_in = samples["in"][0]
+    s_out = samples["out"][0] + (pe_out if pe_out is not None else 0)
+    return Activations(
+        method=chain.method,
+        n_images=n,
+        num_prefix_tokens=n_tokens - n_patch,
+        grid=grid,
+        block_in=[avg[f"in{i}"] for i in range(len(blocks))],
+        block_norm=[avg[f"norm{i}"] for i in range(len(blocks))],
+        pe=[last.get(f"pe{i}") for i in range(len(blocks))],
+        last_in=avg["last_in"],
+        last_ln=avg["last_ln"],
+        last_pe=pe_out,
+        sample_norms_in=s_in[:, -n_patch:].norm(dim=-1),
+        sample_norms_out=s_out[:, -n_patch:].norm(dim=-1),
+        sample_images=images[:n_samples].detach().float().cpu(),
+        gamma=norm.weight.detach().float().cpu().clone(),
+        beta=(norm.bias.detach().float().cpu().clone() if getattr(norm, "bias", None) is not None
+              else torch.zeros_like(norm.weight.detach().float().cpu())),
+    )
+
+
+# ------------------------------------------------------------------------------------ numbers
+
+
+def layer_correlations(acts: Activations) -> list[Optional[float]]:
+    """Per block: Pearson r of ``norm1_l(x)`` and ``LN'_l`` output over patch tokens (None: no PE)."""
+    out: list[Optional[float]] = []
+    for tokens, pe in zip(acts.block_norm, acts.pe):
+        if pe is None:
+            out.append(None)
+            continue
+        out.append(_finite_or_none(pearson(acts.patch_rows(tokens), acts.patch_rows(pe))))
+    return out
+
+
+def last_ln_stats(model: nn.Module, batch: Tensor | Activations) -> dict[str, Optional[float]]:
+    """Fig. 6 / appendix: Last-LN affine statistics and before/after cosine similarity.
+
+    ``batch``: images (activations are collected) or already collected :class:`Activations`.
+    Keys: ``beta_var``, ``gamma_var`` (population variance), ``beta_mean``, ``gamma_mean``,
+    ``cosine`` (the paper's definition for this pool: class token or patch-token average),
+    ``cosine_token_avg``, ``cosine_cls`` (None without class token), ``cosine_ln_only`` (as
+    ``cosine``, but *after* is the LN output alone, without MPVG's term), ``corr_pe_before`` /
+    ``corr_pe_after`` (Pearson r, over patch tokens x channels, of the batch-averaged tokens
+    before / after the Last LN with the LN'' term; None without the term).
+    """
+    acts = batch if isinstance(batch, Activations) else collect_activations(model, batch)
+    norm = _last_norm(model)
+    gamma = norm.weight.detach().double()
+    bias = getattr(norm, "bias", None)
+    beta = bias.detach().double() if bias is not None else torch.zeros_like(gamma)
+    before, after = acts.patch_rows(acts.last_in), acts.patch_rows(acts.last_out)
+    cos_avg = cosine(before.mean(0), after.mean(0))
+    use_cls = acts.method.has_class_token and acts.num_prefix_tokens > 0
+
+    def summary(t: Tensor) -> Tensor:  # the paper's "token average" for this pool
+        return t[0] if use_cls else acts.patch_rows(t).mean(0)
+
+    stats: dict[str, float] = {
+        "beta_var": float(beta.var(unbiased=False)),
+        "gamma_var": float(gamma.var(unbiased=False)),
+        "beta_mean": float(beta.mean()),
+        "gamma_mean": float(gamma.mean()),
+        "cosine": cosine(summary(acts.last_in), summary(acts.last_out)),
+        "cosine_token_avg": cos_avg,
+        "cosine_cls": cosine(acts.last_in[0], acts.last_out[0]) if acts.num_prefix_tokens else math.nan,
+        "cosine_ln_only": cosine(summary(acts.last_in), summary(acts.last_ln)),
+        "corr_pe_before": math.nan,
+        "corr_pe_after": math.nan,
+    }
+    if acts.last_pe is not None:
+        pe = acts.patch_rows(acts.last_pe)
+        stats["corr_pe_before"] = pearson(before, pe)
+        stats["corr_pe_after"] = pearson(acts.patch_rows(acts.last_ln), pe)
+    return {k: _finite_or_none(v) for k, v in stats.items()}
+
+
+# ----------------------------------------------------------------------------- loading a run
+
+
+def load_model(run_dir: Path | str, *, weights: str = "model", device: str = "cpu") -> tuple[nn.Module, Any, str]:
+    """Build the run's model and load its checkpoint: ``(model, TrainConfig, weights_used)``.
+
+    ``weights``: ``"model"`` (the weights whose top-1 is the run's result) or ``"ema"`` (the
+    trainer's EMA copy; only when the recipe had ``ema: true``).
+    """
+    # the trainer's own factory, so the analysed model is built exactly as it was trained
+    from mpvgbench.trainer import _default_model_factory
+
+    if weights not in ("model", "ema"):
+        raise ValueError(f"weights must be 'model' or 'ema', got {weights!r}")
+    rd = RunDir(run_dir)
+    config = read_config(rd.path)
+    ckpt = read_checkpoint(rd.path)
+    if ckpt is None:
+        raise RunDirError(f"run {rd.path.name} has no checkpoint.pt in {rd.path}; it cannot be analyzed (retrain it)")
+    state = ckpt["model"]
+    if weights == "ema":
+        state = _ema_state(ckpt)
+        if state is None:
+            raise RunDirError(f"run {rd.path.name}: its checkpoint has no EMA weights (recipe ema: false); use --weights model")
+    model = _default_model_factory(config)
+    model.load_state_dict(state)
+    return model.to(device).eval(), config, weights
+
+
+def _ema_state(ckpt: dict[str, Any]) -> Optional[dict[str, Tensor]]:
+    value = ckpt.get("ema")
+    if not isinstance(value, dict) or not value:
+        return None
+    # timm's ModelEmaV3 is a module wrapping the model: its keys carry a "module." prefix
+    return {k.removeprefix("module."): v for k, v in value.items()}
+
+
+def load_val_images(config: Any, data_root: Optional[str], n: int) -> Tensor:
+    """``n`` validation images of the run's dataset (eval transforms), spread evenly over it.
+
+    Evenly spaced indices, not the first ``n``: class-sorted sets (ImageFolder) would otherwise
+    give ``n`` images of class 0. Deterministic, so every run of a comparison sees the same images.
+    """
+    from mpvgbench.data import build_datasets
+
+    _, val = build_datasets(config, data_root)
+    total = len(val)
+    if total == 0:
+        raise ValueError(f"dataset {config.dataset} has no validation images")
+    count = min(n, total)
+    indices = [i * total // count for i in range(count)]
+    return torch.stack([val[i][0] for i in indices])
+
+
+def analyze_run(
+    run_dir: Path | str,
+    *,
+    images: int = 256,
+    out_dir: Optional[Path | str] = None,
+    device: str = "cpu",
+    weights: str = "model",
+    n_samples: int = 4,
+    data_root: Optional[str] = None,
+) -> dict[str, Any]:
+    """Analyze one finished run; with ``out_dir``, also write its figures to ``out_dir/<key>/``.
+
+    Returns a JSON-able dict: identification, ``correlation`` (per block, None where the block
+    gets no PE; None entirely with ``correlation_note`` when the method has no layer-wise PE),
+    ``last_ln`` (:func:`last_ln_stats`), ``figures`` (paths) and ``curve`` fields for plotting.
+    """
+    rd = RunDir(run_dir)
+    model, config, used = load_model(rd.path, weights=weights, device=device)
+    root = data_root if data_root is not None else read_job(rd.path).get("data_root")
+    batch = load_val_images(config, root, images)
+    acts = collect_activations(model, batch, n_samples=n_samples, device=device)
+    result = read_result(rd.path) or {}
+    corr = layer_correlations(acts) if acts.has_layerwise_pe else None
+    analysis: dict[str, Any] = {
+        "key": rd.path.name,
+        "model": config.model,
+        "method": method_label(config.method),
+        "dataset": config.dataset,
+        "pool": acts.method.pool,
+        "images": acts.n_images,
+        "weights": used,
+        "top1": result.get("final_top1"),
+        "depth": acts.depth,
+        "correlation": corr,
+        "correlation_note": None if corr is not None else NO_LAYERWISE_NOTE,
+        "last_ln": last_ln_stats(model, acts),
+        "figures": {},
+    }
+    if out_dir is not None:
+        from mpvgbench.analyze_plots import write_run_figures
+
+        analysis["figures"] = write_run_figures(acts, analysis, Path(out_dir).absolute() / rd.path.name)
+    return analysis
+
+
+def correlation_summary(correlation: Optional[Sequence[Optional[float]]]) -> tuple[Optional[float], Optional[float], Optional[float]]:
+    """(first delivered layer, last layer, mean over delivered layers) of a correlation curve."""
+    values = [c for c in (correlation or []) if c is not None]
+    if not values:
+        return None, None, None
+    return values[0], values[-1], sum(values) / len(values)

@@ -1,0 +1,261 @@
+"""Figures of ``mpvgbench analyze`` (matplotlib, Agg backend: no display needed).
+
+One function per figure; each takes what :mod:`mpvgbench.analyze` computed and writes one PNG:
+
+``correlation.png``   Fig. 4: per-layer Pearson r of token embedding and PE, one curve per run.
+``heatmaps.png``      Fig. 2: batch-averaged token embedding (norm1 output) and delivered PE per layer.
+``last_ln.png``       Figs. 6/8: tokens before/after the Last LN, MPVG's LN'' term, gamma and beta.
+``token_norms.png``   Fig. 7: per-token L2 norm maps of single images before/after the Last LN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: the CLI runs headless (servers, Slurm nodes, CI)
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from mpvgbench.analyze import Activations
+
+__all__ = ["plot_correlation", "plot_heatmaps", "plot_last_ln", "plot_token_norms", "write_run_figures"]
+
+DPI = 100  # noisy heatmaps compress badly; 100 dpi keeps each PNG well under 300 KB
+CMAP = "RdBu_r"  # diverging: the sign matters (the paper's "counterbalancing" is a sign flip)
+MAX_COLS = 6  # heatmap panels per row; deeper models wrap into more bands
+
+
+def _title(analysis: dict[str, Any]) -> str:
+    return f"{analysis['model']} / {analysis['method']} / {analysis['dataset']} ({analysis['key'][:8]})"
+
+
+def _fmt(value: Optional[float], digits: int = 3) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _token_label(acts: Activations) -> str:
+    return "token (row 0: class token)" if acts.num_prefix_tokens else "token"
+
+
+def _fmt_g(value: Optional[float]) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3g}"
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Write a palette PNG: a heatmap of noise-like values barely compresses as RGBA, and 256
+    colours are plenty for a colormap plus text (about 3x smaller files for DeiT-sized maps)."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = BytesIO()
+    fig.savefig(buffer, dpi=DPI, bbox_inches="tight", format="png")
+    plt.close(fig)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    return path
+
+
+def _robust_limit(arrays: Sequence[np.ndarray]) -> float:
+    # 99th percentile of |value|: one outlier channel must not wash every other channel out
+    values = np.concatenate([np.abs(a).ravel() for a in arrays])
+    limit = float(np.percentile(values, 99)) if values.size else 1.0
+    return limit if limit > 0 else 1.0
+
+
+def _heatmap(ax: Axes, data: np.ndarray, limit: float, title: str, *, ylabel: bool | str, xlabel: bool):  # type: ignore[no-untyped-def]
+    image = ax.imshow(data, cmap=CMAP, vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    if ylabel:
+        ax.set_ylabel(ylabel if isinstance(ylabel, str) else "token")
+    if xlabel:
+        ax.set_xlabel("channel")
+    ax.tick_params(labelsize=7)
+    return image
+
+
+# -------------------------------------------------------------------------------- Fig. 4
+
+
+def plot_correlation(analyses: Sequence[dict[str, Any]], path: Path | str) -> Path:
+    """One curve per run: Pearson r (token embedding vs PE, after their LNs) over block index."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    notes: list[str] = []
+    max_depth = 1
+    for analysis in analyses:
+        label = f"{analysis['model']} / {analysis['method']} ({analysis['key'][:8]})"
+        corr = analysis.get("correlation")
+        if corr is None:
+            notes.append(f"{label}: {analysis.get('correlation_note') or 'n/a'}")
+            continue
+        max_depth = max(max_depth, len(corr))
+        xs = [i for i, c in enumerate(corr) if c is not None]
+        ax.plot(xs, [corr[i] for i in xs], marker="o", linewidth=2, label=label)
+    ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlim(-0.5, max_depth - 0.5)
+    ax.set_xticks(range(max_depth))
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel("layer (block index l)")
+    ax.set_ylabel("Pearson r  (norm1_l(x), LN'_l(PE))")
+    ax.set_title("Token embedding vs position embedding per layer (cf. paper Fig. 4)")
+    ax.grid(alpha=0.3)
+    if ax.lines[1:]:  # the first line is the zero line
+        ax.legend(fontsize=8, loc="best")
+    if notes:
+        ax.text(0.01, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom", color="dimgray")
+    return _save(fig, Path(path))
+
+
+# -------------------------------------------------------------------------------- Fig. 2
+
+
+def plot_heatmaps(acts: Activations, analysis: dict[str, Any], path: Path | str) -> Path:
+    """Per layer: batch-averaged ``norm1_l(x)`` (top of each band) and ``LN'_l`` PE (bottom)."""
+    depth = acts.depth
+    with_pe = acts.has_layerwise_pe
+    rows_per_band = 2 if with_pe else 1
+    bands = math.ceil(depth / MAX_COLS)
+    cols = math.ceil(depth / bands)  # balanced bands: 7 layers -> 4 + 3, not 6 + 1
+    tokens = [t.numpy() for t in acts.block_norm]
+    pes = [p.numpy() if p is not None else None for p in acts.pe]
+    t_limit = _robust_limit(tokens)
+    p_limit = _robust_limit([p for p in pes if p is not None]) if with_pe else 1.0
+    fig, axes = plt.subplots(
+        bands * rows_per_band, cols, figsize=(2.3 * cols + 1.2, 2.3 * bands * rows_per_band + 0.8),
+        squeeze=False, constrained_layout=True,
+    )
+    corr = analysis.get("correlation") or [None] * depth
+    t_image = p_image = None
+    for layer in range(bands * cols):
+        band, col = divmod(layer, cols)
+        ax_t = axes[band * rows_per_band, col]
+        ax_p = axes[band * rows_per_band + 1, col] if with_pe else None
+        if layer >= depth:
+            ax_t.axis("off")
+            if ax_p is not None:
+                ax_p.axis("off")
+            continue
+        last_row = band == bands - 1
+        t_image = _heatmap(ax_t, tokens[layer], t_limit, f"layer {layer}: tokens",
+                           ylabel=col == 0 and _token_label(acts), xlabel=last_row and not with_pe)
+        if ax_p is not None:
+            pe = pes[layer]
+            if pe is None:
+                ax_p.text(0.5, 0.5, "no PE delivered", ha="center", va="center", transform=ax_p.transAxes)
+                ax_p.set_xticks([])
+                ax_p.set_yticks([])
+                if col == 0:
+                    ax_p.set_ylabel(_token_label(acts))
+            else:
+                p_image = _heatmap(ax_p, pe, p_limit, f"layer {layer}: PE  r={_fmt(corr[layer], 2)}",
+                                   ylabel=col == 0 and _token_label(acts), xlabel=last_row)
+    # one colorbar per row (rows of a kind share their scale); a colorbar spanning interleaved
+    # rows of several bands would overlap the other kind's
+    for row in range(bands * rows_per_band):
+        image = t_image if row % rows_per_band == 0 else p_image
+        if image is not None:
+            label = "token (norm1 out)" if row % rows_per_band == 0 else "PE (LN' out)"
+            fig.colorbar(image, ax=axes[row, :].tolist(), shrink=0.9, pad=0.01, label=label)
+    note = "" if with_pe else f"  [{analysis.get('correlation_note')}]"
+    fig.suptitle(f"{_title(analysis)}: batch-averaged token embedding and PE per layer, after LN "
+                 f"(cf. Fig. 2){note}", fontsize=10)
+    return _save(fig, Path(path))
+
+
+# ----------------------------------------------------------------------------- Figs. 6 / 8
+
+
+def plot_last_ln(acts: Activations, analysis: dict[str, Any], path: Path | str) -> Path:
+    """Tokens before/after the Last LN (+ LN'' term), gamma and beta of the Last LN."""
+    stats = analysis["last_ln"]
+    panels: list[tuple[str, np.ndarray]] = [
+        ("before Last LN", acts.last_in.numpy()),
+        ("after Last LN" + (" + LN''(PE)" if acts.last_pe is not None else ""), acts.last_out.numpy()),
+    ]
+    if acts.last_pe is not None:
+        panels.append((f"LN''(PE)  r(before)={_fmt(stats.get('corr_pe_before'), 2)}, "
+                       f"r(LN out)={_fmt(stats.get('corr_pe_after'), 2)}", acts.last_pe.numpy()))
+    fig = plt.figure(figsize=(4.0 * len(panels) + 1.0, 7.0), constrained_layout=True)
+    grid = fig.add_gridspec(2, len(panels), height_ratios=[3, 2])
+    for i, (name, data) in enumerate(panels):
+        ax = fig.add_subplot(grid[0, i])
+        # separate scales: the input of the Last LN can be orders of magnitude larger
+        image = _heatmap(ax, data, _robust_limit([data]), name, ylabel=i == 0 and _token_label(acts), xlabel=True)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    channels = np.arange(acts.gamma.numel())
+    bottom = grid[1, :].subgridspec(1, 2)
+    for i, (name, values, var, init) in enumerate((
+        ("gamma (weight)", acts.gamma.numpy(), stats.get("gamma_var"), 1.0),
+        ("beta (bias)", acts.beta.numpy(), stats.get("beta_var"), 0.0),
+    )):
+        ax = fig.add_subplot(bottom[0, i])
+        # a step line, not bars from 0: gamma sits near 1 and its spread is what matters
+        ax.plot(channels, values, drawstyle="steps-mid", color="tab:blue" if i == 0 else "tab:orange")
+        ax.axhline(init, color="grey", linewidth=0.6, linestyle="--")
+        ax.set_xlim(-0.5, len(channels) - 0.5)
+        ax.set_title(f"Last LN {name}: var={_fmt_g(var)}  (dashed: init {init:g})", fontsize=9)
+        ax.set_xlabel("channel")
+        ax.set_ylabel(name.split()[0])
+        ax.tick_params(labelsize=7)
+    what = "class token" if acts.method.has_class_token and acts.num_prefix_tokens else "patch-token average"
+    fig.suptitle(f"{_title(analysis)}: Last LN (cf. Figs. 6, 8)\n"
+                 f"cosine similarity before vs after the Last LN ({what}) = {_fmt(stats.get('cosine'), 4)}",
+                 fontsize=10)
+    return _save(fig, Path(path))
+
+
+# -------------------------------------------------------------------------------- Fig. 7
+
+
+def _display_image(image: Tensor) -> tuple[np.ndarray, Optional[str]]:
+    # inputs are normalised; min-max per image is enough to recognise the content
+    array = image.numpy()
+    array = (array - array.min()) / max(float(array.max() - array.min()), 1e-12)
+    if array.shape[0] == 1 or np.allclose(array, array[:1]):
+        return array[0], "gray"
+    return np.transpose(array[:3], (1, 2, 0)), None
+
+
+def plot_token_norms(acts: Activations, analysis: dict[str, Any], path: Path | str) -> Path:
+    """Rows: input image, token L2 norm before the Last LN, after it (per image, patch grid)."""
+    k = acts.sample_norms_in.shape[0]
+    fig, axes = plt.subplots(3, k, figsize=(2.6 * k + 0.8, 7.6), squeeze=False, constrained_layout=True)
+    h, w = acts.grid
+    row_names = ["image", "||token|| before Last LN", "||token|| after Last LN"]
+    for j in range(k):
+        data, cmap = _display_image(acts.sample_images[j])
+        axes[0, j].imshow(data, cmap=cmap, interpolation="nearest")
+        axes[0, j].set_title(f"validation image {j}", fontsize=9)
+        for r, norms in ((1, acts.sample_norms_in[j]), (2, acts.sample_norms_out[j])):
+            image = axes[r, j].imshow(norms.reshape(h, w).numpy(), cmap="viridis", interpolation="nearest")
+            fig.colorbar(image, ax=axes[r, j], shrink=0.8)
+        for r in range(3):
+            axes[r, j].set_xticks([])
+            axes[r, j].set_yticks([])
+            if j == 0:
+                axes[r, j].set_ylabel(row_names[r], fontsize=9)
+    fig.suptitle(f"{_title(analysis)}: per-token L2 norm on the {h}x{w} patch grid (cf. Fig. 7)", fontsize=10)
+    return _save(fig, Path(path))
+
+
+def write_run_figures(acts: Activations, analysis: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    """All per-run figures into ``out_dir``; returns ``{figure name: path}``."""
+    paths = {
+        "heatmaps": plot_heatmaps(acts, analysis, out_dir / "heatmaps.png"),
+        "last_ln": plot_last_ln(acts, analysis, out_dir / "last_ln.png"),
+        "token_norms": plot_token_norms(acts, analysis, out_dir / "token_norms.png"),
+    }
+    return {name: str(p) for name, p in paths.items()}

@@ -1,0 +1,175 @@
+"""The `slurm:` section of a spec: validated resources and their mapping to submitit's parameters.
+
+Kept apart from :mod:`mpvgbench.executors.slurm` so that a spec can be validated on a machine
+without submitit's cluster plumbing (and so the mapping is unit-testable without a cluster).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+
+# sbatch options that submitit sets itself or that a SlurmSettings field already covers: putting
+# them in additional_parameters would silently fight with those (or break log paths / requeue).
+_RESERVED = {
+    "time": "time", "t": "time", "partition": "partition", "p": "partition", "nodes": "nodes",
+    "N": "nodes", "ntasks_per_node": "tasks_per_node", "cpus_per_task": "cpus_per_task",
+    "c": "cpus_per_task", "gpus_per_node": "gpus_per_node", "mem": "mem", "account": "account",
+    "A": "account", "qos": "qos", "constraint": "constraint", "C": "constraint",
+    "job_name": "name", "J": "name", "output": None, "o": None, "error": None, "e": None,
+    "array": None, "signal": "signal_delay_s", "open_mode": None, "wckey": None,
+}
+
+_TIME_RE = re.compile(
+    r"^(?:(?P<days>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?$"
+)
+_MEM_RE = re.compile(r"^(?P<n>\d+)(?P<unit>[KMGT]?)B?$", re.IGNORECASE)
+
+
+def parse_time_minutes(value: Union[int, str]) -> int:
+    """Slurm's --time forms -> whole minutes (rounded up): 90, "90", "MM:SS", "HH:MM:SS",
+    "D-HH", "D-HH:MM", "D-HH:MM:SS"."""
+    if isinstance(value, bool):
+        raise ValueError(f"time must be minutes or 'HH:MM:SS', got {value!r}")
+    if isinstance(value, int):
+        minutes = value
+    else:
+        m = _TIME_RE.match(value.strip())
+        if m is None:
+            raise ValueError(f"time {value!r} is not minutes, 'HH:MM:SS' or 'D-HH:MM:SS'")
+        a, b, c = (int(x) if x is not None else None for x in m.group("a", "b", "c"))
+        days = int(m.group("days") or 0)
+        assert a is not None
+        if m.group("days") is not None:  # D-HH[:MM[:SS]]
+            seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+        elif c is not None:  # HH:MM:SS
+            seconds = a * 3600 + (b or 0) * 60 + c
+        elif b is not None:  # MM:SS
+            seconds = a * 60 + b
+        else:  # MM
+            seconds = a * 60
+        minutes = math.ceil(seconds / 60)
+    if minutes < 1:
+        raise ValueError(f"time must be at least 1 minute, got {value!r}")
+    return minutes
+
+
+class SlurmSettings(BaseModel):
+    """Resources of one job (array task) on Slurm; every field is optional."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partition: Optional[str] = None
+    time: Union[StrictInt, StrictStr] = 60  # minutes, "HH:MM:SS" or "D-HH:MM:SS"
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(0, ge=0)
+    tasks_per_node: int = Field(1, ge=1)  # > 1: one process per task, DDP over them
+    cpus_per_task: Optional[int] = Field(None, ge=1)
+    mem: Optional[str] = None  # per node, e.g. "8G", "500M"
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    array_parallelism: int = Field(256, ge=1)  # tasks of one array running at once
+    max_requeues: int = Field(3, ge=0)  # time-limit requeues per job (preemptions are not counted)
+    # USR2 this long before the time limit -> checkpoint + requeue. Unset: 90 s, but at most a
+    # quarter of the time limit (a 1-minute job would otherwise be signalled as it starts)
+    signal_delay_s: int = Field(90, ge=1)
+    setup: tuple[str, ...] = ()  # shell lines run before the job (module load ..., source ...)
+    additional_parameters: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict)
+    folder: Optional[str] = None  # submitit's folder (logs, pickles); default <runs_root>/_slurm
+    job_name: str = "mpvgbench"
+
+    @field_validator("time")
+    @classmethod
+    def _check_time(cls, value: Union[int, str]) -> Union[int, str]:
+        parse_time_minutes(value)
+        return value
+
+    @field_validator("mem")
+    @classmethod
+    def _check_mem(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return None
+        m = _MEM_RE.match(str(value).strip())
+        if m is None:
+            raise ValueError(f"mem {value!r} is not like '8G', '500M' or '16000' (MB)")
+        return f"{m.group('n')}{m.group('unit').upper()}"
+
+    @field_validator("additional_parameters")
+    @classmethod
+    def _check_additional(cls, value: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for raw_key, item in value.items():
+            key = raw_key.lstrip("-").replace("-", "_")
+            if key in _RESERVED:
+                field = _RESERVED[key]
+                fix = f"use the slurm key `{field}`" if field else "mpvgbench sets it itself"
+                raise ValueError(f"{raw_key!r} is not allowed here: {fix}")
+            out[key] = item
+        return out
+
+    @property
+    def timeout_min(self) -> int:
+        return parse_time_minutes(self.time)
+
+    @property
+    def effective_signal_delay_s(self) -> int:
+        if "signal_delay_s" in self.model_fields_set:
+            return self.signal_delay_s
+        return max(10, min(self.signal_delay_s, self.timeout_min * 60 // 4))
+
+    @classmethod
+    def parse(cls, data: Optional[Mapping[str, Any]]) -> SlurmSettings:
+        """Validate a spec's `slurm:` mapping; any problem is a one-line ValueError."""
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(cls.model_fields))
+        if unknown:
+            raise ValueError(
+                f"slurm: unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"allowed: {', '.join(cls.model_fields)}"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            msg = str(first["msg"]).removeprefix("Value error, ")
+            raise ValueError(f"slurm.{where}: {msg}") from None
+
+    def submitit_parameters(self) -> dict[str, Any]:
+        """Keyword arguments for ``submitit.AutoExecutor.update_parameters``."""
+        params: dict[str, Any] = {
+            "name": self.job_name,
+            "timeout_min": self.timeout_min,
+            "nodes": self.nodes,
+            "tasks_per_node": self.tasks_per_node,
+            "slurm_signal_delay_s": self.effective_signal_delay_s,
+            "slurm_array_parallelism": self.array_parallelism,
+        }
+        optional = {
+            "cpus_per_task": self.cpus_per_task,
+            "gpus_per_node": self.gpus_per_node or None,  # never "--gpus-per-node=0"
+            "slurm_partition": self.partition,
+            "slurm_mem": self.mem,
+            "slurm_account": self.account,
+            "slurm_qos": self.qos,
+            "slurm_constraint": self.constraint,
+            "slurm_setup": list(self.setup) or None,
+            "slurm_additional_parameters": dict(self.additional_parameters) or None,
+        }
+        params.update({k: v for k, v in optional.items() if v is not None})
+        return params
+
+    def resources_key(self) -> str:
+        """Jobs with equal keys can share one job array."""
+        return self.model_dump_json()
+
+    def base_folder(self, runs_root: Path) -> Path:
+        if self.folder is None:
+            return runs_root / "_slurm"
+        return Path(self.folder).expanduser()

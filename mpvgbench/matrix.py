@@ -1,0 +1,305 @@
+"""Expand a Spec into jobs: one resolved TrainConfig (and its key) per cell.
+
+Cells are ``product(axes)`` with each ``zip`` group as one paired axis, plus ``include``
+(missing keys: every value of that axis), minus ``exclude`` (applied to included cells too).
+A cell's recipe is ``recipes.default_recipe(family, dataset)`` <- ``spec.recipe`` <-
+``spec.model_overrides[model].recipe``. A cell with ``init_from: {dataset: D}`` starts from
+the same model/method/seed trained on ``D`` with D's default recipe; that parent run becomes
+a job of its own (``parent_only=True`` unless it is a cell too), listed before its children.
+Order is deterministic and every key appears once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, NamedTuple, Optional
+
+from mpvgbench.config import Recipe, TrainConfig
+from mpvgbench.methods import canonical_method_dict, method_label, resolve_method
+from mpvgbench.recipes import (
+    SMOKE_NUM_CLASSES,
+    default_img_size,
+    default_recipe,
+    model_info,
+    smoke_recipe,
+)
+from mpvgbench.spec import AXES, CELL_KEYS, InitFrom, Spec, recipe_overrides
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    spec_name: str
+    config: TrainConfig
+    label: str = field(default="", compare=False, repr=False)  # method label, cached
+    depends_on: Optional[str] = None  # key of the run whose weights this one starts from
+    parent_only: bool = False  # True: in the matrix only because another job starts from it
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    @property
+    def method_label(self) -> str:
+        return self.label or method_label(self.config.method)
+
+    @property
+    def dataset(self) -> str:
+        return self.config.dataset
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def cell(self) -> tuple[str, str, str, int]:
+        return (self.model, self.method_label, self.dataset, self.seed)
+
+
+class Cell(NamedTuple):
+    model: str
+    method: str  # method label
+    dataset: str
+    seed: int
+
+
+class _Cells(NamedTuple):
+    cells: list[Cell]
+    methods: dict[str, dict[str, Any]]  # label -> canonical knobs
+
+
+# ---------------------------------------------------------------------------- cells
+
+
+def cells(spec: Spec) -> _Cells:
+    """The spec's cells in deterministic order, duplicates removed (no configs built)."""
+    methods: dict[str, dict[str, Any]] = {}
+
+    def label_of(value: Any) -> str:
+        label = method_label(value)
+        methods.setdefault(label, canonical_method_dict(value))
+        return label
+
+    axis_values: dict[str, list[Any]] = {
+        "models": list(spec.models),
+        "methods": [label_of(m) for m in spec.methods],
+        "datasets": list(spec.datasets),
+        "seeds": list(spec.seeds),
+    }
+    group_of = {axis: tuple(group) for group in spec.zip for axis in group}
+    units: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]] = []
+    emitted: set[str] = set()
+    for axis in AXES:  # a zip group is one unit, at the place of its first axis
+        if axis in emitted:
+            continue
+        group = group_of.get(axis, (axis,))
+        emitted.update(group)
+        units.append((group, list(zip(*(axis_values[a] for a in group)))))
+    position = {axis: i for i, axis in enumerate(AXES)}
+    out: dict[Cell, None] = {}
+    for combo in itertools.product(*(values for _, values in units)):
+        row: list[Any] = [None] * 4
+        for (names, _), values in zip(units, combo):
+            for name, value in zip(names, values):
+                row[position[name]] = value
+        out[Cell(*row)] = None
+    for pattern in spec.include:
+        choices = [
+            [pattern.model] if pattern.model is not None else axis_values["models"],
+            [label_of(pattern.method)] if pattern.method is not None else axis_values["methods"],
+            [pattern.dataset] if pattern.dataset is not None else axis_values["datasets"],
+            [pattern.seed] if pattern.seed is not None else axis_values["seeds"],
+        ]
+        for row in itertools.product(*choices):
+            out[Cell(*row)] = None
+    result = list(out)
+    for pattern in spec.exclude:
+        want = {
+            "model": pattern.model,
+            "method": method_label(pattern.method) if pattern.method is not None else None,
+            "dataset": pattern.dataset,
+            "seed": pattern.seed,
+        }
+        checks = [(i, v) for i, v in enumerate(want.values()) if v is not None]
+        result = [c for c in result if not all(c[i] == v for i, v in checks)]
+    return _Cells(result, methods)
+
+
+def check_cells(spec: Spec) -> _Cells:
+    """Raise ``SpecError`` for a cell no model can train; return the cells."""
+    found = cells(spec)
+    if not found.cells:
+        raise spec.error("exclude", "the spec expands to no jobs (every cell is excluded)")
+    for model, label in dict.fromkeys((c.model, c.method) for c in found.cells):
+        try:
+            resolve_method(found.methods[label]).validate_for_depth(model_info(model).depth)
+        except ValueError as exc:
+            raise spec.error(_method_field(spec, label), f"{label} on {model}: {exc}") from None
+    for model, dataset in dict.fromkeys((c.model, c.dataset) for c in found.cells):
+        _img_size(spec, model, dataset)
+        init = _init_from(spec, model)
+        if isinstance(init, InitFrom) and init.dataset != dataset:
+            _img_size(spec, model, init.dataset, for_parent=True)
+    return found
+
+
+def _method_field(spec: Spec, label: str) -> str:
+    for i, value in enumerate(spec.methods):
+        if method_label(value) == label:
+            return f"methods[{i}]"
+    for i, pattern in enumerate(spec.include):
+        if pattern.method is not None and method_label(pattern.method) == label:
+            return f"include[{i}].method"
+    return "methods"
+
+
+def _img_size(spec: Spec, model: str, dataset: str, *, for_parent: bool = False) -> int:
+    override = spec.model_overrides.get(model)
+    data_override = spec.dataset_overrides.get(dataset)
+    if override is not None and override.img_size is not None and not for_parent:
+        size = override.img_size
+    elif data_override is not None and data_override.img_size is not None:
+        size = data_override.img_size
+    else:
+        size = default_img_size(model, dataset)
+    stride = model_info(model).token_stride
+    if stride is not None and size % stride != 0:
+        raise spec.error(
+            f"model_overrides.{model}.img_size",
+            f"{model} on {dataset} at img_size {size}: the size must be a multiple of "
+            f"{stride} for this model; set model_overrides.{model}.img_size or exclude the pair",
+        )
+    return size
+
+
+def _init_from(spec: Spec, model: str) -> Any:
+    override = spec.model_overrides.get(model)
+    if override is not None and override.init_from is not None:
+        return override.init_from
+    return spec.init_from
+
+
+# ---------------------------------------------------------------------------- expand
+
+
+def expand(spec: Spec, *, smoke: bool = False) -> list[Job]:
+    """Every job of the spec, parents before children, each key once."""
+    found = check_cells(spec)
+    builder = _Builder(spec, found.methods, smoke)
+    jobs: dict[str, Job] = {}
+    for cell in found.cells:
+        job = builder.job(cell)
+        if job.depends_on is not None and job.depends_on in builder.parents:
+            parent = builder.parents[job.depends_on]
+            jobs.setdefault(parent.key, parent)
+        if job.key in jobs and jobs[job.key].parent_only:
+            jobs[job.key] = job  # a parent that is also a cell of its own
+        jobs.setdefault(job.key, job)
+    return list(jobs.values())
+
+
+class _Builder:
+    """Caches everything a cell shares with other cells; builds Jobs without re-validating."""
+
+    def __init__(self, spec: Spec, methods: dict[str, dict[str, Any]], smoke: bool) -> None:
+        self.spec = spec
+        self.methods = methods
+        self.smoke = smoke
+        self.parents: dict[str, Job] = {}
+        self._groups: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._settings: dict[tuple[str, str, bool], tuple[Recipe, int, int, Any]] = {}
+
+    def job(self, cell: Cell) -> Job:
+        recipe, img_size, num_classes, init = self._cell_settings(cell.model, cell.dataset)
+        depends_on: Optional[str] = None
+        if isinstance(init, str):
+            depends_on = init
+        elif isinstance(init, InitFrom) and init.dataset != cell.dataset:
+            parent = self._parent(cell, init)
+            depends_on = parent.key
+        return self._make(cell, recipe, img_size, num_classes, depends_on, parent_only=False)
+
+    def _parent(self, cell: Cell, init: InitFrom) -> Job:
+        recipe, img_size, num_classes, _ = self._cell_settings(
+            cell.model, init.dataset, parent_overrides=recipe_overrides(init.recipe)
+        )
+        parent_cell = cell._replace(dataset=init.dataset)
+        job = self._make(parent_cell, recipe, img_size, num_classes, None, parent_only=True)
+        self.parents.setdefault(job.key, job)
+        return job
+
+    def _cell_settings(
+        self, model: str, dataset: str, parent_overrides: Optional[dict[str, Any]] = None
+    ) -> tuple[Recipe, int, int, Any]:
+        is_parent = parent_overrides is not None
+        cache_key = (model, dataset, is_parent)
+        if cache_key not in self._settings:
+            spec = self.spec
+            info = model_info(model)
+            recipe = default_recipe(info.family, dataset)
+            if is_parent:
+                overrides = dict(parent_overrides or {})
+            else:
+                overrides = recipe_overrides(spec.recipe)
+                model_override = spec.model_overrides.get(model)
+                if model_override is not None:
+                    overrides.update(recipe_overrides(model_override.recipe))
+            if overrides:
+                recipe = recipe.model_copy(update=overrides)
+            img_size = _img_size(spec, model, dataset, for_parent=is_parent)
+            num_classes = spec.num_classes_for(dataset)
+            assert num_classes is not None  # Spec._cross_checks
+            if self.smoke:
+                recipe = smoke_recipe(recipe, info.family)
+                img_size, num_classes = info.smoke_img_size, SMOKE_NUM_CLASSES
+            init = None if is_parent else _init_from(spec, model)
+            self._settings[cache_key] = (recipe, img_size, num_classes, init)
+        return self._settings[cache_key]
+
+    def _make(
+        self,
+        cell: Cell,
+        recipe: Recipe,
+        img_size: int,
+        num_classes: int,
+        init_from: Optional[str],
+        *,
+        parent_only: bool,
+    ) -> Job:
+        dataset = "synthetic" if self.smoke else cell.dataset
+        group = (cell.model, cell.method, dataset, id(recipe), img_size, num_classes, init_from)
+        if group not in self._groups:
+            config = TrainConfig.model_construct(
+                model=cell.model, method=self.methods[cell.method], dataset=dataset,
+                img_size=img_size, num_classes=num_classes, seed=0, recipe=recipe,
+                init_from=init_from,
+            )
+            self._groups[group] = (config.model_dump(mode="json"), config.__dict__)
+        dumped, fields = self._groups[group]
+        config = TrainConfig.model_construct(
+            **{**fields, "seed": cell.seed, "method": dict(fields["method"])}
+        )
+        payload = json.dumps({**dumped, "seed": cell.seed}, sort_keys=True, separators=(",", ":"))
+        key = hashlib.sha256(payload.encode()).hexdigest()[:16]  # == config_key(config)
+        return Job(
+            key=key, spec_name=self.spec.name, config=config, label=cell.method,
+            depends_on=init_from, parent_only=parent_only,
+        )
+
+
+def summarize(jobs: Iterable[Job]) -> dict[str, int]:
+    """Counts per axis, for ``run --dry-run``."""
+    jobs = list(jobs)
+    return {
+        "jobs": len(jobs),
+        "models": len({j.model for j in jobs}),
+        "methods": len({j.method_label for j in jobs}),
+        "datasets": len({j.dataset for j in jobs}),
+        "seeds": len({j.seed for j in jobs}),
+    }
+
+
+__all__ = ["Cell", "Job", "CELL_KEYS", "cells", "check_cells", "expand", "summarize"]

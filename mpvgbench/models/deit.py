@@ -1,0 +1,156 @@
+"""DeiT-Ti/S/B (timm ``VisionTransformer``) with a position-embedding method.
+
+The method decides the class token (``pool='token'``) and hence the PE rows (197 with the class
+token's row, 196 without). ``add_to_input`` adds ``pos_0`` to the tokens before block 0 (LaPE
+does not); blocks get the chain's LN'-delivered PE through :class:`PEBlock`; the Last LN is
+applied per token, the Last-LN term is added per token, then GAP (or the class token) and the
+head. timm's ``fc_norm`` path (pool first, normalise after) is never used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.layers import LayerNorm, get_norm_layer
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from mpvgbench.methods import MethodLike, resolve_method
+from mpvgbench.models.pe import PEBlock, PEModelMixin, PositionEmbeddingChain, add_last_ln_pe
+
+__all__ = ["MPVGVisionTransformer"]
+
+
+class MPVGVisionTransformer(PEModelMixin, VisionTransformer):
+    """timm ``VisionTransformer`` whose PE follows ``pe_method`` (a preset, knob dict or PEMethod).
+
+    ``class_token``, ``global_pool``, ``fc_norm`` and ``block_fn`` are set by the method and may
+    not be passed. Everything else is timm's (LN eps 1e-6, qkv bias, trunc-normal init).
+    """
+
+    block_fn: type[PEBlock] = PEBlock  # subclasses swap the block (ViT-Lite: CCT ordering)
+
+    def __init__(self, pe_method: MethodLike = "default", **kwargs: Any) -> None:
+        method = resolve_method(pe_method)
+        depth = int(kwargs.get("depth", 12))
+        method.validate_for_depth(depth)
+        fixed = {"class_token", "global_pool", "fc_norm", "block_fn", "no_embed_class", "reg_tokens"}
+        clash = sorted(fixed & set(kwargs))
+        if clash:
+            raise ValueError(f"{', '.join(clash)} follow(s) from pe_method; do not pass them")
+        super().__init__(
+            class_token=method.has_class_token,
+            global_pool="token" if method.has_class_token else "avg",
+            fc_norm=False,  # Last LN per token (self.norm), never pool-then-normalise
+            block_fn=self.block_fn,
+            **kwargs,
+        )
+        self.pe_method = method
+        # LN' / LN'' are the same kind of LayerNorm as the model's (timm's default: eps 1e-6)
+        norm_layer = get_norm_layer(kwargs.get("norm_layer")) or LayerNorm
+        self.pe_chain = PositionEmbeddingChain(method, depth, self.embed_dim, norm_layer=norm_layer)
+
+    def pe_pos0(self) -> Tensor:
+        assert self.pos_embed is not None
+        return self.pos_embed
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        names = {"pos_embed"} | ({"cls_token"} if self.cls_token is not None else set())
+        return names | self.pe_no_weight_decay()
+
+    def _pos_embed(self, x: Tensor) -> Tensor:
+        x = x.flatten(1, 2) if x.ndim == 4 else x
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        else:
+            # PatchEmbed returns a transposed view; without the cat, every residual add would keep
+            # that layout and each LayerNorm / Linear would copy it (about +10% time on CPU).
+            x = x.contiguous()
+        if self.pe_method.add_to_input:
+            x = x + self.pos_embed  # the PE has the class token's row when there is one
+        return self.pos_drop(x)
+
+    def forward_features(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        x = self.patch_embed(x)
+        x = self._pos_embed(x)
+        x = self.patch_drop(x)
+        x = self.norm_pre(x)
+        pe = self.pe_outputs()
+        for blk, blk_pe in zip(self.blocks, pe.blocks):
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, blk_pe, use_reentrant=False)
+            else:
+                x = blk(x, blk_pe)
+        return add_last_ln_pe(self.norm(x), pe)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = x[:, 0] if self.has_class_token else x.mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        return self.forward_head(self.forward_features(x))
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "fixed_input_size": True,
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "mpvg_deit_tiny_patch16_224": _cfg(),
+    "mpvg_deit_small_patch16_224": _cfg(),
+    "mpvg_deit_base_patch16_224": _cfg(),
+})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> MPVGVisionTransformer:
+    if pretrained:
+        raise ValueError(f"{variant} has no pretrained weights")
+    return build_model_with_cfg(
+        MPVGVisionTransformer,
+        variant,
+        pretrained=False,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=3, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+def _args(kwargs: dict[str, Any], **arch: Any) -> dict[str, Any]:
+    return {"patch_size": 16, "depth": 12, "mlp_ratio": 4.0, "qkv_bias": True, **arch, **kwargs}
+
+
+@register_model
+def mpvg_deit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> MPVGVisionTransformer:
+    """DeiT-Ti: 192-d, 12 blocks, 3 heads. ``pe_method=`` preset / knob dict / PEMethod."""
+    return _create("mpvg_deit_tiny_patch16_224", pretrained, **_args(kwargs, embed_dim=192, num_heads=3))
+
+
+@register_model
+def mpvg_deit_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> MPVGVisionTransformer:
+    """DeiT-S: 384-d, 12 blocks, 6 heads."""
+    return _create("mpvg_deit_small_patch16_224", pretrained, **_args(kwargs, embed_dim=384, num_heads=6))
+
+
+@register_model
+def mpvg_deit_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> MPVGVisionTransformer:
+    """DeiT-B: 768-d, 12 blocks, 12 heads."""
+    return _create("mpvg_deit_base_patch16_224", pretrained, **_args(kwargs, embed_dim=768, num_heads=12))
+

@@ -1,0 +1,50 @@
+"""ViT-Micro: a DeiT-shaped toy for sklearn's 8x8 digits, trainable in seconds on a CPU.
+
+8x8 single-channel images, 2x2 patches -> 16 tokens, dim 64, 4 blocks, 4 heads, MLP ratio 2.
+Same PE machinery as DeiT, so every method and knob runs end to end in smoke tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from mpvgbench.models.deit import MPVGVisionTransformer
+
+__all__ = ["mpvg_vit_micro_patch2_8"]
+
+default_cfgs = generate_default_cfgs({
+    "mpvg_vit_micro_patch2_8": {
+        "url": "",
+        "num_classes": 10,
+        "input_size": (1, 8, 8),
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "fixed_input_size": True,
+        "mean": (0.5,),
+        "std": (0.5,),
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+    },
+})
+
+
+@register_model
+def mpvg_vit_micro_patch2_8(pretrained: bool = False, **kwargs: Any) -> MPVGVisionTransformer:
+    """ViT-Micro (8x8, 1 channel by default). ``pe_method=`` preset / knob dict / PEMethod."""
+    if pretrained:
+        raise ValueError("mpvg_vit_micro_patch2_8 has no pretrained weights")
+    args: dict[str, Any] = {
+        "img_size": 8,
+        "patch_size": 2,
+        "in_chans": 1,
+        "num_classes": 10,
+        "embed_dim": 64,
+        "depth": 4,
+        "num_heads": 4,
+        "mlp_ratio": 2.0,
+        **kwargs,
+    }
+    return build_model_with_cfg(MPVGVisionTransformer, "mpvg_vit_micro_patch2_8", pretrained=False, **args)

@@ -1,0 +1,328 @@
+"""The one position-embedding (PE) mechanism every backbone uses.
+
+A backbone owns the raw PE ``pos_0`` (a learnable or frozen parameter) and a
+:class:`PositionEmbeddingChain` built from the resolved :class:`~mpvgbench.methods.PEMethod`.
+The chain owns every new LayerNorm the method adds and nothing else:
+
+``pe_norms[str(l)]``  ``LN'_l``, one per block in ``method.blocks_with_pe(depth)``, at block l's dim.
+``last_norm_pe``      ``LN''``, the Last-LN term (only when ``method.last_ln_pe`` is set).
+
+``chain(pos0, transform, key_tensors)`` returns :class:`PEOutputs`:
+
+``blocks[l]``  the PE delivered to block l (``None`` when the block gets none). Hierarchical:
+               ``pos_l = LN'_l(pos_prev)`` where ``pos_prev`` is the last delivered PE (``pos_0``
+               before the first LN'); non-hierarchical: ``pos_l = LN'_l(pos_0)``.
+``last``       ``LN''(pos_k)`` per token, to add to the Last LN's per-token output before GAP.
+               ``pos_0`` is always the raw PE (the paper's "initial PE"), also when block 0 has
+               an LN'; ``pos_k`` (k >= 1) is the PE delivered to block k.
+
+Delivery inside a block is ``x = x + drop_path(ls1(attn(norm1(x) + pe_l)))``; :class:`PEBlock`
+(a timm ``Block``) does exactly that and leaves the MLP half unchanged.
+
+Hierarchical backbones (Swin) pass per-block ``dims`` and ``stages`` and a ``transform(pe, s)``
+callable that maps a PE laid out for stage ``s - 1`` to stage ``s`` (the same PatchMerging as the
+tokens). The chain calls it whenever a PE crosses a stage boundary: the hierarchical carrier when
+the next LN'-block is in a later stage, ``pos_0`` for non-hierarchical chains, and the Last-LN
+source, which is brought to the final stage before ``LN''``. The chain is shape-agnostic: LN acts
+on the last dim, so a PE may be ``(1, N, C)`` or ``(1, H, W, C)``.
+
+Inference without overhead: the outputs depend only on weights, never on the input. In eval mode
+with grad disabled the chain caches them, keyed on each involved tensor's ``data_ptr`` and
+``_version`` (``pos0``, the chain's own parameters and ``key_tensors``, e.g. the PatchMerging
+weights a ``transform`` uses), so an optimizer step, ``load_state_dict`` or ``.to()`` invalidates
+it. The cache is skipped while any chain module has forward hooks (analysis hooks see every call),
+under ``torch.compile`` tracing, and when ``chain.use_cache`` is False (see :func:`pe_cache`).
+:func:`fold_last_ln_pe` folds the Last-LN term into the head bias for deployment.
+
+Backbones subclass :class:`PEModelMixin` (``pe_chain``, ``pe_pos0()``, optional ``pe_transform()``
+and ``pe_key_tensors()``), which gives them ``pe_outputs()`` and makes them foldable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple, Optional
+
+import torch
+from timm.layers import LayerNorm
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from mpvgbench.methods import MethodLike, PEMethod, resolve_method
+
+Transform = Callable[[Tensor, int], Tensor]
+"""``transform(pe, stage)``: a PE laid out for stage ``stage - 1`` -> the layout of ``stage``."""
+
+__all__ = [
+    "PEOutputs",
+    "Transform",
+    "PositionEmbeddingChain",
+    "PEBlock",
+    "PEModelMixin",
+    "add_last_ln_pe",
+    "fold_last_ln_pe",
+    "pe_cache",
+]
+
+
+class PEOutputs(NamedTuple):
+    """What a forward pass needs from the PE: per-block PE and the Last-LN term."""
+
+    blocks: tuple[Optional[Tensor], ...]
+    last: Optional[Tensor]
+
+
+def _tensor_key(t: Tensor) -> tuple[Any, ...]:
+    # data_ptr + _version catch in-place updates (optimizer.step, load_state_dict's copy_) and
+    # moves; views (pos_embed[:, 1:]) share their base's version counter.
+    return (t.data_ptr(), t._version, t.shape, t.stride(), t.dtype, t.device)
+
+
+class PositionEmbeddingChain(nn.Module):
+    """The LN' / LN'' modules of a method and the rules that chain them (see module docstring).
+
+    Args:
+        method: anything :func:`~mpvgbench.methods.resolve_method` accepts.
+        depth: number of blocks.
+        dim: embedding dim of every block, or one dim per block (Swin).
+        stages: stage index per block (non-decreasing, from 0); ``None``: one stage.
+        last_dim: dim of ``LN''``; default: the last block's dim.
+        norm_layer: LayerNorm factory ``norm_layer(dim)``; default timm ``LayerNorm`` (eps 1e-6).
+    """
+
+    def __init__(
+        self,
+        method: MethodLike,
+        depth: int,
+        dim: int | Sequence[int],
+        *,
+        stages: Optional[Sequence[int]] = None,
+        last_dim: Optional[int] = None,
+        norm_layer: Callable[[int], nn.Module] = LayerNorm,
+    ) -> None:
+        super().__init__()
+        self.method: PEMethod = resolve_method(method)
+        self.method.validate_for_depth(depth)
+        dims = [int(dim)] * depth if isinstance(dim, int) else [int(d) for d in dim]
+        stage_list = [0] * depth if stages is None else [int(s) for s in stages]
+        if len(dims) != depth or len(stage_list) != depth:
+            raise ValueError(f"need {depth} dims and stages, got {len(dims)} and {len(stage_list)}")
+        if stage_list and (stage_list[0] != 0 or any(b < a for a, b in zip(stage_list, stage_list[1:]))):
+            raise ValueError(f"stages must start at 0 and never decrease, got {stage_list}")
+        self.depth = depth
+        self.dims = dims
+        self.stages = stage_list
+        self.pe_blocks: list[int] = self.method.blocks_with_pe(depth)
+        self.pe_norms = nn.ModuleDict({str(i): norm_layer(dims[i]) for i in self.pe_blocks})
+        self.last_norm_pe: Optional[nn.Module] = None
+        if self.method.last_ln_pe is not None:
+            self.last_norm_pe = norm_layer(last_dim if last_dim is not None else dims[-1])
+        self.folded = False  # True once fold_last_ln_pe moved the LN'' term into the head bias
+        self.use_cache = True
+        self._cache: Optional[tuple[tuple[Any, ...], PEOutputs]] = None
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the method adds no module (default, gap): nothing to compute per forward."""
+        return not self.pe_blocks and self.last_norm_pe is None
+
+    def norm_for(self, block_idx: int) -> Optional[nn.Module]:
+        """``LN'_block_idx``, or ``None`` when that block receives no PE."""
+        key = str(block_idx)
+        return self.pe_norms[key] if key in self.pe_norms else None
+
+    def compute(self, pos0: Tensor, transform: Optional[Transform] = None) -> PEOutputs:
+        """The PE outputs, uncached (what the forward hooks of the LN' modules see)."""
+        if self.is_identity:
+            return PEOutputs((None,) * self.depth, None)
+        hierarchical = self.method.hierarchical
+        raw_at: list[Tensor] = [pos0]  # pos_0 brought to stage s, built lazily
+
+        def to_stage(pe: Tensor, src: int, dst: int) -> Tensor:
+            for s in range(src + 1, dst + 1):
+                if transform is None:
+                    raise ValueError("a multi-stage chain needs a transform between stages")
+                pe = transform(pe, s)
+            return pe
+
+        def raw(stage: int) -> Tensor:
+            while len(raw_at) <= stage:
+                raw_at.append(to_stage(raw_at[-1], len(raw_at) - 1, len(raw_at)))
+            return raw_at[stage]
+
+        blocks: list[Optional[Tensor]] = [None] * self.depth
+        cur, cur_stage = pos0, 0
+        for idx in self.pe_blocks:
+            stage = self.stages[idx]
+            if hierarchical:
+                cur, cur_stage = to_stage(cur, cur_stage, stage), stage
+                cur = self.pe_norms[str(idx)](cur)
+            else:
+                cur = self.pe_norms[str(idx)](raw(stage))
+            blocks[idx] = cur
+        last: Optional[Tensor] = None
+        if self.last_norm_pe is not None:
+            k = self.method.last_ln_pe
+            assert k is not None
+            final = self.stages[-1] if self.stages else 0
+            src = raw(final) if k == 0 else to_stage(blocks[k], self.stages[k], final)  # type: ignore[arg-type]
+            last = self.last_norm_pe(src)
+        return PEOutputs(tuple(blocks), last)
+
+    def _cache_allowed(self) -> bool:
+        if not self.use_cache or self.training or torch.is_grad_enabled():
+            return False
+        if torch.compiler.is_compiling():
+            return False
+        # analysis hooks on LN'/LN'' must see every call
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+
+    def forward(
+        self,
+        pos0: Tensor,
+        transform: Optional[Transform] = None,
+        key_tensors: Sequence[Tensor] = (),
+    ) -> PEOutputs:
+        """The PE outputs; cached in eval mode without grad (``key_tensors``: what ``transform`` reads)."""
+        if self.is_identity:
+            return PEOutputs((None,) * self.depth, None)
+        if not self._cache_allowed():
+            return self.compute(pos0, transform)
+        key = (
+            _tensor_key(pos0),
+            tuple(_tensor_key(p) for p in self.parameters()),
+            tuple(_tensor_key(t) for t in key_tensors),
+            torch.is_autocast_enabled(pos0.device.type),
+            torch.get_autocast_dtype(pos0.device.type),
+        )
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        out = self.compute(pos0, transform)
+        self._cache = (key, out)
+        return out
+
+    def clear_cache(self) -> None:
+        self._cache = None
+
+    def no_weight_decay_names(self, prefix: str = "") -> set[str]:
+        """Full names (with ``prefix``, e.g. ``"pe_chain."``) of every LN' / LN'' parameter."""
+        return {prefix + name for name, _ in self.named_parameters()}
+
+    def extra_repr(self) -> str:
+        return f"method={self.method.label}, pe_blocks={self.pe_blocks}, folded={self.folded}"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # never pickle / deepcopy cached tensors
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+
+class PEBlock(Block):
+    """timm ``Block`` that adds the delivered PE to the attention input: ``attn(norm1(x) + pe)``.
+
+    With ``pe=None`` it is exactly timm's ``Block``. The MLP half is unchanged.
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        x: Tensor,
+        pe: Optional[Tensor] = None,
+        attn_mask: Optional[Tensor] = None,
+        is_causal: bool = False,
+    ) -> Tensor:
+        h = self.norm1(x)
+        if pe is not None:
+            # in place when nothing records the graph: saves an allocation per block at inference
+            h = h.add_(pe) if not torch.is_grad_enabled() and h is not x else h + pe
+        x = x + self.drop_path1(self.ls1(self.attn(h, attn_mask=attn_mask, is_causal=is_causal)))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x
+
+
+def add_last_ln_pe(x: Tensor, pe: PEOutputs) -> Tensor:
+    """The Last LN's per-token output plus ``LN''(pos_k)`` (a no-op when the method has no term)."""
+    return x if pe.last is None else x + pe.last
+
+
+class PEModelMixin:
+    """What a backbone implements so the chain, the cache and :func:`fold_last_ln_pe` work.
+
+    Subclasses set ``self.pe_method`` and ``self.pe_chain`` and implement :meth:`pe_pos0`.
+    Multi-stage backbones also override :meth:`pe_transform` and :meth:`pe_key_tensors`.
+    Their classifier must be ``get_classifier()`` (timm) returning an ``nn.Linear``.
+    """
+
+    pe_method: PEMethod
+    pe_chain: PositionEmbeddingChain
+
+    def pe_pos0(self) -> Tensor:
+        """The raw PE ``pos_0`` (a parameter or a view of one, so the cache key is sound)."""
+        raise NotImplementedError
+
+    def pe_transform(self) -> Optional[Transform]:
+        return None
+
+    def pe_key_tensors(self) -> Sequence[Tensor]:
+        """Tensors ``pe_transform`` reads (their updates must invalidate the cache)."""
+        return ()
+
+    def pe_outputs(self) -> PEOutputs:
+        return self.pe_chain(self.pe_pos0(), self.pe_transform(), self.pe_key_tensors())
+
+    def pe_no_weight_decay(self) -> set[str]:
+        return self.pe_chain.no_weight_decay_names("pe_chain.")
+
+
+@contextlib.contextmanager
+def pe_cache(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Temporarily enable/disable the PE cache of every chain in ``model``."""
+    chains = [m for m in model.modules() if isinstance(m, PositionEmbeddingChain)]
+    before = [c.use_cache for c in chains]
+    for c in chains:
+        c.use_cache = enabled
+        c.clear_cache()
+    try:
+        yield
+    finally:
+        for c, b in zip(chains, before):
+            c.use_cache = b
+            c.clear_cache()
+
+
+@torch.no_grad()
+def fold_last_ln_pe(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """An equivalent model whose Last-LN PE term lives in the head bias.
+
+    logits = W(mean_t(LN(x)_t + LN''(pos_k)_t)) + b = W mean_t(LN(x)_t) + (b + W c),
+    with c = mean_t LN''(pos_k)_t. ``LN''`` is removed, so the folded state dict no longer loads
+    into an unfolded model (and vice versa) by accident. Returns the model unchanged (a copy
+    unless ``inplace``) when the method has no Last-LN term. Logits match within float error;
+    per-token features after the Last LN do not (the term is gone).
+    """
+    if not isinstance(model, PEModelMixin):
+        raise ValueError(f"{type(model).__name__} is not a PE model (no PEModelMixin)")
+    for chain in (m for m in model.modules() if isinstance(m, PositionEmbeddingChain)):
+        chain.clear_cache()
+    folded = model if inplace else copy.deepcopy(model)
+    assert isinstance(folded, PEModelMixin)
+    chain = folded.pe_chain
+    if chain.last_norm_pe is None:
+        return folded
+    last = chain.compute(folded.pe_pos0(), folded.pe_transform()).last
+    assert last is not None
+    c = last.reshape(-1, last.shape[-1]).float().mean(0)  # GAP's mean over tokens, input-free
+    head = folded.get_classifier()  # type: ignore[attr-defined]
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"cannot fold into a {type(head).__name__} head; need nn.Linear")
+    shift = (head.weight.float() @ c).to(head.weight.dtype)
+    if head.bias is None:
+        head.bias = nn.Parameter(shift.clone())
+    else:
+        head.bias.add_(shift)
+    chain.last_norm_pe = None
+    chain.folded = True
+    chain.clear_cache()
+    return folded

@@ -1,0 +1,239 @@
+"""Swin-Ti (timm ``SwinTransformer``) with an absolute PE and a position-embedding method.
+
+The paper's Swin "Default" is Swin with ``ape=True``: a learnable absolute PE of shape
+``(1, H*W, C0)`` (``(1, 3136, 96)`` at 224 px) added to the patch tokens, on top of Swin's own
+relative position bias, which every method keeps. How the method's knobs map onto a staged model:
+
+- **Pooling is always GAP** (Last LN per token, then mean, then the head), whatever
+  ``method.pool`` says: Swin has no class token, so ``pool='token'`` methods (default, lape,
+  pvg_cls) run with GAP too and have no class-token PE row to drop.
+- **Layer 0 is included** (paper: "both PVG and MPVG exceptionally include layer 0"):
+  ``layerwise_from=1`` is treated as ``0``, so every block gets an LN'-delivered PE and
+  ``lape`` / ``pvg`` differ only in ``add_to_input``.
+- **Per-stage PE.** Each block's LN' works at its stage's dim. Between stages the PE goes
+  through the *same* ``PatchMerging`` module as the tokens (the chain's ``transform``), so
+  hierarchical chains carry ``pos_l`` across stages; non-hierarchical ones and the Last-LN source
+  use ``pos_0`` merged once per stage boundary. MPVG's ``LN''`` is 768-d on ``pos_0`` merged
+  three times.
+- **Delivery.** The PE is added to ``norm1(x)`` *before* the cyclic shift, padding and window
+  partition (timm's ``_attn``), so it is shifted and partitioned exactly like the tokens.
+- **Window.** ``window_size`` defaults to 7 at 224 px. For other sizes, when not given, it is the
+  largest ``w <= 7`` that divides stage 2's grid (``img_size / 16``), so the shifted windows tile
+  the middle stages (timm clamps a window to the grid of a smaller stage and drops its shift):
+  224 -> 7, 64 -> 4, 32 -> 2, 16 -> 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import torch
+from timm.layers import get_norm_layer, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.swin_transformer import (
+    SwinTransformer,
+    SwinTransformerBlock,
+    checkpoint_filter_fn,
+)
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from mpvgbench.methods import MethodLike, PEMethod, resolve_method
+from mpvgbench.models.pe import PEModelMixin, PositionEmbeddingChain, Transform, add_last_ln_pe
+
+__all__ = ["MPVGSwinTransformer", "PESwinBlock", "default_window_size", "swin_effective_method"]
+
+SizeLike = Union[int, tuple[int, int]]
+
+
+def default_window_size(img_size: SizeLike, patch_size: int = 4, max_window: int = 7) -> int:
+    """The largest window ``<= max_window`` that tiles stage 2's grid (see the module docstring)."""
+    size = min(img_size) if isinstance(img_size, (tuple, list)) else int(img_size)
+    stage2 = max(1, size // patch_size // 4)
+    return max(w for w in range(1, max_window + 1) if stage2 % w == 0)
+
+
+def swin_effective_method(method: MethodLike) -> PEMethod:
+    """The knobs Swin actually runs: layer 0 included (``layerwise_from=1`` -> ``0``)."""
+    m = resolve_method(method)
+    return dataclasses.replace(m, layerwise_from=0) if m.layerwise_from == 1 else m
+
+
+class PESwinBlock(SwinTransformerBlock):
+    """timm Swin block whose attention input is ``norm1(x) + pe`` (``pe``: ``(1, H, W, C)``).
+
+    The PE is added before ``_attn`` so the cyclic shift, padding and window partition move it
+    with the tokens. With ``pe=None`` this is exactly timm's block. It adds no state, only this
+    forward, which is why :class:`MPVGSwinTransformer` can retype timm's blocks in place.
+    """
+
+    def forward(self, x: Tensor, pe: Optional[Tensor] = None) -> Tensor:  # type: ignore[override]
+        B, H, W, C = x.shape
+        h = self.norm1(x)
+        if pe is not None:
+            h = h + pe
+        x = x + self.drop_path1(self._attn(h))
+        x = x.reshape(B, -1, C)
+        x = x + self.drop_path2(self.mlp(self.norm2(x)))
+        return x.reshape(B, H, W, C)
+
+
+class MPVGSwinTransformer(PEModelMixin, SwinTransformer):
+    """timm ``SwinTransformer`` + absolute PE (``absolute_pos_embed``) + a PE method.
+
+    ``global_pool`` is fixed to ``'avg'`` (see the module docstring) and may not be passed.
+    ``window_size=None`` picks :func:`default_window_size` for ``img_size``.
+    """
+
+    def __init__(
+        self,
+        pe_method: MethodLike = "default",
+        img_size: SizeLike = 224,
+        patch_size: int = 4,
+        window_size: Optional[Any] = None,
+        **kwargs: Any,
+    ) -> None:
+        method = resolve_method(pe_method)
+        depths = tuple(kwargs.get("depths", (2, 2, 6, 2)))
+        method.validate_for_depth(sum(depths))
+        if "global_pool" in kwargs:
+            raise ValueError("global_pool is always 'avg' on Swin (no class token); do not pass it")
+        if window_size is None:
+            window_size = default_window_size(img_size, patch_size)
+        super().__init__(
+            img_size=img_size, patch_size=patch_size, window_size=window_size, global_pool="avg", **kwargs
+        )
+        dims: list[int] = []
+        stages: list[int] = []
+        for s, stage in enumerate(self.layers):
+            for blk in stage.blocks:
+                # timm's SwinTransformerStage hard-codes its block class; PESwinBlock only adds a
+                # forward that takes the PE (no parameters, buffers or attributes), so retyping
+                # the built blocks is exact and avoids re-implementing the stage constructor.
+                assert type(blk) is SwinTransformerBlock
+                blk.__class__ = PESwinBlock
+                dims.append(blk.dim)
+                stages.append(s)
+
+        self.pe_method = method
+        self.pe_method_effective = swin_effective_method(method)
+        grid = tuple(self.patch_embed.grid_size)
+        self._ape_grid: tuple[int, int] = (int(grid[0]), int(grid[1]))
+        # original Swin's name and layout (tokens flattened); trunc-normal std .02 as Swin's ape
+        self.absolute_pos_embed = nn.Parameter(
+            torch.zeros(1, grid[0] * grid[1], dims[0], device=self.patch_embed.proj.weight.device)
+        )
+        trunc_normal_(self.absolute_pos_embed, std=0.02)
+        # LN'/LN'' are the model's own LayerNorm kind (Swin: nn.LayerNorm, eps 1e-5)
+        norm_layer = get_norm_layer(kwargs.get("norm_layer")) or nn.LayerNorm
+        self.pe_chain = PositionEmbeddingChain(
+            self.pe_method_effective,
+            len(dims),
+            dims,
+            stages=stages,
+            last_dim=self.num_features,
+            norm_layer=norm_layer,
+        )
+
+    # --- PE plumbing (pe.py) -------------------------------------------------------------
+    def pe_pos0(self) -> Tensor:
+        # a view of the parameter, so the chain's cache key (data_ptr, _version) stays sound
+        return self.absolute_pos_embed.view(1, *self._ape_grid, -1)
+
+    def pe_transform(self) -> Optional[Transform]:
+        return self._merge_pe
+
+    def _merge_pe(self, pe: Tensor, stage: int) -> Tensor:
+        return self.layers[stage].downsample(pe)  # the same PatchMerging as the tokens
+
+    def pe_key_tensors(self) -> Sequence[Tensor]:
+        return [p for stage in self.layers for p in stage.downsample.parameters()]
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return super().no_weight_decay() | {"absolute_pos_embed"} | self.pe_no_weight_decay()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        matcher = super().group_matcher(coarse)
+        matcher["stem"] = r"^patch_embed|^absolute_pos_embed"
+        return matcher
+
+    def set_input_size(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "the absolute PE is sized at construction; build a new model with img_size="
+        )
+
+    def forward_intermediates(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("timm's stage-wise forward skips the delivered PE; use forward_features")
+
+    # --- forward ---------------------------------------------------------------------------
+    def forward_features(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        x = self.patch_embed(x)  # (B, H, W, C0)
+        pos0 = self.pe_pos0()
+        if self.pe_method_effective.add_to_input:
+            x = x + pos0
+        pe = self.pe_outputs()
+        i = 0
+        for stage in self.layers:
+            x = stage.downsample(x)
+            for blk in stage.blocks:
+                if stage.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                    x = checkpoint(blk, x, pe.blocks[i], use_reentrant=False)
+                else:
+                    x = blk(x, pe.blocks[i])
+                i += 1
+        # Last LN per token, + LN''(pos_0 merged to the last stage); the head then averages (GAP)
+        return add_last_ln_pe(self.norm(x), pe)
+
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.9,
+        "interpolation": "bicubic",
+        "fixed_input_size": True,
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "first_conv": "patch_embed.proj",
+        "classifier": "head.fc",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({"mpvg_swin_tiny_patch4_window7_224": _cfg()})
+
+
+@register_model
+def mpvg_swin_tiny_patch4_window7_224(pretrained: bool = False, **kwargs: Any) -> MPVGSwinTransformer:
+    """Swin-Ti: patch 4, 96-d, depths (2, 2, 6, 2), heads (3, 6, 12, 24), window 7 at 224 px.
+
+    ``pe_method=`` preset / knob dict / PEMethod; ``img_size=`` and ``num_classes=`` as usual.
+    """
+    if pretrained:
+        raise ValueError("mpvg_swin_tiny_patch4_window7_224 has no pretrained weights")
+    args: dict[str, Any] = {
+        "patch_size": 4,
+        "embed_dim": 96,
+        "depths": (2, 2, 6, 2),
+        "num_heads": (3, 6, 12, 24),
+        **kwargs,
+    }
+    return build_model_with_cfg(
+        MPVGSwinTransformer,
+        "mpvg_swin_tiny_patch4_window7_224",
+        pretrained=False,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),
+        **args,
+    )
+
+
+def swin_tiny(pe_method: MethodLike = "default", **kwargs: Any) -> MPVGSwinTransformer:
+    """Short-name constructor (``models/__init__.py`` maps ``swin_tiny`` to the timm name)."""
+    return mpvg_swin_tiny_patch4_window7_224(pe_method=pe_method, **kwargs)

@@ -1,0 +1,204 @@
+"""Default training recipes per model family and dataset (paper Table 7 + each family's own defaults).
+
+A cell's recipe is ``default_recipe(family, dataset)`` with the spec's overrides on top
+(``matrix.expand``). This module also holds the dataset defaults (classes, image size,
+channels) and the light-weight model facts the spec needs (family, depth, default image
+size, token stride). They live here, not behind ``mpvgbench.models``, because importing
+the models pulls in torch + timm (~3 s) and ``run --dry-run`` must stay well under 2 s;
+``tests/test_recipes.py`` cross-checks the table against ``mpvgbench.models``. Models that
+``mpvgbench.models`` registers later and this table lacks are looked up there lazily.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, NamedTuple, Optional
+
+from mpvgbench.config import Recipe
+
+# ---------------------------------------------------------------------------- datasets
+
+
+class DatasetInfo(NamedTuple):
+    num_classes: Optional[int]  # None: the spec must say (dataset_overrides.<name>.num_classes)
+    img_size: int  # native size of the images (the model's own size is used for large images)
+    in_chans: int
+
+
+DATASET_INFO: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo(10, 8, 1),  # sklearn's 1797 8x8 handwritten digits, bundled
+    "cifar100": DatasetInfo(100, 32, 3),
+    "imagenet": DatasetInfo(1000, 224, 3),
+    "imagefolder": DatasetInfo(None, 224, 3),  # root/train/<class>/*, root/val/<class>/*
+    "synthetic": DatasetInfo(1000, 224, 3),  # random tensors: smoke runs and benchmarks
+}
+SMALL_IMAGE_DATASETS = frozenset({"digits", "cifar100"})
+SMOKE_NUM_CLASSES = 10
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """``(num_classes, img_size, in_chans)`` defaults of a dataset name."""
+    try:
+        return DATASET_INFO[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown dataset {name!r}; allowed: {', '.join(DATASET_INFO)}"
+        ) from None
+
+
+# ------------------------------------------------------------------------------ models
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str  # deit, ceit, swin, t2t, vit_lite, micro
+    depth: int  # number of transformer blocks (Swin: all stages together)
+    default_img_size: int
+    token_stride: Optional[int]  # img_size must be a multiple of it; None: not checked
+    smoke_img_size: int  # a small size the model builds and runs at
+    in_chans: int = 3  # the builder's default input channels
+
+
+MODEL_TABLE: dict[str, ModelInfo] = {
+    m.name: m
+    for m in (
+        ModelInfo("deit_tiny", "deit", 12, 224, 16, 32),
+        ModelInfo("deit_small", "deit", 12, 224, 16, 32),
+        ModelInfo("deit_base", "deit", 12, 224, 16, 32),
+        # Swin: patch 4 then 3 merges -> a multiple of 32. Smoke at 64 (stages 16/8/4/2): the
+        # 7x7 window is padded / clamped per stage, which the model supports (tested).
+        ModelInfo("swin_tiny", "swin", 12, 224, 32, 64),
+        ModelInfo("ceit_tiny", "ceit", 12, 224, 16, 32),
+        ModelInfo("t2t_vit_7", "t2t", 7, 224, 16, 32),
+        ModelInfo("vit_lite_7_4", "vit_lite", 7, 32, 4, 32),
+        ModelInfo("vit_micro", "micro", 4, 8, 2, 8, in_chans=1),
+    )
+}
+
+
+@lru_cache(maxsize=None)
+def model_info(name: str) -> ModelInfo:
+    """Facts about a model short name; ``ValueError`` naming the known models otherwise."""
+    if name in MODEL_TABLE:
+        return MODEL_TABLE[name]
+    models = _models_module()
+    names = list(models.list_models()) if models is not None else []
+    if name not in names:
+        known = sorted(set(MODEL_TABLE) | set(names))
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(known)}")
+    family = str(getattr(models, "model_family")(name))
+    depth_fn = getattr(models, "model_depth", None)
+    size_fn = getattr(models, "default_img_size", None)
+    size = int(size_fn(name)) if size_fn is not None else 224
+    return ModelInfo(
+        name=name,
+        family=family,
+        depth=int(depth_fn(name)) if depth_fn is not None else 12,
+        default_img_size=size,
+        token_stride=None,
+        smoke_img_size=min(size, 32),
+    )
+
+
+def known_models() -> list[str]:
+    """Every model short name: this table plus whatever ``mpvgbench.models`` registers."""
+    names = set(MODEL_TABLE)
+    models = _models_module()
+    if models is not None:
+        names |= set(models.list_models())
+    return sorted(names)
+
+
+def _models_module() -> Any:
+    try:
+        import mpvgbench.models as models
+    except ModuleNotFoundError as exc:  # the package is optional here; its bugs are not
+        if exc.name in ("mpvgbench.models",):
+            return None
+        raise
+    return models if hasattr(models, "list_models") else None
+
+
+def default_img_size(model: str, dataset: str) -> int:
+    """The image size a model trains at on a dataset.
+
+    Small-image datasets keep their native size for the small-image families (ViT-Lite on
+    CIFAR: 32; the micro ViT: 8) and for digits always (8x8); other models upsample to their
+    own size (T2T-ViT fine-tuned on CIFAR-100 at 224, as in the paper).
+    """
+    info = model_info(model)
+    data = dataset_info(dataset)
+    if dataset == "digits" or (
+        dataset in SMALL_IMAGE_DATASETS and info.family in ("vit_lite", "micro")
+    ):
+        return data.img_size
+    return info.default_img_size
+
+
+# ----------------------------------------------------------------------------- recipes
+
+# ImageNet recipes (paper Table 7). Recipe()'s defaults are DeiT's.
+_DEIT = Recipe()
+_CEIT = Recipe()
+_SWIN = Recipe(
+    lr=1e-3, lr_base_batch=1024, warmup_epochs=20, warmup_lr=5e-7, min_lr=5e-6,
+    grad_clip=5.0, drop_path=0.2, repeated_aug=False,
+)
+_T2T_IMAGENET = Recipe(
+    epochs=300, cooldown_epochs=10, batch_size=512, lr=1e-3, lr_base_batch=512,
+    weight_decay=0.03, warmup_epochs=10, repeated_aug=False,
+)
+# CIFAR-100 (paper Table 7): ViT-Lite from scratch (CCT's recipe), T2T-ViT fine-tuned.
+_VIT_LITE_CIFAR = Recipe(
+    epochs=300, cooldown_epochs=10, batch_size=128, lr=6e-4, lr_base_batch=128,
+    weight_decay=0.06, warmup_epochs=10, warmup_lr=1e-5, min_lr=1e-5,
+    train_crop_scale=(0.8, 1.0), eval_crop_pct=1.0, repeated_aug=False,
+)
+# The paper says AdamW; T2T's official transfer script uses SGD (momentum 0.9): override
+# with `recipe: {optimizer: sgd}`. Light augmentation as in that script; no warmup ("-").
+_T2T_CIFAR_FINETUNE = Recipe(
+    epochs=60, batch_size=128, lr=5e-2, lr_base_batch=128, weight_decay=5e-4,
+    optimizer="adamw", warmup_epochs=0, min_lr=0.0, drop_path=0.0, label_smoothing=0.0,
+    mixup=0.0, cutmix=0.0, randaugment=None, color_jitter=0.0, random_erasing=0.0,
+    train_crop_scale=(0.8, 1.0), eval_crop_pct=1.0, repeated_aug=False,
+)
+# 8x8 one-channel digits on a CPU: seconds per run, no heavy augmentation.
+QUICK_RECIPE = Recipe(
+    epochs=10, batch_size=64, lr=3e-3, lr_base_batch=64, min_lr=1e-5, warmup_epochs=1,
+    warmup_lr=1e-4, weight_decay=0.05, drop_path=0.0, label_smoothing=0.0, mixup=0.0,
+    cutmix=0.0, mixup_prob=0.0, randaugment=None, color_jitter=0.0, random_erasing=0.0,
+    train_crop_scale=(1.0, 1.0), eval_crop_pct=1.0, repeated_aug=False, amp=False,
+)
+
+IMAGENET_RECIPES: dict[str, Recipe] = {
+    "deit": _DEIT, "ceit": _CEIT, "swin": _SWIN, "t2t": _T2T_IMAGENET,
+    "vit_lite": _DEIT, "micro": _DEIT,
+}
+CIFAR_RECIPES: dict[str, Recipe] = {"t2t": _T2T_CIFAR_FINETUNE}
+
+
+def default_recipe(family: str, dataset: str) -> Recipe:
+    """The family's recipe for a dataset (unknown families get DeiT's)."""
+    if dataset == "digits":
+        return QUICK_RECIPE
+    if dataset == "cifar100":
+        return CIFAR_RECIPES.get(family, _VIT_LITE_CIFAR)
+    return IMAGENET_RECIPES.get(family, _DEIT)
+
+
+def smoke_recipe(recipe: Recipe, family: str) -> Recipe:
+    """A seconds-long version of ``recipe``: 2 epochs of 2 steps, one eval batch, small batch."""
+    return recipe.model_copy(
+        update={
+            "epochs": 2,
+            "cooldown_epochs": 0,
+            "warmup_epochs": min(recipe.warmup_epochs, 1),
+            "batch_size": 4 if family == "swin" else 8,
+            "max_steps_per_epoch": 2,
+            "eval_max_batches": 1,
+            "repeated_aug": False,
+            "compile": False,
+        }
+    )

@@ -1,0 +1,361 @@
+"""The run directory: the only thing a worker writes (docs/architecture.md, "Run directory").
+
+Every write here is atomic (temporary file in the same directory, flush, fsync, ``os.replace``),
+so a process killed mid-write leaves the previous version of the file intact: a reader sees the
+old file or the new one, never half of one. Readers turn unreadable files into a one-line
+:class:`RunDirError` that names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Optional, Union
+
+PathLike = Union[str, "os.PathLike[str]"]  # includes RunDir
+
+
+class RunDirError(ValueError):
+    """A run directory holds a file that cannot be read; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run directory, ``<runs_root>/<key>/``."""
+
+    path: Path
+
+    def __init__(self, path: PathLike) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def job(self) -> Path:
+        return self.path / "job.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def progress(self) -> Path:
+        return self.path / "progress.json"
+
+    @property
+    def result(self) -> Path:
+        return self.path / "result.json"
+
+    @property
+    def error(self) -> Path:
+        return self.path / "error.json"
+
+    @property
+    def stdout(self) -> Path:
+        return self.path / "stdout.log"
+
+    @property
+    def stderr(self) -> Path:
+        return self.path / "stderr.log"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:  # a RunDir is usable wherever a path is
+        return str(self.path)
+
+
+# ---------------------------------------------------------------------------------------- writes
+
+
+@contextmanager
+def _atomic_file(path: PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+    """Yield a temp file next to ``path``; on success fsync it and rename it over ``path``.
+
+    Same directory so ``os.replace`` is a rename on one filesystem (atomic on POSIX). On any
+    exception (including KeyboardInterrupt) the temp file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable across a power loss; not all filesystems allow it.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> None:
+    with _atomic_file(path, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True, allow_nan=True)
+        f.write("\n")
+
+
+def atomic_write_jsonl(path: PathLike, rows: list[dict[str, Any]]) -> None:
+    """Rewrite a whole JSON-lines file atomically (metrics.jsonl is small: one line per epoch)."""
+    with _atomic_file(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def atomic_torch_save(path: PathLike, obj: Any) -> None:
+    import torch
+
+    with _atomic_file(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def write_job_files(
+    run_dir: PathLike,
+    config: Any,
+    *,
+    data_root: Optional[str] = None,
+    device: str = "auto",
+    num_workers: int = 0,
+) -> RunDir:
+    """What an executor writes before launching a worker: config.json and job.json."""
+    rd = RunDir(run_dir)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(rd.config, config.model_dump(mode="json"))
+    job = {"key": config.key(), "data_root": data_root, "device": device, "num_workers": num_workers}
+    atomic_write_json(rd.job, job)
+    return rd
+
+
+# ----------------------------------------------------------------------------------------- reads
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def read_json(path: PathLike, *, missing_ok: bool = False) -> Optional[dict[str, Any]]:
+    """Parse a JSON object; a missing file is None (if ``missing_ok``), anything else unreadable raises."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise RunDirError(f"run dir {path.parent}: {path.name} is missing") from None
+    try:
+        obj = json.loads(text)
+        if not isinstance(obj, dict):
+            raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    except ValueError as exc:
+        raise RunDirError(
+            f"run dir {path.parent}: {path.name} is corrupted ({_one_line(exc)}); "
+            f"delete it{_fix_for(path.name)}"
+        ) from None
+    return obj
+
+
+def _fix_for(name: str) -> str:
+    return {
+        "result.json": " to retrain (or resume) the run",
+        "checkpoint.pt": " to restart the run from scratch",
+        "metrics.jsonl": " (and checkpoint.pt) to restart the run from scratch",
+        "config.json": " and the run directory, then launch the job again",
+        "job.json": " and the run directory, then launch the job again",
+    }.get(name, "")
+
+
+def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
+    """All rows of a JSON-lines file ([] when missing); a bad line raises RunDirError."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+        except ValueError as exc:
+            raise RunDirError(
+                f"run dir {path.parent}: {path.name} line {i} is corrupted ({_one_line(exc)}); "
+                f"delete it{_fix_for(path.name)}"
+            ) from None
+        rows.append(row)
+    return rows
+
+
+def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> Optional[dict[str, Any]]:
+    """Load checkpoint.pt (a run dir or the file itself); None when there is none yet."""
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        path = RunDir(path).checkpoint
+    if not path.exists():
+        return None
+    try:
+        # weights_only: the trainer stores only tensors and plain Python values, so the safe
+        # unpickler suffices and a foreign/malicious file cannot execute code.
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(ckpt, dict) or "model" not in ckpt:
+            raise ValueError("not an mpvgbench checkpoint (no 'model' entry)")
+    except Exception as exc:  # zip/pickle/EOF errors all mean the same thing to the user
+        raise RunDirError(
+            f"run dir {path.parent}: {path.name} is corrupted ({type(exc).__name__}: "
+            f"{_one_line(exc)}); delete it to restart the run from scratch"
+        ) from None
+    return ckpt
+
+
+def read_config(run_dir: PathLike) -> Any:
+    """config.json as a TrainConfig."""
+    from pydantic import ValidationError
+
+    from mpvgbench.config import TrainConfig
+
+    rd = RunDir(run_dir)
+    data = read_json(rd.config)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise RunDirError(
+            f"run dir {rd.path}: config.json is not a valid TrainConfig ({where}: {first['msg']}); "
+            "delete the run directory and launch the job again"
+        ) from None
+
+
+def read_job(run_dir: PathLike) -> dict[str, Any]:
+    """job.json with defaults filled in: key, data_root, device, num_workers."""
+    rd = RunDir(run_dir)
+    job = read_json(rd.job)
+    assert job is not None
+    job.setdefault("data_root", None)
+    job.setdefault("device", "auto")
+    job.setdefault("num_workers", 0)
+    if job["device"] not in ("auto", "cpu", "cuda") and not str(job["device"]).startswith("cuda:"):
+        raise RunDirError(
+            f"run dir {rd.path}: job.json has device {job['device']!r}; use auto, cpu or cuda"
+        )
+    return job
+
+
+def read_result(run_dir: PathLike) -> Optional[dict[str, Any]]:
+    return read_json(RunDir(run_dir).result, missing_ok=True)
+
+
+def is_finished(run_dir: PathLike) -> bool:
+    """A run is finished iff result.json exists and parses (architecture.md)."""
+    try:
+        return read_result(run_dir) is not None
+    except RunDirError:
+        return False
+
+
+# --------------------------------------------------------------------------------- environment
+
+
+def _git(args: list[str], cwd: str) -> Optional[str]:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
+        )
+    except Exception:  # no git, not a repo, timeout: the env record simply lacks it
+        return None
+    return out.stdout.strip()
+
+
+def collect_env(device: Optional[str] = None, num_processes: int = 1) -> dict[str, Any]:
+    """Where a result came from. Cheap and never raises (each field falls back to None)."""
+    env: dict[str, Any] = {
+        "host": None,
+        "torch": None,
+        "timm": None,
+        "python": platform.python_version(),
+        "device": device,
+        "git_commit": None,
+        "git_dirty": None,
+        "num_processes": num_processes,
+    }
+    try:
+        env["host"] = socket.gethostname()
+    except Exception:
+        pass
+    for name in ("torch", "timm"):
+        try:  # the loaded module's version; package metadata avoids importing timm (seconds)
+            mod = sys.modules.get(name)
+            env[name] = str(mod.__version__) if mod is not None else importlib.metadata.version(name)
+        except Exception:
+            pass
+    try:
+        import torch
+
+        if device is not None and device.startswith("cuda") and torch.cuda.is_available():
+            env["device"] = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    except Exception:
+        pass
+    cwd = os.getcwd()
+    commit = _git(["rev-parse", "HEAD"], cwd)
+    if commit:
+        env["git_commit"] = commit
+        status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+        env["git_dirty"] = None if status is None else bool(status)
+    return env
+
+
+__all__ = [
+    "RunDir",
+    "RunDirError",
+    "atomic_torch_save",
+    "atomic_write_json",
+    "atomic_write_jsonl",
+    "collect_env",
+    "is_finished",
+    "read_checkpoint",
+    "read_config",
+    "read_job",
+    "read_json",
+    "read_jsonl",
+    "read_result",
+    "write_job_files",
+]

@@ -1,0 +1,422 @@
+"""Experiment specs: a YAML file that declares a matrix of model x method x dataset x seed.
+
+``load_spec(path)`` reads the file with a safe YAML loader (no tags, no duplicate keys),
+validates it into a frozen :class:`Spec` (pydantic, ``extra="forbid"`` at every level) and
+checks every cell it expands to (``mpvgbench.matrix.check_cells``). Every failure is a
+one-line :class:`SpecError`: ``<file>: <field path>: <problem>; <allowed values>``.
+Nothing in a spec is ever evaluated, imported or executed. See ``docs/specs.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PositiveInt,
+    PrivateAttr,
+    Strict,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mpvgbench.config import Recipe
+from mpvgbench.methods import method_label, resolve_method
+from mpvgbench.recipes import DATASET_INFO, dataset_info, model_info
+
+AXES: tuple[str, ...] = ("models", "methods", "datasets", "seeds")
+CELL_KEYS: tuple[str, ...] = ("model", "method", "dataset", "seed")
+MAX_SPEC_BYTES = 1_000_000
+RUN_KEY_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+class SpecError(ValueError):
+    """A spec problem, as one line: file, field path, bad value, allowed values."""
+
+
+class _FieldError(ValueError):
+    """Raised by spec-level validators: carries the field path pydantic cannot know."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# --------------------------------------------------------------------- value checkers
+
+
+def _check_model(name: str) -> str:
+    model_info(name)  # ValueError: unknown model 'x'; allowed: ...
+    return name
+
+
+def _check_dataset(name: str) -> str:
+    dataset_info(name)
+    return name
+
+
+_LABEL_RE = re.compile(r"^([a-z_]+)\[([a-z_]+=[A-Za-z0-9_]+(?:,[a-z_]+=[A-Za-z0-9_]+)*)\]$")
+_LABEL_VALUES: dict[str, Any] = {"null": None, "true": True, "false": False}
+
+
+def parse_method_label(label: str) -> Optional[dict[str, Any]]:
+    """``"mpvg[last_ln_pe=5]"`` (a ``method_label``) -> ``{"base": "mpvg", "last_ln_pe": 5}``."""
+    match = _LABEL_RE.match(label)
+    if match is None:
+        return None
+    knobs: dict[str, Any] = {"base": match.group(1)}
+    for item in match.group(2).split(","):
+        name, text = item.split("=", 1)
+        knobs[name] = _LABEL_VALUES.get(text, int(text) if text.isdigit() else text)
+    return knobs
+
+
+def _check_method(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        value = dict(value)
+    elif isinstance(value, str) and "[" in value:
+        value = parse_method_label(value) or value
+    resolve_method(value)  # ValueError naming presets / knobs / the bad knob value
+    return value
+
+
+def _check_recipe_keys(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        unknown = [k for k in value if k not in Recipe.model_fields]
+        if unknown:
+            raise ValueError(
+                f"unknown recipe field {unknown[0]!r}; allowed: {', '.join(Recipe.model_fields)}"
+            )
+    return value
+
+
+ModelName = Annotated[str, Strict(), AfterValidator(_check_model)]
+DatasetName = Annotated[str, Strict(), AfterValidator(_check_dataset)]
+MethodValue = Annotated[Any, AfterValidator(_check_method)]
+Seed = Annotated[int, Strict(), Field(ge=0, le=2**32 - 1)]
+RecipeOverride = Annotated[Recipe, BeforeValidator(_check_recipe_keys)]
+AxisName = Literal["models", "methods", "datasets", "seeds"]
+
+
+def recipe_overrides(recipe: Optional[Recipe]) -> dict[str, Any]:
+    """Only the fields a spec set explicitly (validated values)."""
+    if recipe is None:
+        return {}
+    return {name: getattr(recipe, name) for name in sorted(recipe.model_fields_set)}
+
+
+# ------------------------------------------------------------------------- sections
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            unknown = [k for k in data if k not in cls.model_fields]
+            if unknown:
+                raise ValueError(
+                    f"unknown key {unknown[0]!r}; allowed: {', '.join(cls.model_fields)}"
+                )
+        return data
+
+
+class DataRoots(_Section):
+    cifar100: Optional[str] = None  # the folder that holds cifar-100-python/
+    imagenet: Optional[str] = None  # the folder that holds train/ and val/
+    imagefolder: Optional[str] = None  # the folder that holds train/<class>/ and val/<class>/
+
+
+class DataSection(_Section):
+    roots: DataRoots = DataRoots()
+    num_workers: Optional[Annotated[int, Field(ge=0, le=256)]] = None  # null: per dataset
+    download: bool = False  # fetch CIFAR-100 into data.roots.cifar100 when it is missing
+
+
+class ExecutorSection(_Section):
+    name: Literal["local", "slurm"] = "local"
+    workers: PositiveInt = 1  # jobs at once (local) / array parallelism (slurm)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ResultsSection(_Section):
+    db: Optional[str] = None  # SQLAlchemy URL or a path to a SQLite file
+    runs_dir: Optional[str] = None
+
+
+class InitFrom(_Section):
+    """Start from the weights of the same model/method/seed trained on ``dataset``."""
+
+    dataset: DatasetName
+    recipe: Optional[RecipeOverride] = None  # overrides of that run's family default recipe
+
+
+def _init_from_kind(value: Any) -> str:
+    return "run_key" if isinstance(value, str) else "run_cell"
+
+
+# Either the 16-hex key of a finished run or {dataset: ..., recipe: {...}} (a cell of this spec).
+InitFromValue = Annotated[
+    Union[
+        Annotated[str, Field(pattern=RUN_KEY_RE.pattern), Tag("run_key")],
+        Annotated[InitFrom, Tag("run_cell")],
+    ],
+    Discriminator(_init_from_kind),
+]
+
+
+class ModelOverride(_Section):
+    recipe: Optional[RecipeOverride] = None
+    img_size: Optional[PositiveInt] = None
+    init_from: Optional[InitFromValue] = None
+
+
+class DatasetOverride(_Section):
+    num_classes: Optional[PositiveInt] = None
+    img_size: Optional[PositiveInt] = None
+
+
+class CellPattern(_Section):
+    """An ``include`` cell (missing keys: every value of that axis) or an ``exclude`` pattern."""
+
+    model: Optional[ModelName] = None
+    method: Optional[MethodValue] = None
+    dataset: Optional[DatasetName] = None
+    seed: Optional[Seed] = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> CellPattern:
+        if all(getattr(self, k) is None for k in CELL_KEYS):
+            raise ValueError(f"empty pattern; give at least one of: {', '.join(CELL_KEYS)}")
+        return self
+
+
+def _check_slurm(value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """Hook: ``mpvgbench.executors.slurm.validate_slurm_section(dict) -> dict`` if it exists."""
+    if value is None:
+        return None
+    try:
+        from mpvgbench.executors import slurm
+    except ModuleNotFoundError:
+        return value
+    hook = getattr(slurm, "validate_slurm_section", None)
+    return hook(value) if hook is not None else value
+
+
+# ----------------------------------------------------------------------------- spec
+
+
+class Spec(_Section):
+    name: Annotated[str, Strict(), Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
+    description: str = ""
+    models: list[ModelName]
+    methods: list[MethodValue]
+    datasets: list[DatasetName]
+    seeds: list[Seed] = [0]
+    zip: list[list[AxisName]] = []
+    include: list[CellPattern] = []
+    exclude: list[CellPattern] = []
+    recipe: Optional[RecipeOverride] = None
+    model_overrides: dict[ModelName, ModelOverride] = {}
+    dataset_overrides: dict[DatasetName, DatasetOverride] = {}
+    init_from: Optional[InitFromValue] = None  # for every model without its own init_from
+    data: DataSection = DataSection()
+    executor: ExecutorSection = ExecutorSection()
+    slurm: Annotated[Optional[dict[str, Any]], AfterValidator(_check_slurm)] = None
+    results: ResultsSection = ResultsSection()
+
+    _source: str = PrivateAttr(default="<spec>")
+
+    @field_validator("models", "methods", "datasets", "seeds")
+    @classmethod
+    def _axis_values(cls, values: list[Any], info: Any) -> list[Any]:
+        if not values:
+            raise ValueError("empty axis; list at least one value")
+        seen: dict[Any, int] = {}
+        for i, value in enumerate(values):
+            ident = method_label(value) if info.field_name == "methods" else value
+            if ident in seen:
+                raise ValueError(
+                    f"duplicate value at [{seen[ident]}] and [{i}]: {_short(value)}"
+                    + (f" (both are {ident!r})" if info.field_name == "methods" else "")
+                )
+            seen[ident] = i
+        return values
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Spec:
+        zipped: dict[str, int] = {}
+        for g, group in enumerate(self.zip):
+            if len(group) < 2:
+                raise _FieldError(f"zip[{g}]", f"a zip group pairs at least 2 axes, got {group}")
+            for axis in group:
+                if axis in zipped:
+                    raise _FieldError(
+                        f"zip[{g}]", f"axis {axis!r} is already in zip[{zipped[axis]}]"
+                    )
+                zipped[axis] = g
+            lengths = {axis: len(getattr(self, axis)) for axis in group}
+            if len(set(lengths.values())) > 1:
+                shown = ", ".join(f"{a} has {n}" for a, n in lengths.items())
+                raise _FieldError(f"zip[{g}]", f"zipped axes need equal lengths; {shown}")
+        used = set(self.datasets) | {c.dataset for c in self.include if c.dataset}
+        for name in sorted(used):
+            if dataset_info(name).num_classes is None and self.num_classes_for(name) is None:
+                raise _FieldError(
+                    "datasets",
+                    f"dataset {name!r} has no default number of classes; set "
+                    f"dataset_overrides.{name}.num_classes",
+                )
+        return self
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def source(self) -> str:
+        """The file the spec came from (for error messages)."""
+        return self._source
+
+    def num_classes_for(self, dataset: str) -> Optional[int]:
+        override = self.dataset_overrides.get(dataset)
+        if override is not None and override.num_classes is not None:
+            return override.num_classes
+        return dataset_info(dataset).num_classes
+
+    def data_root(self, dataset: str) -> Optional[str]:
+        """The configured root of a dataset (``~`` expanded), or None."""
+        root = getattr(self.data.roots, dataset, None)
+        return str(Path(root).expanduser()) if root else None
+
+    def error(self, field: str, message: str) -> SpecError:
+        return SpecError(f"{self._source}: {field}: {message}")
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also refuses duplicate mapping keys."""
+
+
+def _construct_mapping(loader: _SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key) if isinstance(key, (str, int, float, bool)) else None
+    return loader.construct_mapping(node, deep=deep)
+
+
+_SafeLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+
+
+def parse_spec(data: Any, source: str = "<spec>", *, check: bool = True) -> Spec:
+    """Validate already-parsed YAML/JSON data into a Spec (``SpecError`` on any problem)."""
+    if not isinstance(data, Mapping):
+        got = "nothing (empty file)" if data is None else type(data).__name__
+        raise SpecError(f"{source}: the top level must be a mapping of spec fields, got {got}")
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"{source}: {format_validation_error(exc)}") from None
+    spec._source = source
+    if check:
+        from mpvgbench.matrix import check_cells
+
+        check_cells(spec)
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read, parse and validate a spec file; every problem is a one-line ``SpecError``."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"{source}: no such spec file") from None
+    except IsADirectoryError:
+        raise SpecError(f"{source}: is a directory, not a spec file") from None
+    except OSError as exc:
+        raise SpecError(f"{source}: cannot read spec: {exc.strerror or exc}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"{source}: spec is {len(raw)} bytes; the limit is {MAX_SPEC_BYTES}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{source}: {_yaml_problem(exc)}") from None
+    return parse_spec(data, source)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    problem = " ".join(str(problem).split())
+    if "could not determine a constructor" in problem:
+        problem += " (YAML tags are not allowed in specs)"
+    return f"{where}malformed YAML: {problem}"
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """The first pydantic error as ``field.path[i]: message; got value``, on one line."""
+    err = exc.errors(include_url=False)[0]
+    loc = _format_loc(err["loc"])
+    msg = str(err["msg"])
+    kind = err["type"]
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, _FieldError):  # spec-level checks carry their own field path
+            loc = ".".join(p for p in (loc, cause.field) if p)
+    elif kind == "missing":
+        msg = "missing; this field is required"
+    elif kind == "extra_forbidden":
+        msg = "unknown key"
+    else:
+        msg = f"{msg[:1].lower()}{msg[1:]}; got {_short(err.get('input'))}"
+    return " ".join(f"{loc or '(top level)'}: {msg}".split())
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part == "[key]":
+            continue
+        elif isinstance(part, str) and (
+            part.startswith(("function-", "lax-", "str", "json-or-python"))
+            or part in ("run_key", "run_cell", "dict[str,any]", "constrained-str")
+        ):
+            continue  # pydantic's names for union members / wrappers, not spec fields
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,465 @@
+"""The results database: runs, their claims and status, per-epoch metrics and final results.
+
+``Store(url_or_path)`` opens (and on first use creates) a SQLite file or any SQLAlchemy URL
+(PostgreSQL: ``postgresql+psycopg://user:pass@host:port/db``). Only the coordinating process
+writes it; workers write run directories, which :meth:`Store.ingest_run_dir` folds in
+idempotently. Status lifecycle::
+
+    pending --claim--> running --ingest(result.json)--> finished --reset (--force)--> pending
+                         |-- ingest(error.json) / mark_failed --> failed --reset_failed--> pending
+                         |-- release (Ctrl-C) --> pending
+                         '-- mark_cancelled --> cancelled --reset_failed--> pending
+
+A ``running`` row whose heartbeat is older than ``stale_after_s`` belongs to a dead coordinator
+and can be claimed again. Failed and cancelled runs are never results.
+
+SQLite: WAL journal, 30 s busy timeout, and every write transaction starts with
+``BEGIN IMMEDIATE``: it takes the write lock up front, so read-then-write transactions of
+concurrent processes queue instead of failing with "database is locked". WAL needs a local
+filesystem: on a cluster only the submitting process should write a SQLite file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from mpvgbench import store_schema as S
+from mpvgbench.store_schema import (
+    SCHEMA_VERSION, STATUSES, MetricRow, ResultRow, RunRow, chunks, select_keys, upsert,
+)
+
+if TYPE_CHECKING:
+    from mpvgbench.config import TrainConfig
+
+DEFAULT_DB = "results.db"
+ENV_DB = "MPVGBENCH_DB"
+PathOrUrl = Union[str, "os.PathLike[str]", None]
+
+
+class StoreError(ValueError):
+    """The database cannot be used; the one-line message names the problem and the fix."""
+
+
+class JobLike(Protocol):
+    """What :meth:`Store.register_jobs` needs of a ``mpvgbench.matrix.Job``."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def config(self) -> "TrainConfig": ...
+
+
+def resolve_url(url_or_path: PathOrUrl = None) -> str:
+    """None -> ``$MPVGBENCH_DB`` or ``./results.db``; a plain path -> SQLite; a URL as it is."""
+    raw = str(url_or_path) if url_or_path is not None else os.environ.get(ENV_DB) or DEFAULT_DB
+    if "://" in raw:
+        return raw
+    if raw == ":memory:":
+        return "sqlite://"
+    return "sqlite:///" + str(Path(raw).expanduser().absolute())
+
+
+def _one_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = " ".join(str(orig).split()) or type(orig).__name__
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+class Store:
+    """Runs, claims, metrics and results in one SQL database. See the module docstring."""
+
+    def __init__(self, url_or_path: PathOrUrl = None) -> None:
+        self.url = resolve_url(url_or_path)
+        try:
+            url = sa.make_url(self.url)
+        except sa.exc.ArgumentError:
+            raise StoreError(f"--db {self.url!r} is neither a file path nor a database URL") from None
+        #: where the database is, for messages (password hidden)
+        self.where: str = url.render_as_string(hide_password=True)
+        self.is_sqlite = url.get_backend_name() == "sqlite"
+        if self.is_sqlite and url.database:
+            self.where = url.database
+            parent = Path(url.database).parent
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                why = "a file is in the way" if isinstance(exc, FileExistsError) else exc.strerror
+                raise StoreError(f"cannot create the directory {parent} of the results database "
+                                 f"({why}); pass a writable --db") from None
+        self._engine = self._make_engine(url)
+        self._reader = self._engine.execution_options(**{S.READ_ONLY: True})
+        self._init_schema()
+
+    # ----------------------------------------------------------------------------- plumbing
+
+    def _make_engine(self, url: sa.URL) -> Engine:
+        if not self.is_sqlite:
+            try:
+                return sa.create_engine(url, pool_pre_ping=True)
+            except Exception as exc:  # unknown dialect, missing driver, bad options
+                raise StoreError(
+                    f"cannot open the results database {self.where}: {_one_line(exc)}; use a file "
+                    "path or a URL like postgresql+psycopg://user:pass@host/db (pip install psycopg)"
+                ) from None
+        return S.sqlite_engine(url)
+
+    def _fail(self, exc: BaseException) -> StoreError:
+        return StoreError(
+            f"results database {self.where}: {_one_line(exc)}; "
+            "check the --db path, its permissions and the database server"
+        )
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+        try:
+            with self._engine.begin() as conn:
+                yield conn
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise self._fail(exc) from None
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self._reader.connect() as conn:
+                yield conn
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise self._fail(exc) from None
+
+    def _schema_version(self, conn: Connection) -> Optional[int]:
+        names = set(sa.inspect(conn).get_table_names())
+        if "meta" not in names:
+            if names & set(S.metadata.tables):
+                raise StoreError(f"{self.where} has mpvgbench-like tables but no schema version; "
+                                 "use another --db")
+            return None
+        version = conn.execute(
+            sa.select(S.meta.c.value).where(S.meta.c.name == "schema_version")
+        ).scalar()
+        return int(version) if version is not None else None
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.where} was written by a newer mpvgbench (schema {version} > "
+                f"{SCHEMA_VERSION}); upgrade mpvgbench or use another --db"
+            )
+        if version < SCHEMA_VERSION:  # no migration exists yet: no older schema was released
+            raise StoreError(f"{self.where} has schema {version} but this mpvgbench needs "
+                             f"{SCHEMA_VERSION}; use another --db")
+
+    def _init_schema(self) -> None:
+        try:
+            with self._read() as conn:  # a read first: an existing database may be read-only
+                version = self._schema_version(conn)
+        except sa.exc.DatabaseError as exc:  # e.g. "file is not a database"
+            raise self._fail(exc) from None
+        if version is not None:
+            return self._check_version(version)
+        with self._write() as conn:  # create, serialised against concurrent creators
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7243190)"))
+            version = self._schema_version(conn)
+            if version is not None:
+                return self._check_version(version)
+            S.metadata.create_all(conn)
+            conn.execute(sa.insert(S.meta).values(name="schema_version", value=str(SCHEMA_VERSION)))
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.where!r})"
+
+    # ------------------------------------------------------------------------- registration
+
+    def register_jobs(self, jobs: Iterable[JobLike], spec_name: str) -> None:
+        """Insert a pending row for every job not stored yet; link all of them to ``spec_name``.
+        A run's ``method_label`` is the job's (if it has one) when it is first registered."""
+        now = time.time()
+        jobs = list(jobs)
+        rows = [S.run_row(job.key, job.config, now, getattr(job, "method_label", None))
+                for job in jobs]
+        links = [{"key": job.key, "spec_name": spec_name} for job in jobs]
+        with self._write() as conn:
+            upsert(conn, S.runs, rows, ["key"])
+            upsert(conn, S.run_specs, links, ["key", "spec_name"])
+
+    # ------------------------------------------------------------------------------- claims
+
+    def claim(self, key: str, owner: str, *, stale_after_s: float,
+              executor: Optional[str] = None, run_dir: Optional[str] = None,
+              dead_owner: Optional[str] = None) -> bool:
+        """Atomically take ``key`` for ``owner``. Succeeds iff the run is pending, or running with
+        a heartbeat older than ``stale_after_s`` (its coordinator died), or running under
+        ``dead_owner`` (a coordinator the caller knows is dead, e.g. a gone pid on this host).
+        Sets running, owner, heartbeat and started_at; ``attempts`` counts claims (a release
+        does not undo one)."""
+        now, r = time.time(), S.runs.c
+        stale = sa.or_(r.heartbeat_at.is_(None), r.heartbeat_at < now - stale_after_s)
+        if dead_owner is not None:
+            stale = sa.or_(stale, r.owner == dead_owner)
+        claimable = sa.or_(r.status == "pending", sa.and_(r.status == "running", stale))
+        with self._read() as conn:  # lock-free pre-check: most failed claims never take the lock
+            if conn.execute(sa.select(r.key).where(r.key == key, claimable)).first() is None:
+                return False
+        values: dict[str, Any] = dict(
+            status="running", owner=owner, heartbeat_at=now, started_at=now, finished_at=None,
+            attempts=r.attempts + 1, external_id=None, error=None, traceback_tail=None,
+            failure_kind=None,
+        )
+        if executor is not None:
+            values["executor"] = executor
+        if run_dir is not None:
+            values["run_dir"] = str(run_dir)
+        with self._write() as conn:
+            res = conn.execute(sa.update(S.runs).where(r.key == key, claimable).values(**values))
+        return res.rowcount == 1
+
+    def heartbeat(self, owner: str, keys: Optional[Iterable[str]] = None) -> int:
+        """Refresh the heartbeat of ``owner``'s running runs (all, or ``keys``). Returns how many
+        it still holds: fewer than asked means some were cancelled or reclaimed."""
+        r = S.runs.c
+        stmt = sa.update(S.runs).where(r.owner == owner, r.status == "running")
+        stmt = stmt.values(heartbeat_at=time.time())
+        with self._write() as conn:
+            if keys is None:
+                return conn.execute(stmt).rowcount
+            return sum(conn.execute(stmt.where(r.key.in_(part))).rowcount
+                       for part in chunks(list(keys)))
+
+    def _update(self, key: str, values: dict[str, Any], owner: Optional[str] = None,
+                statuses: Optional[Sequence[str]] = None) -> bool:
+        r = S.runs.c
+        cond = [r.key == key]
+        if statuses is not None:
+            cond.append(r.status.in_(statuses))
+        if owner is not None:
+            cond.append(r.owner == owner)
+        with self._write() as conn:
+            return conn.execute(sa.update(S.runs).where(*cond).values(**values)).rowcount == 1
+
+    def release(self, key: str, owner: str) -> bool:
+        """Give a running claim back (e.g. on Ctrl-C): the run is pending again."""
+        return self._update(key, dict(status="pending", owner=None, heartbeat_at=None,
+                                      started_at=None, external_id=None), owner, ["running"])
+
+    def mark_failed(self, key: str, owner: Optional[str], error: str,
+                    traceback_tail: Optional[str] = None, kind: str = "exception") -> bool:
+        """Record a failed attempt of a run ``owner`` holds (owner None: whoever holds it).
+        False when the run is no longer held (cancelled, reclaimed, already finished)."""
+        values = S.failed_values(error, traceback_tail, kind, time.time())
+        return self._update(key, values, owner, ["running", "pending"])
+
+    def mark_cancelled(self, keys: Union[str, Iterable[str]], owner: Optional[str] = None) -> int:
+        """Cancel pending/running runs (only ``owner``'s if given); returns how many changed."""
+        key_list = [keys] if isinstance(keys, str) else list(keys)
+        r, n = S.runs.c, 0
+        with self._write() as conn:
+            for part in chunks(key_list):
+                stmt = sa.update(S.runs).where(r.key.in_(part), r.status.in_(["pending", "running"]))
+                if owner is not None:
+                    stmt = stmt.where(r.owner == owner)
+                n += conn.execute(stmt.values(status="cancelled", finished_at=time.time())).rowcount
+        return n
+
+    def set_external_id(self, key: str, external_id: Optional[str], *,
+                        executor: Optional[str] = None) -> None:
+        """Remember where a run executes (a Slurm job id, a pid)."""
+        values: dict[str, Any] = {"external_id": None if external_id is None else str(external_id)}
+        self._update(key, values if executor is None else {**values, "executor": executor})
+
+    def set_run_dir(self, key: str, run_dir: str, *, executor: Optional[str] = None) -> None:
+        """Remember a run's directory (and the executor that launches it)."""
+        values: dict[str, Any] = {"run_dir": str(run_dir)}
+        self._update(key, values if executor is None else {**values, "executor": executor})
+
+    def reset(self, keys: Iterable[str], *,
+              statuses: Sequence[str] = ("finished", "failed", "cancelled")) -> list[str]:
+        """Put runs in ``statuses`` back to pending (``--force``: finished ones too) and drop
+        their results. Returns the keys reset. The run directories are not touched: a stale
+        result.json there is ingested again unless the caller removes it."""
+        r, done = S.runs.c, []
+        with self._write() as conn:
+            for part in chunks(sorted(set(keys))):
+                where = [r.key.in_(part), r.status.in_(list(statuses))]
+                found = [k for (k,) in conn.execute(sa.select(r.key).where(*where))]
+                if not found:
+                    continue
+                conn.execute(sa.update(S.runs).where(*where).values(
+                    status="pending", owner=None, heartbeat_at=None, external_id=None,
+                    started_at=None, finished_at=None, error=None, traceback_tail=None,
+                    failure_kind=None))
+                conn.execute(sa.delete(S.results).where(S.results.c.key.in_(found)))
+                done += found
+        return done
+
+    def reset_failed(self, keys: Optional[Iterable[str]] = None, *, spec_name: Optional[str] = None,
+                     include_cancelled: bool = True) -> list[str]:
+        """Put failed (and cancelled) runs back to pending, for ``--retry-failed``; limited to
+        ``keys`` and/or ``spec_name`` when given. Returns the keys reset."""
+        statuses = ["failed", "cancelled"] if include_cancelled else ["failed"]
+        stmt = S.filter_runs(sa.select(S.runs.c.key), spec_name=spec_name, status=statuses)
+        with self._read() as conn:
+            todo = [row.key for row in select_keys(conn, stmt, keys)]
+        return self.reset(todo, statuses=statuses)
+
+    # ------------------------------------------------------------------------------- ingest
+
+    def ingest_run_dir(self, run_dir: Union[str, "os.PathLike[str]"]) -> str:
+        """Fold a run directory into the database; returns the run's status afterwards.
+
+        ``result.json`` -> finished (results row, env columns). Else ``error.json`` -> failed,
+        applied to a running or failed row or to a row this call creates from ``config.json``
+        (next to a pending row it is a previous attempt's, already reset). ``metrics.jsonl``
+        replaces the run's metrics. Idempotent: a second call writes the same values (times are
+        the files' mtimes). A corrupted file raises ``mpvgbench.rundir.RunDirError``.
+        """
+        from mpvgbench import rundir
+
+        rd = rundir.RunDir(Path(run_dir).absolute())
+        key = rd.path.name
+        result = rundir.read_result(rd.path)
+        error = rundir.read_json(rd.error, missing_ok=True) if result is None else None
+        metric_rows = S.metric_rows(key, rundir.read_jsonl(rd.metrics))
+        if result is not None and result.get("key", key) != key:
+            raise StoreError(f"{rd.result} is for run {result['key']}, not {key}; "
+                             "a run directory must be named by its key")
+        r, m = S.runs.c, S.metrics.c
+        with self._write() as conn:
+            status = conn.execute(sa.select(r.status).where(r.key == key)).scalar()
+            created = status is None
+            if created:
+                if not rd.config.exists():
+                    raise StoreError(f"{rd.path} is no run of {self.where} and has no config.json; "
+                                     "pass a run directory written by mpvgbench")
+                cfg = rundir.read_config(rd.path)
+                if cfg.key() != key:
+                    raise StoreError(f"{rd.config} is the config of run {cfg.key()}, not {key}; "
+                                     "a run directory must be named by its key")
+                conn.execute(sa.insert(S.runs).values(**S.run_row(key, cfg, time.time())))
+                status = "pending"
+            values: dict[str, Any] = {"run_dir": str(rd.path)}
+            if metric_rows:
+                upsert(conn, S.metrics, metric_rows, ["key", "epoch"], update=S.METRIC_FIELDS)
+                epochs = [row["epoch"] for row in metric_rows]
+                conn.execute(sa.delete(S.metrics).where(m.key == key, m.epoch.notin_(epochs)))
+            if result is not None:
+                values.update(S.finished_values(result, rd.result.stat().st_mtime))
+                upsert(conn, S.results, [S.result_row(key, result)], ["key"],
+                       update=[*S.RESULT_FIELDS, "extra"])
+            elif error is not None and (created or status in ("running", "failed")):
+                values.update(S.failed_values(error.get("error"), error.get("traceback_tail"),
+                                              error.get("kind"), rd.error.stat().st_mtime))
+            conn.execute(sa.update(S.runs).where(r.key == key).values(**values))
+            return str(values.get("status", status))
+
+    # ------------------------------------------------------------------------------ queries
+
+    def runs(self, spec_name: Optional[str] = None, status: Union[str, Iterable[str], None] = None,
+             keys: Optional[Iterable[str]] = None) -> list[RunRow]:
+        """Runs with their specs, filtered by spec, status(es) and keys when given; by key."""
+        stmt = S.filter_runs(sa.select(S.runs), spec_name=spec_name, status=status)
+        with self._read() as conn:
+            rows = select_keys(conn, stmt, keys)
+            specs: dict[str, list[str]] = {}
+            for key, name in conn.execute(sa.select(S.run_specs.c.key, S.run_specs.c.spec_name)):
+                specs.setdefault(key, []).append(name)
+        out = [RunRow(**row._mapping, specs=tuple(sorted(specs.get(row.key, ())))) for row in rows]
+        return sorted(out, key=lambda run: run.key)
+
+    def results_frame(self, spec_name: Optional[str] = None, *, dataset: Optional[str] = None,
+                      model: Optional[str] = None,
+                      keys: Optional[Iterable[str]] = None) -> list[ResultRow]:
+        """Finished runs joined with their results, in one query (failed runs never appear)."""
+        r, x = S.runs.c, S.results.c
+        stmt = sa.select(
+            r.key, r.model, r.method_label, r.method, r.dataset, r.seed, r.variant, x.final_top1,
+            x.best_top1, x.final_top5, x.best_top5, x.epochs, r.wall_time_s, x.extra,
+        ).join_from(S.runs, S.results, r.key == x.key).where(r.status == "finished")
+        stmt = S.filter_runs(stmt, spec_name=spec_name)
+        if dataset is not None:
+            stmt = stmt.where(r.dataset == dataset)
+        if model is not None:
+            stmt = stmt.where(r.model == model)
+        with self._read() as conn:
+            rows = select_keys(conn, stmt.order_by(r.key), keys)
+        return [ResultRow(**{**row._mapping, "extra": row.extra or {}}) for row in rows]
+
+    def statuses(self, keys: Iterable[str]) -> dict[str, str]:
+        """``{key: status}`` of the stored runs among ``keys``."""
+        stmt = sa.select(S.runs.c.key, S.runs.c.status)
+        with self._read() as conn:
+            return {row.key: row.status for row in select_keys(conn, stmt, keys)}
+
+    def keys_with_prefix(self, prefix: str) -> list[str]:
+        """Stored keys that start with ``prefix`` (a user-typed short key), sorted."""
+        stmt = sa.select(S.runs.c.key).where(S.runs.c.key.startswith(prefix, autoescape=True))
+        with self._read() as conn:
+            return sorted(conn.execute(stmt).scalars())
+
+    def failure(self, key: str) -> Optional[dict[str, Any]]:
+        """``{"error", "kind", "traceback_tail", "attempts"}`` of a failed run; None otherwise."""
+        r = S.runs.c
+        stmt = sa.select(r.error, r.failure_kind, r.traceback_tail, r.attempts).where(
+            r.key == key, r.status == "failed")
+        with self._read() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        return {"error": row.error, "kind": row.failure_kind, "traceback_tail": row.traceback_tail,
+                "attempts": row.attempts}
+
+    def status_counts(self, spec_name: Optional[str] = None) -> dict[str, int]:
+        """``{status: count}`` for every status, zeros included."""
+        stmt = S.filter_runs(sa.select(S.runs.c.status, sa.func.count()), spec_name=spec_name)
+        counts = dict.fromkeys(STATUSES, 0)
+        with self._read() as conn:
+            counts.update({s: int(n) for s, n in conn.execute(stmt.group_by(S.runs.c.status))})
+        return counts
+
+    def metrics(self, key: str) -> list[MetricRow]:
+        """Per-epoch metrics of one run, by epoch."""
+        stmt = sa.select(S.metrics).where(S.metrics.c.key == key).order_by(S.metrics.c.epoch)
+        with self._read() as conn:
+            return [MetricRow(**row._mapping) for row in conn.execute(stmt)]
+
+    def add_analysis(self, key: str, values: Mapping[str, Any]) -> None:
+        """Store (or overwrite) named, JSON-serialisable analysis values of a run."""
+        rows = [{"key": key, "name": str(k), "value": S.json_safe(v)} for k, v in values.items()]
+        with self._write() as conn:
+            if conn.execute(sa.select(S.runs.c.key).where(S.runs.c.key == key)).first() is None:
+                raise StoreError(f"no run {key} in {self.where}; analyse a stored run")
+            upsert(conn, S.analysis, rows, ["key", "name"], update=["value"])
+
+    def analysis(self, key: Optional[str] = None) -> dict[str, dict[str, Any]]:
+        """``{key: {name: value}}`` of the stored analysis values (of one run if ``key``)."""
+        stmt = sa.select(S.analysis)
+        if key is not None:
+            stmt = stmt.where(S.analysis.c.key == key)
+        out: dict[str, dict[str, Any]] = {}
+        with self._read() as conn:
+            for row in conn.execute(stmt):
+                out.setdefault(row.key, {})[row.name] = row.value
+        return out
+
+
+__all__ = [
+    "SCHEMA_VERSION", "STATUSES", "JobLike", "MetricRow", "ResultRow", "RunRow", "Store",
+    "StoreError", "resolve_url",
+]

@@ -1,0 +1,363 @@
+"""Tables, row types and portable SQL helpers of the results database (:mod:`mpvgbench.store`).
+
+Times are POSIX seconds (floats) so that SQLite and PostgreSQL compare them the same way.
+Bump :data:`SCHEMA_VERSION` on every change to the tables; a database written by a newer
+schema is refused (``Store`` raises ``StoreError``) rather than misread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+if TYPE_CHECKING:
+    from mpvgbench.config import TrainConfig
+
+SCHEMA_VERSION = 1
+
+STATUSES: tuple[str, ...] = ("pending", "running", "finished", "failed", "cancelled")
+FAILURE_KINDS: tuple[str, ...] = ("exception", "nonfinite", "oom", "infra", "timeout", "lost")
+
+metadata = sa.MetaData()
+
+meta = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("method_label", sa.String(256), nullable=False),
+    sa.Column("method", sa.JSON, nullable=False),  # canonical knobs
+    sa.Column("dataset", sa.String(128), nullable=False),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("config", sa.JSON, nullable=False),  # TrainConfig.model_dump(mode="json")
+    sa.Column("variant", sa.String(64), nullable=False),  # config_variant(config): seeds grouped
+    sa.Column("status", sa.String(16), nullable=False, default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("executor", sa.String(64)),
+    sa.Column("owner", sa.String(256)),  # host:pid:uuid of the claiming coordinator
+    sa.Column("heartbeat_at", sa.Float),
+    sa.Column("external_id", sa.String(128)),  # e.g. a Slurm job id
+    sa.Column("host", sa.String(256)),
+    sa.Column("git_commit", sa.String(64)),
+    sa.Column("git_dirty", sa.Boolean),
+    sa.Column("torch_version", sa.String(64)),
+    sa.Column("timm_version", sa.String(64)),
+    sa.Column("device", sa.String(256)),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("wall_time_s", sa.Float),
+    sa.Column("error", sa.Text),
+    sa.Column("traceback_tail", sa.Text),
+    sa.Column("failure_kind", sa.String(32)),
+    sa.Column("run_dir", sa.Text),
+    sa.CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="ck_runs_status"),
+    sa.Index("ix_runs_status", "status"),
+    sa.Index("ix_runs_owner", "owner"),
+)
+
+run_specs = sa.Table(
+    "run_specs",
+    metadata,
+    sa.Column("key", sa.String(64), sa.ForeignKey("runs.key", ondelete="CASCADE"), primary_key=True),
+    sa.Column("spec_name", sa.String(256), primary_key=True),
+    sa.Index("ix_run_specs_spec", "spec_name"),
+)
+
+metrics = sa.Table(
+    "metrics",
+    metadata,
+    sa.Column("key", sa.String(64), sa.ForeignKey("runs.key", ondelete="CASCADE"), primary_key=True),
+    sa.Column("epoch", sa.Integer, primary_key=True),  # primary key = unique (key, epoch)
+    sa.Column("train_loss", sa.Float),
+    sa.Column("val_loss", sa.Float),
+    sa.Column("top1", sa.Float),
+    sa.Column("top5", sa.Float),
+    sa.Column("lr", sa.Float),
+    sa.Column("epoch_time_s", sa.Float),
+    sa.Column("images_per_s", sa.Float),
+)
+
+results = sa.Table(
+    "results",
+    metadata,
+    sa.Column("key", sa.String(64), sa.ForeignKey("runs.key", ondelete="CASCADE"), primary_key=True),
+    sa.Column("final_top1", sa.Float),
+    sa.Column("best_top1", sa.Float),
+    sa.Column("final_top5", sa.Float),
+    sa.Column("best_top5", sa.Float),
+    sa.Column("epochs", sa.Integer),
+    sa.Column("extra", sa.JSON),  # everything else in result.json (env, wall_time_s, ...)
+)
+
+analysis = sa.Table(
+    "analysis",
+    metadata,
+    sa.Column("key", sa.String(64), sa.ForeignKey("runs.key", ondelete="CASCADE"), primary_key=True),
+    sa.Column("name", sa.String(256), primary_key=True),
+    sa.Column("value", sa.JSON),
+)
+
+METRIC_FIELDS: tuple[str, ...] = (
+    "train_loss", "val_loss", "top1", "top5", "lr", "epoch_time_s", "images_per_s",
+)
+RESULT_FIELDS: tuple[str, ...] = ("final_top1", "best_top1", "final_top5", "best_top5", "epochs")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One row of ``runs`` plus the specs it belongs to."""
+
+    key: str
+    model: str
+    method_label: str
+    method: dict[str, Any]
+    dataset: str
+    seed: int
+    config: dict[str, Any]
+    variant: str
+    status: str
+    attempts: int
+    executor: Optional[str]
+    owner: Optional[str]
+    heartbeat_at: Optional[float]
+    external_id: Optional[str]
+    host: Optional[str]
+    git_commit: Optional[str]
+    git_dirty: Optional[bool]
+    torch_version: Optional[str]
+    timm_version: Optional[str]
+    device: Optional[str]
+    created_at: float
+    started_at: Optional[float]
+    finished_at: Optional[float]
+    wall_time_s: Optional[float]
+    error: Optional[str]
+    traceback_tail: Optional[str]
+    failure_kind: Optional[str]
+    run_dir: Optional[str]
+    specs: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """A finished run's identity and final numbers: one row of the report's input."""
+
+    key: str
+    model: str
+    method_label: str
+    method: dict[str, Any]
+    dataset: str
+    seed: int
+    variant: str  # runs of one cell with the same variant differ only by seed
+    final_top1: Optional[float]
+    best_top1: Optional[float]
+    final_top5: Optional[float]
+    best_top5: Optional[float]
+    epochs: Optional[int]
+    wall_time_s: Optional[float]
+    extra: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One epoch of ``metrics.jsonl``."""
+
+    key: str
+    epoch: int
+    train_loss: Optional[float]
+    val_loss: Optional[float]
+    top1: Optional[float]
+    top5: Optional[float]
+    lr: Optional[float]
+    epoch_time_s: Optional[float]
+    images_per_s: Optional[float]
+
+
+def config_variant(config: dict[str, Any]) -> str:
+    """16 hex digits of sha256 over the config without its seed: a run's seed-free identity."""
+    rest = {k: v for k, v in config.items() if k != "seed"}
+    payload = json.dumps(rest, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN/inf replaced by None (PostgreSQL's JSON type rejects them)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def finite_or_none(value: Any) -> Optional[float]:
+    """A float column value: numbers pass, NaN/inf/non-numbers become None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+# ------------------------------------------------------------------------- portable SQL helpers
+
+READ_ONLY = "mpvg_read_only"  # execution option of read-only connections: plain BEGIN on SQLite
+
+
+def sqlite_engine(url: sa.URL) -> Engine:
+    """A SQLite engine for concurrent processes: WAL, 30 s busy timeout, foreign keys, and
+    ``BEGIN IMMEDIATE`` for every transaction except on connections with :data:`READ_ONLY`
+    (the write lock is taken up front, so read-then-write transactions queue on the busy
+    timeout instead of failing with "database is locked" when they upgrade)."""
+    kw: dict[str, Any] = {"connect_args": {"timeout": 30}}
+    if not url.database:
+        kw["poolclass"] = sa.pool.StaticPool  # ":memory:": one shared connection
+    engine = sa.create_engine(url, **kw)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver's own BEGIN off: "begin" below emits it
+        cur = dbapi_conn.cursor()
+        for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "synchronous = NORMAL",
+                       "foreign_keys = ON"):
+            cur.execute(f"PRAGMA {pragma}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+CHUNK = 500  # keys per IN (...) list: far below SQLite's and PostgreSQL's bound-parameter limits
+
+
+def chunks(keys: Sequence[str]) -> Iterator[Sequence[str]]:
+    for i in range(0, len(keys), CHUNK):
+        yield keys[i : i + CHUNK]
+
+
+def select_keys(conn: Connection, stmt: sa.Select, keys: Optional[Iterable[str]]) -> list[sa.Row]:
+    """Rows of ``stmt`` (a select over ``runs``), limited to ``keys`` when given."""
+    if keys is None:
+        return list(conn.execute(stmt))
+    key_list = sorted(set(keys))
+    return [row for part in chunks(key_list) for row in conn.execute(stmt.where(runs.c.key.in_(part)))]
+
+
+def upsert(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], index: Sequence[str],
+           update: Sequence[str] = ()) -> None:
+    """Insert ``rows``; on a conflict on ``index`` update the ``update`` columns (none: keep the row).
+
+    One executemany with ON CONFLICT on SQLite and PostgreSQL (race-free between processes);
+    row by row on any other database. Rows with the same index are collapsed (last wins).
+    """
+    rows = list({tuple(row[c] for c in index): row for row in rows}.values())
+    if not rows:
+        return
+    name = conn.dialect.name
+    if name in ("sqlite", "postgresql"):
+        if name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        stmt = insert(table)
+        if update:
+            stmt = stmt.on_conflict_do_update(
+                index_elements=list(index), set_={c: stmt.excluded[c] for c in update}
+            )
+        else:
+            stmt = stmt.on_conflict_do_nothing(index_elements=list(index))
+        conn.execute(stmt, rows)
+        return
+    for row in rows:
+        cond = [table.c[c] == row[c] for c in index]
+        if conn.execute(sa.select(sa.literal(1)).select_from(table).where(*cond)).first() is None:
+            conn.execute(sa.insert(table).values(**row))
+        elif update:
+            conn.execute(sa.update(table).where(*cond).values({c: row[c] for c in update}))
+
+
+def filter_runs(stmt: sa.Select, *, spec_name: Optional[str] = None,
+                status: Union[str, Iterable[str], None] = None) -> sa.Select:
+    """``stmt`` (over ``runs``) limited to a spec's runs and/or some statuses."""
+    if spec_name is not None:
+        linked = sa.select(run_specs.c.key).where(run_specs.c.spec_name == spec_name)
+        stmt = stmt.where(runs.c.key.in_(linked))
+    if status is not None:
+        wanted = [status] if isinstance(status, str) else list(status)
+        unknown = sorted(set(wanted) - set(STATUSES))
+        if unknown:
+            raise ValueError(f"unknown status {', '.join(unknown)}; use {', '.join(STATUSES)}")
+        stmt = stmt.where(runs.c.status.in_(wanted))
+    return stmt
+
+
+# ------------------------------------------------------------------------------- row builders
+
+def run_row(key: str, cfg: "TrainConfig", now: float, label: Optional[str] = None) -> dict[str, Any]:
+    """A new, pending ``runs`` row for a job (``label``: the spec's name of the method)."""
+    config = cfg.model_dump(mode="json")
+    return {
+        "key": key, "model": cfg.model, "method_label": label or cfg.method_label,
+        "method": dict(cfg.method), "dataset": cfg.dataset, "seed": cfg.seed, "config": config,
+        "variant": config_variant(config), "status": "pending", "attempts": 0, "created_at": now,
+    }
+
+
+def metric_rows(key: str, lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``metrics`` rows from metrics.jsonl lines (a line without an epoch is skipped)."""
+    by_epoch = {int(m["epoch"]): m for m in lines if m.get("epoch") is not None}
+    return [{"key": key, "epoch": e, **{f: finite_or_none(m.get(f)) for f in METRIC_FIELDS}}
+            for e, m in sorted(by_epoch.items())]
+
+
+def result_row(key: str, result: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``results`` row of a result.json: known numbers in columns, the rest in ``extra``."""
+    row: dict[str, Any] = {f: finite_or_none(result.get(f)) for f in RESULT_FIELDS}
+    row["epochs"] = None if row["epochs"] is None else int(row["epochs"])
+    extra = {k: v for k, v in result.items() if k not in RESULT_FIELDS and k != "key"}
+    return {"key": key, **row, "extra": json_safe(extra)}
+
+
+def finished_values(result: Mapping[str, Any], mtime: float) -> dict[str, Any]:
+    """``runs`` columns of a finished run, from result.json (and its mtime)."""
+    env = result.get("env") or {}
+    dirty = env.get("git_dirty")
+    return {
+        "status": "finished", "finished_at": mtime,
+        "wall_time_s": finite_or_none(result.get("wall_time_s")),
+        "host": env.get("host"), "git_commit": env.get("git_commit"),
+        "git_dirty": None if dirty is None else bool(dirty),
+        "torch_version": env.get("torch"), "timm_version": env.get("timm"),
+        "device": env.get("device"), "error": None, "traceback_tail": None, "failure_kind": None,
+    }
+
+
+def failed_values(error: Optional[str], traceback_tail: Optional[str], kind: Optional[str],
+                  finished_at: float) -> dict[str, Any]:
+    """``runs`` columns of a failed attempt: a one-line error, the traceback's last 8000 chars."""
+    return {
+        "status": "failed", "finished_at": finished_at,
+        "error": " ".join(str(error or "").split())[:1000] or "unknown error",
+        "traceback_tail": str(traceback_tail or "")[-8000:] or None,
+        "failure_kind": str(kind or "exception"),
+    }

@@ -1,0 +1,313 @@
+"""SlurmSettings: validation, one-line errors and the mapping to submitit / sbatch (no cluster needed)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mpvgbench.executors.slurm_settings import SlurmSettings, parse_time_minutes
+
+
+@pytest.mark.parametrize(
+    ("value", "minutes"),
+    [(90, 90), ("90", 90), ("01:30:00", 90), ("00:00:30", 1), ("10:30", 11), ("1-00", 1440),
+     ("2-01:00", 2940), ("1-00:00:01", 1441)],
+)
+def test_time_forms(value: int | str, minutes: int) -> None:
+    assert parse_time_minutes(value) == minutes
+    assert SlurmSettings.parse({"time": value}).timeout_min == minutes
+
+
+@pytest.mark.parametrize("value", ["abc", "1:2:3:4", "", 0, -5, "00:00:00", True])
+def test_bad_time_is_one_line(value: object) -> None:
+    with pytest.raises(ValueError) as info:
+        SlurmSettings.parse({"time": value})
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("slurm.time")
+
+
+def test_unknown_key_names_allowed_keys() -> None:
+    with pytest.raises(ValueError) as info:
+        SlurmSettings.parse({"partiton": "gpu", "time": 10})
+    message = str(info.value)
+    assert "\n" not in message
+    assert "'partiton'" in message
+    for allowed in ("partition", "time", "gpus_per_node", "tasks_per_node", "mem", "additional_parameters"):
+        assert allowed in message
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [({"nodes": 0}, "slurm.nodes"), ({"mem": "8 gigs"}, "slurm.mem"), ({"max_requeues": -1}, "slurm.max_requeues"),
+     ({"additional_parameters": {"time": "10"}}, "slurm.additional_parameters"),
+     ({"additional_parameters": {"--output": "x"}}, "slurm.additional_parameters"),
+     ({"gpus_per_node": "two"}, "slurm.gpus_per_node")],
+)
+def test_bad_values_are_one_line(data: dict[str, object], where: str) -> None:
+    with pytest.raises(ValueError) as info:
+        SlurmSettings.parse(data)
+    assert str(info.value).startswith(where) and "\n" not in str(info.value)
+
+
+def test_reserved_additional_parameter_points_to_field() -> None:
+    with pytest.raises(ValueError, match="use the slurm key `partition`"):
+        SlurmSettings.parse({"additional_parameters": {"partition": "x"}})
+
+
+def test_defaults_map_to_minimal_parameters() -> None:
+    params = SlurmSettings.parse(None).submitit_parameters()
+    assert params == {"name": "mpvgbench", "timeout_min": 60, "nodes": 1, "tasks_per_node": 1,
+                      "slurm_signal_delay_s": 90, "slurm_array_parallelism": 256}
+
+
+def test_full_mapping() -> None:
+    s = SlurmSettings.parse({
+        "partition": "gpu", "time": "02:00:00", "nodes": 2, "gpus_per_node": 4, "tasks_per_node": 4,
+        "cpus_per_task": 8, "mem": "64g", "account": "proj", "qos": "high", "constraint": "a100",
+        "array_parallelism": 16, "max_requeues": 5, "setup": ["module load cuda"],
+        "additional_parameters": {"mail-user": "me@x.org", "exclusive": True}, "folder": "/scratch/logs",
+    })
+    assert s.submitit_parameters() == {
+        "name": "mpvgbench", "timeout_min": 120, "nodes": 2, "tasks_per_node": 4, "cpus_per_task": 8,
+        "gpus_per_node": 4, "slurm_partition": "gpu", "slurm_mem": "64G", "slurm_account": "proj",
+        "slurm_qos": "high", "slurm_constraint": "a100", "slurm_array_parallelism": 16,
+        "slurm_signal_delay_s": 90, "slurm_setup": ["module load cuda"],
+        "slurm_additional_parameters": {"mail_user": "me@x.org", "exclusive": True},
+    }
+    assert s.max_requeues == 5
+    assert s.base_folder(Path("/runs")) == Path("/scratch/logs")
+    assert SlurmSettings().base_folder(Path("/runs")) == Path("/runs/_slurm")
+
+
+def test_signal_delay_fits_short_time_limits() -> None:
+    assert SlurmSettings.parse({"time": 1}).effective_signal_delay_s == 15
+    assert SlurmSettings.parse({"time": 2}).effective_signal_delay_s == 30
+    assert SlurmSettings.parse({"time": 600}).effective_signal_delay_s == 90
+    assert SlurmSettings.parse({"time": 1, "signal_delay_s": 50}).effective_signal_delay_s == 50
+
+
+def test_resources_key_groups_equal_settings() -> None:
+    a = SlurmSettings.parse({"time": 10, "mem": "1G"})
+    b = SlurmSettings.parse({"mem": "1g", "time": 10})
+    c = SlurmSettings.parse({"time": 10, "mem": "2G"})
+    assert a.resources_key() == b.resources_key() != c.resources_key()
+
+
+def test_spec_hook_validates() -> None:
+    from mpvgbench.executors.slurm import validate_slurm_section
+
+    assert validate_slurm_section({"time": "00:10:00", "mem": "1g"}) == {"time": "00:10:00", "mem": "1G"}
+    with pytest.raises(ValueError, match="allowed: partition"):
+        validate_slurm_section({"walltime": 5})
+
+
+def _sbatch_text(settings: SlurmSettings, folder: Path, monkeypatch: pytest.MonkeyPatch, count: int = 1) -> str:
+    """The sbatch script submitit would submit, without a cluster (srun lookup patched)."""
+    import submitit
+    import submitit.slurm.slurm as submitit_slurm
+
+    monkeypatch.setattr(submitit_slurm.shutil, "which", lambda name: f"/usr/bin/{name}")
+    ex = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=settings.max_requeues)
+    ex.update_parameters(**settings.submitit_parameters())
+    inner = ex._executor
+    assert isinstance(inner, submitit_slurm.SlurmExecutor)
+    assert inner.max_num_timeout == settings.max_requeues
+    if count > 1:
+        inner.parameters["map_count"] = count
+    return inner._make_submission_file_text("python -m x", "uid")
+
+
+def test_sbatch_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = SlurmSettings.parse({
+        "partition": "gpu", "time": "00:30:00", "gpus_per_node": 2, "tasks_per_node": 2, "mem": "8G",
+        "account": "acc", "qos": "q", "constraint": "v100", "max_requeues": 2, "array_parallelism": 3,
+        "setup": ["echo hi"], "additional_parameters": {"mail-type": "END"},
+    })
+    text = _sbatch_text(s, tmp_path, monkeypatch, count=10)
+    for line in ("--partition=gpu", "--time=30", "--gpus-per-node=2", "--ntasks-per-node=2", "--mem=8G",
+                 "--account=acc", "--qos=q", "--constraint=v100", "--array=0-9%3", "--signal=USR2@90",
+                 "--job-name=mpvgbench", "--mail-type=END", "--nodes=1"):
+        assert f"#SBATCH {line}" in text, line
+    assert "echo hi" in text
+
+
+def test_sbatch_script_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = _sbatch_text(SlurmSettings.parse({"time": 1}), tmp_path, monkeypatch)
+    assert "#SBATCH --time=1" in text and "#SBATCH --signal=USR2@15" in text
+    assert "gpus-per-node" not in text and "--partition" not in text and "--mem" not in text
+
+
+# ------------------------------------------------------- executor logic against fake Slurm tools
+
+
+def _tool(bin_dir: Path, name: str, body: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """sbatch/srun/scontrol/squeue/scancel stand-ins on PATH; sbatch appends scripts to sbatch.log."""
+    from mpvgbench.executors import slurm
+
+    bin_dir = tmp_path / "bin"
+    log = tmp_path / "sbatch.log"
+    _tool(bin_dir, "sbatch", f'n=$(cat {tmp_path}/n 2>/dev/null || echo 100); n=$((n+1)); echo $n > {tmp_path}/n\n'
+                             f'cat "$1" >> {log}; echo "=== end" >> {log}; echo "Submitted batch job $n"')
+    _tool(bin_dir, "srun", "exit 0")
+    _tool(bin_dir, "scontrol", "echo 'MaxArraySize            = 3'")
+    _tool(bin_dir, "squeue", f"cat {tmp_path}/squeue.out 2>/dev/null; exit 0")
+    _tool(bin_dir, "scancel", f'echo "$@" >> {tmp_path}/scancel.log')
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    slurm.max_array_size.cache_clear()
+    yield tmp_path
+    slurm.max_array_size.cache_clear()
+
+
+def _setup(tmp_path: Path, n_seeds: int, **spec_extra: object) -> tuple[object, list[object], object, object]:
+    from mpvgbench.executors.base import RunContext
+    from mpvgbench.matrix import expand
+    from mpvgbench.spec import parse_spec
+    from mpvgbench.store import Store
+
+    spec = parse_spec({"name": "fake", "models": ["vit_micro"], "methods": ["default"], "datasets": ["digits"],
+                       "seeds": list(range(n_seeds)), "executor": {"name": "slurm", "device": "cpu"},
+                       "slurm": {"time": 5, "folder": str(tmp_path / "logs")}, **spec_extra})
+    jobs = expand(spec)
+    store = Store(str(tmp_path / "r.db"))
+    store.register_jobs(jobs, spec.name)
+    return spec, jobs, store, RunContext(runs_root=tmp_path / "runs", device="cpu")
+
+
+def test_launch_splits_arrays_at_max_array_size(fake_slurm: Path) -> None:
+    from mpvgbench.executors.slurm import SlurmExecutor, log_paths
+
+    spec, jobs, store, ctx = _setup(fake_slurm, 7)
+    summary = SlurmExecutor.from_spec(spec).launch(jobs, store, ctx)
+    assert len(summary.launched) == 7
+    scripts = (fake_slurm / "sbatch.log").read_text().split("=== end")[:-1]
+    arrays = [line for s in scripts for line in s.splitlines() if line.startswith("#SBATCH --array")]
+    assert arrays == ["#SBATCH --array=0-2%3", "#SBATCH --array=0-2%3"]  # 3 + 3 + a single job
+    assert len(scripts) == 3 and "--time=5" in scripts[0]
+    assert sorted(summary.external_ids.values()) == ["101_0", "101_1", "101_2", "102_0", "102_1", "102_2", "103"]
+    for job in jobs:
+        row = store.runs(keys=[job.key])[0]
+        assert row.status == "running" and row.executor == "slurm"
+        assert row.external_id == summary.external_ids[job.key]
+        paths = log_paths(row)
+        assert [p.name for p in paths][:2] == [f"{row.external_id}_0_log.out", f"{row.external_id}_0_log.err"]
+    assert any("mpvgbench status" in m for m in summary.messages)
+    # everything is queued: a second launch submits nothing
+    (fake_slurm / "squeue.out").write_text("".join(f"{i} PENDING\n" for i in summary.external_ids.values()))
+    again = SlurmExecutor.from_spec(spec).launch(jobs, store, ctx)
+    assert again.launched == [] and len(again.skipped) == 7
+
+
+def test_reconcile_outcomes(fake_slurm: Path) -> None:
+    from mpvgbench.executors.slurm import SlurmExecutor, reconcile
+    from mpvgbench.rundir import atomic_write_json
+
+    spec, jobs, store, ctx = _setup(fake_slurm, 5)
+    summary = SlurmExecutor.from_spec(spec).launch(jobs, store, ctx)
+    ids = summary.external_ids
+    done, requeued, killed, timed_out, running = jobs
+    atomic_write_json(ctx.run_dir(requeued.key) / "error.json", {"key": requeued.key, "kind": "infra",
+                                                               "error": "SystemExit: -1", "traceback_tail": ""})
+    stderr = Path(json.loads((ctx.run_dir(killed.key) / "slurm.json").read_text())["stderr"][0])
+    stderr.parent.mkdir(parents=True, exist_ok=True)
+    stderr.write_text("slurmstepd: error: *** JOB CANCELLED ***\n")
+    (fake_slurm / "squeue.out").write_text(
+        f"{ids[requeued.key]} PENDING\n{ids[killed.key]} CANCELLED\n{ids[timed_out.key]} TIMEOUT\n"
+        f"{ids[running.key]} RUNNING\n")
+    messages = reconcile(store, store.runs(status="running"))
+    assert messages == ["2 Slurm job(s) left the queue without a result: marked failed"]
+    status = {j.key: store.runs(keys=[j.key])[0] for j in jobs}
+    # `done` left the queue without files (purged): failed as lost
+    assert status[done.key].status == "failed" and "left the queue" in (status[done.key].error or "")
+    assert status[requeued.key].status == "running"  # stale error.json of a requeued job is ignored
+    assert status[killed.key].status == "failed" and status[killed.key].failure_kind == "lost"
+    assert "ended CANCELLED" in (status[killed.key].error or "")
+    assert "JOB CANCELLED" in (status[killed.key].traceback_tail or "")
+    assert status[timed_out.key].failure_kind == "timeout" and "time limit 5 min" in (status[timed_out.key].error or "")
+    assert status[running.key].status == "running"
+
+
+def test_reconcile_with_unreachable_scheduler(fake_slurm: Path) -> None:
+    import time
+
+    from mpvgbench.executors.slurm import SlurmExecutor, reconcile
+
+    spec, jobs, store, ctx = _setup(fake_slurm, 1)
+    SlurmExecutor.from_spec(spec).launch(jobs, store, ctx)
+    _tool(fake_slurm / "bin", "squeue", "sleep 60")
+    t0 = time.monotonic()
+    messages = reconcile(store, store.runs(status="running"), timeout_s=1)
+    assert time.monotonic() - t0 < 5
+    assert len(messages) == 1 and "unreachable" in messages[0] and "did not answer" in messages[0]
+    _tool(fake_slurm / "bin", "squeue", "echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1")
+    messages = reconcile(store, store.runs(status="running"))
+    assert "Unable to contact slurm controller" in messages[0]
+    assert store.runs()[0].status == "running"
+
+
+def test_squeue_purged_ids_are_absent(fake_slurm: Path) -> None:
+    from mpvgbench.executors.slurm import squeue_states
+
+    _tool(fake_slurm / "bin", "squeue", "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1")
+    assert squeue_states(["7"]) == {}
+    assert squeue_states([]) == {}
+
+
+def test_no_slurm_is_a_one_line_error_and_releases_claims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mpvgbench.executors.slurm import SlurmError, SlurmExecutor
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    spec, jobs, store, ctx = _setup(tmp_path, 2)
+    with pytest.raises(SlurmError) as info:
+        SlurmExecutor.from_spec(spec).launch(jobs, store, ctx)
+    assert "\n" not in str(info.value) and "--executor local" in str(info.value)
+    assert {r.status for r in store.runs()} == {"pending"}
+
+
+def test_sbatch_rejection_is_a_one_line_error(fake_slurm: Path) -> None:
+    from mpvgbench.executors.slurm import SlurmError, SlurmExecutor
+
+    _tool(fake_slurm / "bin", "sbatch", "echo 'sbatch: error: invalid partition specified: nope' >&2; exit 1")
+    spec, jobs, store, ctx = _setup(fake_slurm, 2)
+    with pytest.raises(SlurmError, match="invalid partition specified: nope") as info:
+        SlurmExecutor.from_spec(spec).launch(jobs, store, ctx)
+    assert "\n" not in str(info.value)
+    assert {r.status for r in store.runs()} == {"pending"}
+
+
+def test_cancel_scancels_and_marks_cancelled(fake_slurm: Path) -> None:
+    from mpvgbench.executors.slurm import SlurmExecutor
+
+    spec, jobs, store, ctx = _setup(fake_slurm, 2)
+    ex = SlurmExecutor.from_spec(spec)
+    summary = ex.launch(jobs, store, ctx)
+    ids = ex.cancel([j.key for j in jobs], store)
+    assert sorted(ids) == sorted(summary.external_ids.values())
+    assert (fake_slurm / "scancel.log").read_text().split() == sorted(ids)
+    assert {r.status for r in store.runs()} == {"cancelled"}
+
+
+def test_init_from_child_depends_on_parent(fake_slurm: Path) -> None:
+    from mpvgbench.executors.slurm import SlurmExecutor
+
+    spec, jobs, store, ctx = _setup(fake_slurm, 2, init_from={"dataset": "imagefolder"},
+                                    dataset_overrides={"imagefolder": {"num_classes": 10}})
+    summary = SlurmExecutor.from_spec(spec).launch(jobs, store, ctx)
+    scripts = (fake_slurm / "sbatch.log").read_text().split("=== end")[:-1]
+    parents = [j for j in jobs if not j.depends_on]
+    children = [j for j in jobs if j.depends_on]
+    assert len(parents) == len(children) == 2
+    assert "--dependency" not in scripts[0] and "#SBATCH --array=0-1%2" in scripts[0]
+    for child, script in zip(children, scripts[1:]):  # one job per parent: a failed parent cancels only its child
+        assert f"#SBATCH --dependency=afterok:{summary.external_ids[child.depends_on]}" in script
+        assert "#SBATCH --kill-on-invalid-dep=yes" in script

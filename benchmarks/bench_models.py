@@ -4,7 +4,8 @@ Eval (no grad, the PE cache active) and train step (forward, cross-entropy, back
 in images/s for default / lape / pvg / mpvg on DeiT-Ti and ViT-Lite-7/4, plus timm's
 ``deit_tiny_patch16_224`` built in the same process. Every configuration is warmed up, then the
 repetitions are interleaved (rep 1 of every model, rep 2 of every model, ...) so drift in machine
-load hits all of them alike; medians over repetitions are reported, as ratios to the baseline.
+load hits all of them alike (the order rotates every repetition). Throughput is the median over
+repetitions; ratios are medians of the per-repetition ratios (paired, so slow drift cancels).
 All models of one backbone (timm's DeiT-Ti included) share every weight whose name and shape match.
 
 Targets: eval overhead of any method over default <= 2%; train-step overhead of mpvg over default
@@ -92,7 +93,14 @@ def _time(step: Callable[[], None], iters: int, device: torch.device, clock: str
     return now() - start
 
 
-def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+Samples = dict[str, dict[str, list[float]]]  # mode -> entry -> images/s, one per repetition
+
+
+def _backbone(entry: str) -> str:
+    return "deit_tiny" if entry == TIMM_BASELINE else entry.split(":")[0]
+
+
+def run(args: argparse.Namespace) -> Samples:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,12 +110,12 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         entries += [f"{name}:{m}" for m in args.methods]
         if name == "deit_tiny" and not args.no_timm:
             entries.append(TIMM_BASELINE)
-    results: dict[str, dict[str, float]] = {}
+    results: Samples = {}
     for mode in args.modes:
         steps: dict[str, Callable[[], None]] = {}
         reference: dict[str, nn.Module] = {}  # the first model built per backbone
         for entry in entries:
-            name = "deit_tiny" if entry == TIMM_BASELINE else entry.split(":")[0]
+            name = _backbone(entry)
             size, chans = M.default_img_size(name), 1 if name == "vit_micro" else 3
             model = _build(entry, args.num_classes)
             if name in reference:
@@ -121,16 +129,23 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             for _ in range(args.warmup):
                 steps[entry]()
         samples: dict[str, list[float]] = {e: [] for e in entries}
-        for _ in range(args.reps):  # interleaved repetitions
-            for entry in entries:
+        for rep in range(args.reps):
+            # interleaved, and rotated so that no entry always runs first (or after the same one)
+            order = entries[rep % len(entries):] + entries[: rep % len(entries)]
+            for entry in order if rep % 2 == 0 else order[::-1]:
                 seconds = _time(steps[entry], args.iters, device, args.clock)
                 samples[entry].append(args.batch_size * args.iters / seconds)
-        results[mode] = {e: statistics.median(v) for e, v in samples.items()}
+        results[mode] = samples
         del steps, reference
     return results
 
 
-def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> list[str]:
+def _paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median over repetitions of a/b measured in the same repetition (cancels slow drift)."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def report(results: Samples, args: argparse.Namespace) -> list[str]:
     lines = [
         f"device={args.device} threads={torch.get_num_threads()} batch={args.batch_size} "
         f"iters={args.iters} reps={args.reps} amp={args.amp} clock={args.clock} "
@@ -138,19 +153,18 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> li
     ]
     failures: list[str] = []
     for mode, res in results.items():
-        lines.append(f"\n[{mode}]  images/s (median)   ratio to the model's default")
+        lines.append(f"\n[{mode}]  images/s (median)   throughput ratio to the model's default (paired median)")
         for entry, ips in res.items():
-            name = "deit_tiny" if entry == TIMM_BASELINE else entry.split(":")[0]
-            base = res.get(f"{name}:default")
-            ratio = f"{ips / base:6.3f}x" if base else "   -   "
-            lines.append(f"  {entry:28s} {ips:10.1f}   {ratio}")
-            if base and entry != TIMM_BASELINE and not entry.endswith(":default"):
-                overhead = base / ips - 1.0  # extra time per image
+            base = res.get(f"{_backbone(entry)}:default")
+            ratio = _paired_ratio(ips, base) if base else None
+            lines.append(f"  {entry:28s} {statistics.median(ips):10.1f}   " + (f"{ratio:6.3f}x" if ratio else "   -"))
+            if ratio and entry != TIMM_BASELINE and not entry.endswith(":default"):
+                overhead = 1.0 / ratio - 1.0  # extra time per image
                 limit = 0.02 if mode == "eval" else (0.05 if entry.endswith(":mpvg") else None)
                 if limit is not None and overhead > limit:
                     failures.append(f"{mode} {entry}: overhead {overhead:+.1%} > {limit:.0%}")
         if TIMM_BASELINE in res and "deit_tiny:default" in res:
-            r = res["deit_tiny:default"] / res[TIMM_BASELINE]
+            r = _paired_ratio(res["deit_tiny:default"], res[TIMM_BASELINE])
             lines.append(f"  ours default / timm deit_tiny: {r:.3f}x (target >= 0.98x)")
             if r < 0.98:
                 failures.append(f"{mode} deit_tiny default is {r:.3f}x timm's")

@@ -4,7 +4,32 @@
 validates it into a frozen :class:`Spec` (pydantic, ``extra="forbid"`` at every level) and
 checks every cell it expands to (``mpvgbench.matrix.check_cells``). Every failure is a
 one-line :class:`SpecError`: ``<file>: <field path>: <problem>; <allowed values>``.
-Nothing in a spec is ever evaluated, imported or executed. See ``docs/specs.md``.
+Nothing in a spec is ever evaluated, imported or executed.
+
+Format (only ``name``, ``models``, ``methods``, ``datasets`` are required)::
+
+    name: table2                       # [A-Za-z0-9_.-], used in reports
+    models: [vit_lite_7_4, t2t_vit_7]  # mpvgbench.models short names
+    methods: [default, pvg, {base: mpvg, last_ln_pe: 5}, "mpvg[hierarchical=false]"]
+    datasets: [cifar100]               # digits, cifar100, imagenet, imagefolder, synthetic
+    seeds: [0, 1, 2]                   # default [0]
+    zip: [[models, datasets]]          # pair axes element-wise (equal lengths)
+    include: [{model: deit_tiny, method: mpvg, dataset: imagenet, seed: 0}]  # missing key: whole axis
+    exclude: [{model: t2t_vit_7, method: default}]  # any subset; method by name, label or knobs
+    recipe: {epochs: 100}              # over every family default (mpvgbench.recipes)
+    model_overrides:
+      t2t_vit_7:
+        recipe: {optimizer: sgd}       # over `recipe`
+        img_size: 224
+        init_from: {dataset: imagenet} # fine-tune from the same model/method/seed on imagenet
+                                       # (or a 16-hex run key); also allowed at the top level
+    dataset_overrides: {imagefolder: {num_classes: 37, img_size: 224}}
+    data: {roots: {cifar100: /d/c100, imagenet: /d/in1k, imagefolder: /d/x}, num_workers: 8, download: false}
+    executor: {name: local, workers: 2, device: auto}   # or slurm (+ a `slurm:` section)
+    results: {db: results.db, runs_dir: runs}
+
+``data``, ``executor``, ``slurm``, ``results``, ``name`` and ``description`` never change a
+job key. ``init_from: {dataset: D}`` applies to a model's cells on other datasets only.
 """
 
 from __future__ import annotations
@@ -15,25 +40,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Discriminator,
-    Field,
-    PositiveInt,
-    PrivateAttr,
-    Strict,
-    Tag,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field,
+                      PositiveInt, PrivateAttr, Strict, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from mpvgbench.config import Recipe
 from mpvgbench.methods import method_label, resolve_method
-from mpvgbench.recipes import DATASET_INFO, dataset_info, model_info
+from mpvgbench.recipes import dataset_info, model_info
 
 AXES: tuple[str, ...] = ("models", "methods", "datasets", "seeds")
 CELL_KEYS: tuple[str, ...] = ("model", "method", "dataset", "seed")
@@ -213,7 +226,12 @@ def _check_slurm(value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
     except ModuleNotFoundError:
         return value
     hook = getattr(slurm, "validate_slurm_section", None)
-    return hook(value) if hook is not None else value
+    if hook is None:
+        return value
+    try:
+        return hook(value)
+    except ValueError as exc:  # the field path is added by the caller: drop a repeated one
+        raise ValueError(str(exc).removeprefix("slurm: ")) from None
 
 
 # ----------------------------------------------------------------------------- spec
@@ -312,15 +330,17 @@ class _SafeLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    loader.flatten_mapping(node)
     seen: set[Any] = set()
-    for key_node, _ in node.value:
+    for key_node, _ in node.value:  # explicit keys only: a key may override a `<<:` merge
+        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+            continue
         key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, (str, int, float, bool)) and key in seen:
+        if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
             )
-        seen.add(key) if isinstance(key, (str, int, float, bool)) else None
+        seen.add(key)
+    loader.flatten_mapping(node)
     return loader.construct_mapping(node, deep=deep)
 
 

@@ -59,11 +59,11 @@ __all__ = ["NonFiniteLossError", "train"]
 
 
 def _default_model_factory(config: TrainConfig, **kwargs: Any) -> nn.Module:
-    from mpvgbench.data import DATASETS
+    from mpvgbench.data import DATASETS, input_channels
     from mpvgbench.models import build_model
 
     if config.dataset in DATASETS:  # digits are 1-channel; the model must match the data
-        kwargs.setdefault("in_chans", DATASETS[config.dataset].in_chans)
+        kwargs.setdefault("in_chans", input_channels(config))  # synthetic: the model's own
     return build_model(
         config.model, config.method, num_classes=config.num_classes, img_size=config.img_size, **kwargs
     )

@@ -67,6 +67,7 @@ def test_a_parent_that_is_also_a_cell_is_not_parent_only() -> None:
 def test_init_from_run_key_and_parent_recipe_override() -> None:
     jobs = expand(spec(init_from="0123456789abcdef"))
     assert jobs[0].config.init_from == jobs[0].depends_on == "0123456789abcdef"
+    assert expand(spec(init_from="0123456789abcdef"), smoke=True)[0].config.init_from is None
     jobs = expand(spec(datasets=["cifar100"], init_from={"dataset": "imagenet", "recipe": {"epochs": 100}}))
     assert jobs[0].parent_only and jobs[0].config.recipe.epochs == 100
 

@@ -168,7 +168,7 @@ def test_array_finishes_once_and_rerun_submits_nothing(env: Env) -> None:
 
 def test_time_limit_requeues_and_resumes(env: Env) -> None:
     """1-minute limit, ~2 minutes of work: submitit checkpoints on USR2, requeues, resumes."""
-    spec = env.spec(recipe={"epochs": 40, "batch_size": 32}, slurm={"time": 1, "max_requeues": 4})
+    spec = env.spec(recipe={"epochs": 40, "batch_size": 32}, slurm={"time": 1, "max_requeues": 8})
     (job,) = env.jobs(spec)
     t0 = time.monotonic()
     summary = env.executor(spec).launch([job], env.store, env.ctx)

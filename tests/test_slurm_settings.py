@@ -5,10 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from mpvgbench.executors.slurm_settings import SlurmSettings, parse_time_minutes
+
+if TYPE_CHECKING:
+    from mpvgbench.executors.base import RunContext
+    from mpvgbench.matrix import Job
+    from mpvgbench.spec import Spec
+    from mpvgbench.store import Store
 
 
 @pytest.mark.parametrize(
@@ -169,7 +176,7 @@ def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     slurm.max_array_size.cache_clear()
 
 
-def _setup(tmp_path: Path, n_seeds: int, **spec_extra: object) -> tuple[object, list[object], object, object]:
+def _setup(tmp_path: Path, n_seeds: int, **spec_extra: Any) -> tuple[Spec, list[Job], Store, RunContext]:
     from mpvgbench.executors.base import RunContext
     from mpvgbench.matrix import expand
     from mpvgbench.spec import parse_spec
@@ -225,7 +232,7 @@ def test_reconcile_outcomes(fake_slurm: Path) -> None:
         f"{ids[requeued.key]} PENDING\n{ids[killed.key]} CANCELLED\n{ids[timed_out.key]} TIMEOUT\n"
         f"{ids[running.key]} RUNNING\n")
     messages = reconcile(store, store.runs(status="running"))
-    assert messages == ["2 Slurm job(s) left the queue without a result: marked failed"]
+    assert messages == ["3 Slurm job(s) left the queue without a result: marked failed"]
     status = {j.key: store.runs(keys=[j.key])[0] for j in jobs}
     # `done` left the queue without files (purged): failed as lost
     assert status[done.key].status == "failed" and "left the queue" in (status[done.key].error or "")
@@ -309,5 +316,6 @@ def test_init_from_child_depends_on_parent(fake_slurm: Path) -> None:
     assert len(parents) == len(children) == 2
     assert "--dependency" not in scripts[0] and "#SBATCH --array=0-1%2" in scripts[0]
     for child, script in zip(children, scripts[1:]):  # one job per parent: a failed parent cancels only its child
+        assert child.depends_on is not None
         assert f"#SBATCH --dependency=afterok:{summary.external_ids[child.depends_on]}" in script
         assert "#SBATCH --kill-on-invalid-dep=yes" in script

@@ -152,6 +152,17 @@ def test_malformed_yaml(tmp_path: Path, text: str, words: str) -> None:
     assert words in str(info.value)
 
 
+def test_yaml_anchors_and_merge_keys_work(tmp_path: Path) -> None:
+    text = GOOD.replace("[deit_tiny]", "[deit_tiny, deit_small]") + textwrap.dedent("""\
+        recipe: &short {epochs: 5, warmup_epochs: 1}
+        model_overrides:
+          deit_small: {recipe: {<<: *short, epochs: 6}}
+        """)
+    tiny, small = expand(load_spec(write(tmp_path, text)))
+    assert (tiny.config.recipe.epochs, small.config.recipe.epochs) == (5, 6)
+    assert small.config.recipe.warmup_epochs == 1
+
+
 def test_yaml_tags_are_never_executed(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = write(tmp_path, f"!!python/object/apply:os.system ['touch {marker}']\n")

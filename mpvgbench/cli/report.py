@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from mpvgbench.cli.common import cli, db_option, open_store, user_errors
+from mpvgbench.cli.common import UserError, cli, db_option, open_store, user_errors
 from mpvgbench.cli.run import load_optional_spec, reconcile_runs
 
 @cli.command()
@@ -43,7 +43,10 @@ def report(table_number: str | None, fmt: str, metric: str, spec_path: Path | No
         return
     text = render(table, fmt)
     if output is not None:
-        output.write_text(text if isinstance(text, str) else str(text))
+        try:
+            output.write_text(text if isinstance(text, str) else str(text))
+        except OSError as exc:
+            raise UserError(f"cannot write {output}: {exc.strerror or exc}; pass a writable -o path") from None
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text)

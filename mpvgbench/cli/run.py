@@ -46,6 +46,7 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
       mpvgbench run experiments/table1.yaml --smoke
       mpvgbench run experiments/table1.yaml --executor slurm
     """
+    from mpvgbench.data import default_num_workers
     from mpvgbench.executors.base import RunContext
     from mpvgbench.matrix import expand
     from mpvgbench.spec import load_spec
@@ -85,7 +86,8 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
         runs_root=runs_root,
         data_roots={d: root for d in {job.dataset for job in todo} if (root := spec.data_root(d))},
         device=device or exec_settings.device,
-        num_workers=spec.data.num_workers or 0,
+        num_workers=(spec.data.num_workers if spec.data.num_workers is not None
+                     else max(default_num_workers(job.dataset) for job in todo)),
         fail_fast=fail_fast,
         download=download or spec.data.download,
     )

@@ -66,19 +66,19 @@ class SlurmSettings(BaseModel):
 
     partition: Optional[str] = None
     time: Union[StrictInt, StrictStr] = 60  # minutes, "HH:MM:SS" or "D-HH:MM:SS"
-    nodes: int = Field(1, ge=1)
-    gpus_per_node: int = Field(0, ge=0)
-    tasks_per_node: int = Field(1, ge=1)  # > 1: one process per task, DDP over them
-    cpus_per_task: Optional[int] = Field(None, ge=1)
+    nodes: int = Field(default=1, ge=1)
+    gpus_per_node: int = Field(default=0, ge=0)
+    tasks_per_node: int = Field(default=1, ge=1)  # > 1: one process per task, DDP over them
+    cpus_per_task: Optional[int] = Field(default=None, ge=1)
     mem: Optional[str] = None  # per node, e.g. "8G", "500M"
     account: Optional[str] = None
     qos: Optional[str] = None
     constraint: Optional[str] = None
-    array_parallelism: int = Field(256, ge=1)  # tasks of one array running at once
-    max_requeues: int = Field(3, ge=0)  # time-limit requeues per job (preemptions are not counted)
+    array_parallelism: int = Field(default=256, ge=1)  # tasks of one array running at once
+    max_requeues: int = Field(default=3, ge=0)  # time-limit requeues per job (preemptions are not counted)
     # USR2 this long before the time limit -> checkpoint + requeue. Unset: 90 s, but at most a
     # quarter of the time limit (a 1-minute job would otherwise be signalled as it starts)
-    signal_delay_s: int = Field(90, ge=1)
+    signal_delay_s: int = Field(default=90, ge=1)
     setup: tuple[str, ...] = ()  # shell lines run before the job (module load ..., source ...)
     additional_parameters: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict)
     folder: Optional[str] = None  # submitit's folder (logs, pickles); default <runs_root>/_slurm

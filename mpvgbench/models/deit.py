@@ -41,6 +41,10 @@ class MPVGVisionTransformer(PEModelMixin, VisionTransformer):
         clash = sorted(fixed & set(kwargs))
         if clash:
             raise ValueError(f"{', '.join(clash)} follow(s) from pe_method; do not pass them")
+        # both change the token set per input, which the per-block PE rows cannot follow
+        for unsupported in ("dynamic_img_size", "patch_drop_rate"):
+            if kwargs.get(unsupported):
+                raise ValueError(f"{unsupported} is not supported by the PE methods; leave it unset")
         super().__init__(
             class_token=method.has_class_token,
             global_pool="token" if method.has_class_token else "avg",
@@ -94,6 +98,10 @@ class MPVGVisionTransformer(PEModelMixin, VisionTransformer):
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, *args: Any, **kwargs: Any) -> Any:
+        # timm's version runs the blocks without the layer-wise PE: refuse rather than be wrong
+        raise NotImplementedError("use forward hooks on blocks / pe_chain modules for intermediates")
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:

@@ -158,6 +158,10 @@ def test_timm_create_model_and_fixed_kwargs() -> None:
     assert model.norm.eps == 1e-6 and model.pe_chain.pe_norms["1"].eps == 1e-6
     with pytest.raises(ValueError, match="follow"):
         timm.create_model("mpvg_deit_tiny_patch16_224", pe_method="mpvg", class_token=True)
+    with pytest.raises(ValueError, match="not supported"):
+        M.build_model("deit_tiny", "pvg", img_size=32, patch_drop_rate=0.5)
+    with pytest.raises(NotImplementedError, match="hooks"):
+        model.forward_intermediates(torch.randn(1, 3, 32, 32))
 
 
 def test_our_models_are_all_covered() -> None:

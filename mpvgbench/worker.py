@@ -170,6 +170,10 @@ def run_job(run_dir: str) -> dict[str, Any]:
             progress_interval_s=float(os.environ.get(PROGRESS_INTERVAL_ENV, "5")),
         )
     except BaseException as exc:
+        if _REQUEUED and not isinstance(exc, submitit.core.utils.UncompletedJobError):
+            # submitit's signal handler requeued this job and now exits the process (SystemExit,
+            # sometimes surfacing as another error): the job goes on, this is no failure.
+            raise
         record = error_record(key, exc, rd, phase)
         # rank 0's error wins; another rank records its own only when rank 0 has not (it may be
         # stuck in a collective waiting for the rank that failed).
@@ -184,6 +188,9 @@ def run_job(run_dir: str) -> dict[str, Any]:
             dist.destroy_process_group()
 
 
+_REQUEUED = False  # set once submitit asked this process for a checkpoint (timeout, preemption)
+
+
 class CheckpointableJob(submitit.helpers.Checkpointable):
     """What the Slurm executor submits: ``CheckpointableJob()(run_dir)``.
 
@@ -195,6 +202,8 @@ class CheckpointableJob(submitit.helpers.Checkpointable):
         return run_job(run_dir)
 
     def checkpoint(self, run_dir: str) -> submitit.helpers.DelayedSubmission:  # type: ignore[override]
+        global _REQUEUED
+        _REQUEUED = True
         return submitit.helpers.DelayedSubmission(CheckpointableJob(), run_dir)
 
 

@@ -53,6 +53,10 @@ def prepare_run_dir(job: Job, ctx: RunContext) -> Path:
 
     run_dir = ctx.run_dir(job.key)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / "error.json").exists():
+        # An earlier attempt's failure (--retry-failed): this attempt decides anew, and the
+        # coordinator must not ingest the old record as this attempt's outcome.
+        os.replace(run_dir / "error.json", run_dir / "error.json.prev")
     atomic_write_json(run_dir / "config.json", job.config.model_dump(mode="json"))
     atomic_write_json(
         run_dir / "job.json",

@@ -326,7 +326,7 @@ class SlurmExecutor(Executor):
         run_dirs = []
         for job in chunk:
             run_dir = prepare_run_dir(job, ctx)
-            for stale in ("error.json", SLURM_JSON):  # an earlier attempt's: this one decides anew
+            for stale in (SLURM_JSON,):  # an earlier attempt's: this one decides anew
                 if (run_dir / stale).exists():
                     os.replace(run_dir / stale, run_dir / f"{stale}.prev")
             run_dirs.append(run_dir)

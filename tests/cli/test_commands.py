@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -226,8 +225,8 @@ def test_report_every_format(tmp_path: Path, pivot_db: dict[str, list[float]]) -
     assert f"wrote {out}" in res.output and "(spec pivot)" in out.read_text()
 
 
-@pytest.mark.parametrize("number", [1, 2, 3, 4, 5, 6])
-def test_report_paper_table(tmp_path: Path, number: int) -> None:
+@pytest.mark.parametrize("number", [1, 2, 3, 4, 5, 6, "fig5"])
+def test_report_paper_table(tmp_path: Path, number: int | str) -> None:
     """A stored run of the table's first row shows up as measured, next to the paper, with Δ."""
     from mpvgbench.config import TrainConfig
 

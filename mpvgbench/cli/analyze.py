@@ -77,7 +77,7 @@ def _f(value: Optional[float], digits: int = 4) -> str:
 
 def _g(value: Optional[float]) -> str:
     # variances span orders of magnitude (1e-6 after a few steps, 0.24 in the paper)
-    return "n/a" if value is None else f"{value:.3g}"
+    return "n/a" if value is None else f"{value:.2e}"
 
 
 def paper_reference_line() -> str:
@@ -95,18 +95,23 @@ def print_table(analyses: Sequence[dict[str, Any]]) -> None:
 
     from mpvgbench.analyze import correlation_summary
 
+    from rich import box
+
+    # A light box and no wrapping: ten numeric columns must fit an 80-column terminal.
     table = Table(title="PE analysis (r: token vs PE after LN, Fig. 4; Last LN, Fig. 6)",
-                  caption=paper_reference_line())
-    for column in ("key", "model", "method", "top1", "r first", "r last", "r mean",
-                   "beta var", "gamma var", "cosine"):
-        table.add_column(column, justify="left" if column in ("key", "model", "method") else "right")
+                  caption=paper_reference_line(), box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("key", "model", "method", "top1", "r 1st", "r last", "var β", "var γ", "cos"):
+        table.add_column(column, justify="left" if column in ("key", "model", "method") else "right",
+                         no_wrap=True)
     for a in analyses:
-        first, last, mean = correlation_summary(a["correlation"])
+        first, last, _mean = correlation_summary(a["correlation"])  # the mean is in analysis.json
         stats = a["last_ln"]
         table.add_row(a["key"][:8], a["model"], a["method"], _f(a.get("top1"), 1),
-                      _f(first, 3), _f(last, 3), _f(mean, 3),
-                      _g(stats["beta_var"]), _g(stats["gamma_var"]), _f(stats["cosine"]))
+                      _f(first, 2), _f(last, 2),
+                      _g(stats["beta_var"]), _g(stats["gamma_var"]), _f(stats["cosine"], 2))
     console = Console()
+    if console.width < 100:  # never truncate numbers: on a narrow terminal lines wrap instead
+        console = Console(width=100)
     console.print(table)
     for a in analyses:
         if a["correlation"] is None:

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mpvgbench.methods import MethodLike, resolve_method
+from mpvgbench.models._cfg import model_cfg
 from mpvgbench.models.pe import PEBlock, PEModelMixin, PEOutputs, PositionEmbeddingChain, Transform, add_last_ln_pe
 
 __all__ = ["Image2Tokens", "LCABlock", "LeFF", "MPVGCeiT", "PatchRowsChain"]
@@ -297,20 +298,7 @@ class MPVGCeiT(PEModelMixin, nn.Module):
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": None,
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "patch_embed.conv",
-        "classifier": "head",
-        **kwargs,
-    }
+    return model_cfg(first_conv="patch_embed.conv", **kwargs)
 
 
 default_cfgs = generate_default_cfgs({"mpvg_ceit_tiny_patch16_224": _cfg()})

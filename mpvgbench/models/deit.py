@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from mpvgbench.methods import MethodLike, resolve_method
+from mpvgbench.models._cfg import model_cfg
 from mpvgbench.models.pe import PEBlock, PEModelMixin, PositionEmbeddingChain, add_last_ln_pe
 
 __all__ = ["MPVGVisionTransformer"]
@@ -104,27 +105,11 @@ class MPVGVisionTransformer(PEModelMixin, VisionTransformer):
         raise NotImplementedError("use forward hooks on blocks / pe_chain modules for intermediates")
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": None,
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-        **kwargs,
-    }
-
 
 default_cfgs = generate_default_cfgs({
-    "mpvg_deit_tiny_patch16_224": _cfg(),
-    "mpvg_deit_small_patch16_224": _cfg(),
-    "mpvg_deit_base_patch16_224": _cfg(),
+    "mpvg_deit_tiny_patch16_224": model_cfg(),
+    "mpvg_deit_small_patch16_224": model_cfg(),
+    "mpvg_deit_base_patch16_224": model_cfg(),
 })
 
 

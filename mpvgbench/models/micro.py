@@ -10,24 +10,16 @@ from typing import Any
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from mpvgbench.models._cfg import model_cfg
 from mpvgbench.models.deit import MPVGVisionTransformer
 
 __all__ = ["mpvg_vit_micro_patch2_8"]
 
 default_cfgs = generate_default_cfgs({
-    "mpvg_vit_micro_patch2_8": {
-        "url": "",
-        "num_classes": 10,
-        "input_size": (1, 8, 8),
-        "pool_size": None,
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "fixed_input_size": True,
-        "mean": (0.5,),
-        "std": (0.5,),
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-    },
+    "mpvg_vit_micro_patch2_8": model_cfg(
+        num_classes=10, input_size=(1, 8, 8), crop_pct=1.0, interpolation="bilinear",
+        mean=(0.5,), std=(0.5,),
+    ),
 })
 
 

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mpvgbench.methods import MethodLike, PEMethod, resolve_method
+from mpvgbench.models._cfg import model_cfg
 from mpvgbench.models.pe import PEModelMixin, PositionEmbeddingChain, Transform, add_last_ln_pe
 
 __all__ = ["MPVGSwinTransformer", "PESwinBlock", "default_window_size", "swin_effective_method"]
@@ -190,20 +191,7 @@ class MPVGSwinTransformer(PEModelMixin, SwinTransformer):
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "patch_embed.proj",
-        "classifier": "head.fc",
-        **kwargs,
-    }
+    return model_cfg(pool_size=(7, 7), crop_pct=0.9, classifier="head.fc", **kwargs)
 
 
 default_cfgs = generate_default_cfgs({"mpvg_swin_tiny_patch4_window7_224": _cfg()})

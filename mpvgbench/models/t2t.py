@@ -33,6 +33,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import Tensor, nn
 
 from mpvgbench.methods import MethodLike
+from mpvgbench.models._cfg import model_cfg
 from mpvgbench.models.deit import MPVGVisionTransformer
 
 __all__ = ["MPVGT2TViT", "T2TModule", "TokenPerformer", "sinusoid_table"]
@@ -180,19 +181,7 @@ class MPVGT2TViT(MPVGVisionTransformer):
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": None,
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "classifier": "head",
-        **kwargs,
-    }
+    return model_cfg(crop_pct=0.9, first_conv=None, **kwargs)  # soft split, no conv
 
 
 default_cfgs = generate_default_cfgs({"mpvg_t2t_vit_7": _cfg()})

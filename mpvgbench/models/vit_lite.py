@@ -24,6 +24,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import Tensor, nn
 
 from mpvgbench.methods import MethodLike
+from mpvgbench.models._cfg import model_cfg
 from mpvgbench.models.deit import MPVGVisionTransformer
 from mpvgbench.models.pe import PEBlock
 
@@ -78,19 +79,10 @@ class MPVGViTLite(MPVGVisionTransformer):
 
 
 default_cfgs = generate_default_cfgs({
-    "mpvg_vit_lite_7_4_32": {
-        "url": "",
-        "num_classes": 100,
-        "input_size": (3, 32, 32),
-        "pool_size": None,
-        "crop_pct": 1.0,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,
-        "mean": (0.5071, 0.4867, 0.4408),
-        "std": (0.2675, 0.2565, 0.2761),
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-    },
+    "mpvg_vit_lite_7_4_32": model_cfg(
+        num_classes=100, input_size=(3, 32, 32), crop_pct=1.0,
+        mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761),  # CIFAR-100
+    ),
 })
 
 

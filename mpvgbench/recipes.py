@@ -2,19 +2,16 @@
 
 A cell's recipe is ``default_recipe(family, dataset)`` with the spec's overrides on top
 (``matrix.expand``). This module also holds the dataset defaults (classes, image size,
-channels) and the light-weight model facts the spec needs (family, depth, default image
-size, token stride). They live here, not behind ``mpvgbench.models``, because importing
-the models pulls in torch + timm (~3 s) and ``run --dry-run`` must stay well under 2 s;
-``tests/test_recipes.py`` cross-checks the table against ``mpvgbench.models``. Models that
-``mpvgbench.models`` registers later and this table lacks are looked up there lazily.
+channels); the model facts (family, depth, sizes) are in the torch-free ``mpvgbench.catalog``,
+so ``run --dry-run`` never imports torch or timm (~3 s).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, NamedTuple, Optional
 
+from mpvgbench.catalog import MODEL_TABLE, ModelInfo, known_models, model_info  # noqa: F401 (re-exported)
 from mpvgbench.config import Recipe
 
 # ---------------------------------------------------------------------------- datasets
@@ -48,77 +45,7 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 # ------------------------------------------------------------------------------ models
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    family: str  # deit, ceit, swin, t2t, vit_lite, micro
-    depth: int  # number of transformer blocks (Swin: all stages together)
-    default_img_size: int
-    token_stride: Optional[int]  # img_size must be a multiple of it; None: not checked
-    smoke_img_size: int  # a small size the model builds and runs at
-    in_chans: int = 3  # the builder's default input channels
-
-
-MODEL_TABLE: dict[str, ModelInfo] = {
-    m.name: m
-    for m in (
-        ModelInfo("deit_tiny", "deit", 12, 224, 16, 32),
-        ModelInfo("deit_small", "deit", 12, 224, 16, 32),
-        ModelInfo("deit_base", "deit", 12, 224, 16, 32),
-        # Swin: patch 4 then 3 merges -> a multiple of 32. Smoke at 64 (stages 16/8/4/2): the
-        # 7x7 window is padded / clamped per stage, which the model supports (tested).
-        ModelInfo("swin_tiny", "swin", 12, 224, 32, 64),
-        ModelInfo("ceit_tiny", "ceit", 12, 224, 16, 32),
-        ModelInfo("t2t_vit_7", "t2t", 7, 224, 16, 32),
-        ModelInfo("vit_lite_7_4", "vit_lite", 7, 32, 4, 32),
-        ModelInfo("vit_micro", "micro", 4, 8, 2, 8, in_chans=1),
-    )
-}
-
-
-@lru_cache(maxsize=None)
-def model_info(name: str) -> ModelInfo:
-    """Facts about a model short name; ``ValueError`` naming the known models otherwise."""
-    if name in MODEL_TABLE:
-        return MODEL_TABLE[name]
-    models = _models_module()
-    names = list(models.list_models()) if models is not None else []
-    if name not in names:
-        known = sorted(set(MODEL_TABLE) | set(names))
-        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(known)}")
-    family = str(getattr(models, "model_family")(name))
-    depth_fn = getattr(models, "model_depth", None)
-    size_fn = getattr(models, "default_img_size", None)
-    size = int(size_fn(name)) if size_fn is not None else 224
-    return ModelInfo(
-        name=name,
-        family=family,
-        depth=int(depth_fn(name)) if depth_fn is not None else 12,
-        default_img_size=size,
-        token_stride=None,
-        smoke_img_size=min(size, 32),
-    )
-
-
-def known_models() -> list[str]:
-    """Every model short name: this table plus whatever ``mpvgbench.models`` registers."""
-    names = set(MODEL_TABLE)
-    models = _models_module()
-    if models is not None:
-        names |= set(models.list_models())
-    return sorted(names)
-
-
-def _models_module() -> Any:
-    try:
-        import mpvgbench.models as models
-    except ModuleNotFoundError as exc:  # the package is optional here; its bugs are not
-        if exc.name in ("mpvgbench.models",):
-            return None
-        raise
-    return models if hasattr(models, "list_models") else None
+# The model facts live in mpvgbench.catalog (torch-free); re-exported for the callers here.
 
 
 def default_img_size(model: str, dataset: str) -> int:

@@ -22,7 +22,6 @@ def test_short_names_and_metadata() -> None:
     assert M.default_img_size("deit_tiny") == 224 and M.default_img_size("vit_lite_7_4") == 32
     assert M.default_img_size("vit_micro") == 8
     assert [M.model_depth(n) for n in ("deit_base", "swin_tiny", "t2t_vit_7", "vit_lite_7_4")] == [12, 12, 7, 7]
-    assert {"deit_tiny", "deit_small", "deit_base", "vit_lite_7_4", "vit_micro"} <= set(M.available_models())
 
 
 @pytest.mark.parametrize("fn", [M.model_family, M.default_img_size, M.model_depth, M.timm_name])
@@ -35,12 +34,7 @@ def test_unknown_name_lists_allowed(fn: object) -> None:
 
 def test_timm_registration() -> None:
     names = set(timm.list_models("mpvg_*"))
-    assert {
-        "mpvg_deit_tiny_patch16_224", "mpvg_deit_small_patch16_224", "mpvg_deit_base_patch16_224",
-        "mpvg_vit_lite_7_4_32", "mpvg_vit_micro_patch2_8",
-    } <= names
-    for short in M.available_models():
-        assert M.timm_name(short) in names
+    assert {M.timm_name(short) for short in M.list_models()} == names
 
 
 @pytest.mark.parametrize("timm_name", sorted(timm.list_models("mpvg_*")))

@@ -69,10 +69,10 @@ def _default_model_factory(config: TrainConfig, **kwargs: Any) -> nn.Module:
     )
 
 
-def _default_dataset_factory(config: TrainConfig, data_root: Optional[str]) -> tuple[Any, Any]:
+def _default_dataset_factory(config: TrainConfig, data_root: Optional[str], download: bool = False) -> tuple[Any, Any]:
     from mpvgbench.data import build_datasets
 
-    return build_datasets(config, data_root)
+    return build_datasets(config, data_root, download=download)
 
 
 class _LossLog:
@@ -124,6 +124,7 @@ def train(
     run_dir: PathLike,
     *,
     data_root: Optional[str] = None,
+    download: bool = False,
     device: str = "auto",
     num_workers: int = 0,
     progress_callback: Optional[ProgressCallback] = None,
@@ -161,7 +162,10 @@ def train(
 
     # ---------------------------------------------------------------- data, model, optimisation
     seed_everything(config.seed)  # model init is a function of the seed alone
-    train_ds, val_ds = (dataset_factory or _default_dataset_factory)(config, data_root)
+    if dataset_factory is None:
+        train_ds, val_ds = _default_dataset_factory(config, data_root, download=download)
+    else:
+        train_ds, val_ds = dataset_factory(config, data_root)
     raw_model = (model_factory or _default_model_factory)(
         config, drop_rate=recipe.drop, drop_path_rate=recipe.drop_path
     ).to(dev)

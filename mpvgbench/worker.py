@@ -165,6 +165,7 @@ def run_job(run_dir: str) -> dict[str, Any]:
             config,
             rd.path,
             data_root=job["data_root"],
+            download=bool(job.get("download", False)),
             device=job["device"],
             num_workers=int(job["num_workers"]),
             progress_interval_s=float(os.environ.get(PROGRESS_INTERVAL_ENV, "5")),

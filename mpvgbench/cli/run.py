@@ -254,9 +254,14 @@ def status(spec_path: Path | None, db: str | None, show_all: bool) -> None:
     table = Table(title=", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs")
     for column in ("key", "model", "method", "dataset", "seed", "status", "attempts", "executor", "error"):
         table.add_column(column)
+    from mpvgbench.executors.local import owner_is_alive
+
     for row in runs:
         if show_all or row.status != "finished":
-            table.add_row(row.key, row.model, row.method_label, row.dataset, str(row.seed), row.status,
+            state = row.status
+            if state == "running" and row.executor == "local" and row.owner and not owner_is_alive(row.owner):
+                state = "running (coordinator gone: rerun to resume)"
+            table.add_row(row.key, row.model, row.method_label, row.dataset, str(row.seed), state,
                           str(row.attempts), row.executor or "", (row.error or "")[:60])
     Console().print(table)
 

@@ -174,6 +174,23 @@ def test_status_lists_unfinished_runs_with_their_errors(tmp_path: Path) -> None:
     assert res.exit_code == 0 and j0.key in res.output
 
 
+def test_status_says_when_a_local_runs_coordinator_is_gone(tmp_path: Path) -> None:
+    import socket
+
+    spec = write_spec(tmp_path / "spec.yaml", seeds=[0, 1])
+    j0, j1 = jobs_of(spec)
+    with Store(tmp_path / "results.db") as store:
+        store.register_jobs([j0, j1], "tiny")
+        dead = f"{socket.gethostname()}:999999999:dead"  # no such pid on this host
+        live = f"{socket.gethostname()}:{os.getpid()}:live"
+        assert store.claim(j0.key, dead, stale_after_s=60, executor="local")
+        assert store.claim(j1.key, live, stale_after_s=60, executor="local")
+    res = invoke("status", spec)
+    assert res.exit_code == 0, res.output
+    lines = {key: next(line for line in res.output.splitlines() if key in line) for key in (j0.key, j1.key)}
+    assert "coordinator gone" in lines[j0.key] and "coordinator gone" not in lines[j1.key]
+
+
 # ----------------------------------------------------------------------------------- report
 
 

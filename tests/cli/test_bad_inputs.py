@@ -204,7 +204,7 @@ CASES: list[Case] = [
     spec_case("unknown_include_key", doc(include=[{"modle": "vit_micro"}]), "include[0]: unknown key 'modle'", "allowed: model, method, dataset, seed"),
     spec_case("unknown_exclude_key", doc(exclude=[{"seeds": 0}]), "exclude[0]: unknown key 'seeds'", "allowed: model, method, dataset, seed"),
     # unknown names
-    spec_case("unknown_model", doc(models=["vit_giant"]), "models[0]: unknown model 'vit_giant'", "allowed: ceit_tiny"),
+    spec_case("unknown_model", doc(models=["vit_giant"]), "models[0]: unknown model 'vit_giant'", "allowed: deit_tiny"),
     spec_case("unknown_model_in_overrides", doc(model_overrides={"vit_giant": {}}), "model_overrides", "unknown model 'vit_giant'"),
     spec_case("unknown_method", doc(methods=["pvgg"]), "methods[0]: unknown method 'pvgg'", "presets: default, gap"),
     spec_case("unknown_knob", doc(methods=[{"base": "mpvg", "foo": 1}]), "unknown method knob(s) 'foo'", "allowed: base, pool"),

@@ -52,7 +52,7 @@ def input_channels(config: TrainConfig) -> int:
     (1 for the digits-sized micro ViT) so a smoke run builds the model as the real run does.
     """
     if config.dataset == "synthetic":
-        from mpvgbench.recipes import model_info
+        from mpvgbench.catalog import model_info
 
         try:
             return model_info(config.model).in_chans

@@ -21,13 +21,8 @@ from typing import Any, Iterable, NamedTuple, Optional
 
 from mpvgbench.config import Recipe, TrainConfig
 from mpvgbench.methods import canonical_method_dict, method_label, resolve_method
-from mpvgbench.recipes import (
-    SMOKE_NUM_CLASSES,
-    default_img_size,
-    default_recipe,
-    model_info,
-    smoke_recipe,
-)
+from mpvgbench.catalog import model_info
+from mpvgbench.recipes import SMOKE_NUM_CLASSES, default_img_size, default_recipe, smoke_recipe
 from mpvgbench.spec import AXES, CELL_KEYS, InitFrom, Spec, recipe_overrides
 
 

@@ -8,10 +8,9 @@ so ``run --dry-run`` never imports torch or timm (~3 s).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
-from mpvgbench.catalog import MODEL_TABLE, ModelInfo, known_models, model_info  # noqa: F401 (re-exported)
+from mpvgbench.catalog import model_info
 from mpvgbench.config import Recipe
 
 # ---------------------------------------------------------------------------- datasets
@@ -45,7 +44,7 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 # ------------------------------------------------------------------------------ models
-# The model facts live in mpvgbench.catalog (torch-free); re-exported for the callers here.
+# The model facts live in mpvgbench.catalog (torch-free).
 
 
 def default_img_size(model: str, dataset: str) -> int:

@@ -46,7 +46,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Di
 
 from mpvgbench.config import Recipe
 from mpvgbench.methods import method_label, resolve_method
-from mpvgbench.recipes import dataset_info, model_info
+from mpvgbench.catalog import model_info
+from mpvgbench.recipes import dataset_info
 
 AXES: tuple[str, ...] = ("models", "methods", "datasets", "seeds")
 CELL_KEYS: tuple[str, ...] = ("model", "method", "dataset", "seed")

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from mpvgbench.catalog import MODEL_TABLE, known_models, model_info
 from mpvgbench.config import Recipe
-from mpvgbench.recipes import (
-    MODEL_TABLE,
-    QUICK_RECIPE,
-    dataset_info,
-    default_img_size,
-    default_recipe,
-    known_models,
-    model_info,
-    smoke_recipe,
-)
+from mpvgbench.recipes import QUICK_RECIPE, dataset_info, default_img_size, default_recipe, smoke_recipe
 
 
 def fields(recipe: Recipe) -> tuple[object, ...]:

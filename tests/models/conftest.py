@@ -58,3 +58,31 @@ def randomize_pe_norms(model: nn.Module, seed: int = 3) -> None:
 @pytest.fixture
 def tiny_input() -> torch.Tensor:
     return small_input("deit_tiny")
+
+
+def share_pvg_weights(pvg: nn.Module, mpvg: nn.Module) -> None:
+    """Give ``mpvg`` every weight of ``pvg``; only LN'' stays its own (randomised, non-trivial)."""
+    missing, unexpected = mpvg.load_state_dict(pvg.state_dict(), strict=False)
+    assert sorted(missing) == ["pe_chain.last_norm_pe.bias", "pe_chain.last_norm_pe.weight"] and not unexpected
+    randomize_pe_norms(mpvg)  # LN'' non-trivial; LN' now differ from PVG's, so copy them back
+    mpvg.pe_chain.pe_norms.load_state_dict(pvg.pe_chain.pe_norms.state_dict())
+
+
+def assert_mpvg_minus_pvg_is_input_free(pvg: nn.Module, mpvg: nn.Module, x: torch.Tensor) -> None:
+    """The methods.md invariant: with shared weights, MPVG(x) - PVG(x) is one vector for all x."""
+    with torch.no_grad():
+        diff = mpvg(x) - pvg(x)
+    assert diff.abs().max() > 1e-3  # the term is not zero ...
+    torch.testing.assert_close(diff, diff[:1].expand_as(diff), rtol=0, atol=1e-5)  # ... and input-free
+
+
+def assert_cache_matches_uncached(model: nn.Module, x: torch.Tensor) -> None:
+    """Eval-mode PE cache: repeated forwards equal an uncached forward."""
+    from mpvgbench.models import pe_cache
+
+    with torch.no_grad():
+        cached = [model(x), model(x)]
+        with pe_cache(model, False):
+            fresh = model(x)
+    torch.testing.assert_close(cached[0], fresh)
+    torch.testing.assert_close(cached[1], fresh)

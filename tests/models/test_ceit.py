@@ -11,9 +11,16 @@ from torch import Tensor
 
 import mpvgbench.models as M
 from mpvgbench.models.ceit import LeFF, MPVGCeiT
-from mpvgbench.models.pe import fold_last_ln_pe, pe_cache
+from mpvgbench.models.pe import fold_last_ln_pe
 
-from .conftest import PRESET_NAMES, count_params_of, randomize_pe_norms
+from .conftest import (
+    PRESET_NAMES,
+    assert_cache_matches_uncached,
+    assert_mpvg_minus_pvg_is_input_free,
+    count_params_of,
+    randomize_pe_norms,
+    share_pvg_weights,
+)
 
 IMG = 32  # I2T: 32 -> 16 -> 8 -> 2x2 patch tokens (+ class token)
 LCA_PARAMS = ("lca.", "pos_layer_embed")
@@ -98,15 +105,10 @@ def test_mpvg_minus_pvg_is_the_same_for_every_sample() -> None:
         pvg(_input(batch=4, seed=9))  # non-trivial BN running statistics
     pvg.eval()
     mpvg = _small("mpvg", seed=5).eval()
-    missing, unexpected = mpvg.load_state_dict(pvg.state_dict(), strict=False)
-    assert sorted(missing) == ["pe_chain.last_norm_pe.bias", "pe_chain.last_norm_pe.weight"] and not unexpected
-    randomize_pe_norms(mpvg)
-    mpvg.pe_chain.pe_norms.load_state_dict(pvg.pe_chain.pe_norms.state_dict())
+    share_pvg_weights(pvg, mpvg)
     x = _input(batch=6)
+    assert_mpvg_minus_pvg_is_input_free(pvg, mpvg, x)
     with torch.no_grad():
-        diff = mpvg(x) - pvg(x)
-        assert diff.abs().max() > 1e-3
-        torch.testing.assert_close(diff, diff[:1].expand_as(diff), rtol=0, atol=1e-5)
         # the fold averages patch rows only, as GAP does (the class-token row is left out)
         torch.testing.assert_close(fold_last_ln_pe(mpvg)(x), mpvg(x), rtol=0, atol=1e-5)
 
@@ -115,12 +117,7 @@ def test_eval_cache_matches_uncached() -> None:
     model = _small("mpvg").eval()
     randomize_pe_norms(model)
     x = _input()
-    with torch.no_grad():
-        cached = [model(x), model(x)]
-        with pe_cache(model, False):
-            fresh = model(x)
-    torch.testing.assert_close(cached[0], fresh)
-    torch.testing.assert_close(cached[1], fresh)
+    assert_cache_matches_uncached(model, x)
 
 
 def _fwd_bwd(method: Any) -> None:

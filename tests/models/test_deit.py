@@ -12,7 +12,15 @@ from torch import Tensor
 
 import mpvgbench.models as M
 
-from .conftest import OUR_MODELS, PRESET_NAMES, build_small, randomize_pe_norms, small_input
+from .conftest import (
+    OUR_MODELS,
+    PRESET_NAMES,
+    assert_mpvg_minus_pvg_is_input_free,
+    build_small,
+    randomize_pe_norms,
+    share_pvg_weights,
+    small_input,
+)
 
 
 def _capture_attn_inputs(model: torch.nn.Module) -> list[Tensor]:
@@ -50,15 +58,9 @@ def test_gap_is_last_ln_per_token_then_mean_then_head() -> None:
 def test_mpvg_minus_pvg_is_the_same_for_every_sample() -> None:
     pvg = build_small("deit_tiny", "pvg").eval()
     mpvg = build_small("deit_tiny", "mpvg", seed=5).eval()
-    missing, unexpected = mpvg.load_state_dict(pvg.state_dict(), strict=False)
-    assert sorted(missing) == ["pe_chain.last_norm_pe.bias", "pe_chain.last_norm_pe.weight"] and not unexpected
-    randomize_pe_norms(mpvg)  # LN'' non-trivial; LN' differ from PVG's, so copy them back
-    mpvg.pe_chain.pe_norms.load_state_dict(pvg.pe_chain.pe_norms.state_dict())
+    share_pvg_weights(pvg, mpvg)
     x = small_input("deit_tiny", batch=6)
-    with torch.no_grad():
-        diff = mpvg(x) - pvg(x)
-    assert diff.abs().max() > 1e-3  # the term is not zero ...
-    torch.testing.assert_close(diff, diff[:1].expand_as(diff), rtol=0, atol=1e-5)  # ... and input-free
+    assert_mpvg_minus_pvg_is_input_free(pvg, mpvg, x)
 
 
 def test_pvg_delivery_skips_block_0() -> None:

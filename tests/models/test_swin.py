@@ -11,10 +11,17 @@ from timm.models.swin_transformer import window_partition
 from torch import Tensor, nn
 
 import mpvgbench.models as M
-from mpvgbench.models.pe import fold_last_ln_pe, pe_cache
+from mpvgbench.models.pe import fold_last_ln_pe
 from mpvgbench.models.swin import MPVGSwinTransformer, default_window_size
 
-from .conftest import PRESET_NAMES, count_params_of, randomize_pe_norms
+from .conftest import (
+    PRESET_NAMES,
+    assert_cache_matches_uncached,
+    assert_mpvg_minus_pvg_is_input_free,
+    count_params_of,
+    randomize_pe_norms,
+    share_pvg_weights,
+)
 
 IMG = 32  # 8x8 patch grid -> stages 8, 4, 2, 1; window 2 (stage 0 and 1 shift by 1)
 WIDTH = 24  # narrow Swin (heads 3/6/12/24 -> head dim 8) keeps the forward tests fast
@@ -132,15 +139,10 @@ def test_mpvg_minus_pvg_is_the_same_for_every_sample() -> None:
     # img 64: a 2x2 last stage, so the Last-LN term is a mean over 4 tokens
     pvg = _small("pvg", img_size=64).eval()
     mpvg = _small("mpvg", seed=5, img_size=64).eval()
-    missing, unexpected = mpvg.load_state_dict(pvg.state_dict(), strict=False)
-    assert sorted(missing) == ["pe_chain.last_norm_pe.bias", "pe_chain.last_norm_pe.weight"] and not unexpected
-    randomize_pe_norms(mpvg)
-    mpvg.pe_chain.pe_norms.load_state_dict(pvg.pe_chain.pe_norms.state_dict())
+    share_pvg_weights(pvg, mpvg)
     x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    assert_mpvg_minus_pvg_is_input_free(pvg, mpvg, x)
     with torch.no_grad():
-        diff = mpvg(x) - pvg(x)
-        assert diff.abs().max() > 1e-3
-        torch.testing.assert_close(diff, diff[:1].expand_as(diff), rtol=0, atol=1e-5)
         torch.testing.assert_close(fold_last_ln_pe(mpvg)(x), mpvg(x), rtol=0, atol=1e-5)
 
 
@@ -148,12 +150,7 @@ def test_eval_cache_matches_uncached() -> None:
     model = _small("mpvg").eval()
     randomize_pe_norms(model)
     x = _input()
-    with torch.no_grad():
-        cached = [model(x), model(x)]
-        with pe_cache(model, False):
-            fresh = model(x)
-    torch.testing.assert_close(cached[0], fresh)
-    torch.testing.assert_close(cached[1], fresh)
+    assert_cache_matches_uncached(model, x)
 
 
 def _fwd_bwd(method: Any) -> None:

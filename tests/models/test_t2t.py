@@ -12,7 +12,13 @@ from torch import Tensor
 import mpvgbench.models as M
 from mpvgbench.models.t2t import MPVGT2TViT, T2TModule, sinusoid_table
 
-from .conftest import PRESET_NAMES, count_params_of, randomize_pe_norms
+from .conftest import (
+    PRESET_NAMES,
+    assert_mpvg_minus_pvg_is_input_free,
+    count_params_of,
+    randomize_pe_norms,
+    share_pvg_weights,
+)
 
 IMG = 32  # soft splits: 32 -> 8 -> 4 -> 2x2 tokens
 
@@ -79,15 +85,9 @@ def test_gap_is_last_ln_per_token_then_mean_then_head() -> None:
 def test_mpvg_minus_pvg_is_the_same_for_every_sample() -> None:
     pvg = _small("pvg").eval()
     mpvg = _small("mpvg", seed=5).eval()
-    missing, unexpected = mpvg.load_state_dict(pvg.state_dict(), strict=False)
-    assert sorted(missing) == ["pe_chain.last_norm_pe.bias", "pe_chain.last_norm_pe.weight"] and not unexpected
-    randomize_pe_norms(mpvg)
-    mpvg.pe_chain.pe_norms.load_state_dict(pvg.pe_chain.pe_norms.state_dict())
+    share_pvg_weights(pvg, mpvg)
     x = _input(batch=6)
-    with torch.no_grad():
-        diff = mpvg(x) - pvg(x)
-    assert diff.abs().max() > 1e-3
-    torch.testing.assert_close(diff, diff[:1].expand_as(diff), rtol=0, atol=1e-5)
+    assert_mpvg_minus_pvg_is_input_free(pvg, mpvg, x)
 
 
 def _fwd_bwd(method: Any) -> None:

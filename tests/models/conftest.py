@@ -86,3 +86,20 @@ def assert_cache_matches_uncached(model: nn.Module, x: torch.Tensor) -> None:
             fresh = model(x)
     torch.testing.assert_close(cached[0], fresh)
     torch.testing.assert_close(cached[1], fresh)
+
+
+def assert_trains(model: nn.Module, x: torch.Tensor, pe: torch.Tensor | None) -> None:
+    """One forward/backward: finite logits of shape (batch, 10), gradients reach the raw PE
+    ``pe`` (None: a fixed PE that must get none), every LN'/LN'' and every trainable parameter."""
+    out = model(x)
+    assert out.shape == (x.shape[0], 10) and torch.isfinite(out).all()
+    out.logsumexp(-1).mean().backward()
+    if pe is None:
+        assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    else:
+        assert pe.grad is not None and pe.grad.abs().sum() > 0
+    for pname, p in model.pe_chain.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        if pname.endswith("weight"):
+            assert p.grad.abs().sum() > 0, pname
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

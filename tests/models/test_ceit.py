@@ -17,6 +17,7 @@ from .conftest import (
     PRESET_NAMES,
     assert_cache_matches_uncached,
     assert_mpvg_minus_pvg_is_input_free,
+    assert_trains,
     count_params_of,
     randomize_pe_norms,
     share_pvg_weights,
@@ -122,15 +123,7 @@ def test_eval_cache_matches_uncached() -> None:
 
 def _fwd_bwd(method: Any) -> None:
     model = _small(method).train()
-    out = model(_input())
-    assert out.shape == (2, 10) and torch.isfinite(out).all()
-    out.logsumexp(-1).mean().backward()
-    assert model.pos_embed.grad is not None and model.pos_embed.grad.abs().sum() > 0
-    for pname, p in model.pe_chain.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
-        if pname.endswith("weight"):
-            assert p.grad.abs().sum() > 0, pname
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert_trains(model, _input(), model.pos_embed)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     if model.global_pool == "token":
         assert not frozen

@@ -16,6 +16,7 @@ from .conftest import (
     OUR_MODELS,
     PRESET_NAMES,
     assert_mpvg_minus_pvg_is_input_free,
+    assert_trains,
     build_small,
     randomize_pe_norms,
     share_pvg_weights,
@@ -109,16 +110,7 @@ def test_default_adds_pe_to_input() -> None:
 def _fwd_bwd(name: str, method: Any) -> None:
     model = build_small(name, method).train()
     model.pe_chain.use_cache = True  # training must never use it anyway
-    x = small_input(name)
-    out = model(x)
-    assert out.shape == (2, 10) and torch.isfinite(out).all()
-    out.logsumexp(-1).mean().backward()
-    assert model.pos_embed.grad is not None and model.pos_embed.grad.abs().sum() > 0
-    for pname, p in model.pe_chain.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
-        if pname.endswith("weight"):
-            assert p.grad.abs().sum() > 0, pname
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert_trains(model, small_input(name), model.pos_embed)
 
 
 @pytest.mark.parametrize("method", PRESET_NAMES)

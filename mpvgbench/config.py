@@ -6,11 +6,14 @@ data roots, workers, devices) live elsewhere, so the same cell in two specs is t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from mpvgbench.methods import PEMethod, resolve_method
 
 
 class Recipe(BaseModel):
@@ -66,8 +69,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str  # short name from mpvgbench.models.list_models()
-    method: dict[str, Any]  # canonical knobs, mpvgbench.methods.canonical_method_dict()
+    model: str  # short name from mpvgbench.catalog
+    method: Annotated[PEMethod, BeforeValidator(resolve_method)]  # stored as its five knobs
     dataset: str  # name from mpvgbench.data.DATASETS
     img_size: PositiveInt
     num_classes: PositiveInt
@@ -80,12 +83,80 @@ class TrainConfig(BaseModel):
 
     @property
     def method_label(self) -> str:
-        from mpvgbench.methods import method_label
+        return self.method.label
 
-        return method_label(self.method)
+
+# The fields every job key of schema v1 hashed. A field added later is left out of the hash while
+# it holds its default, so adding a knob never changes the key of a run that does not use it.
+_V1_CONFIG_FIELDS = frozenset(
+    {"model", "method", "dataset", "img_size", "num_classes", "seed", "recipe", "init_from"}
+)
+_V1_RECIPE_FIELDS = frozenset({
+    "epochs", "cooldown_epochs", "batch_size", "lr", "lr_base_batch", "min_lr", "warmup_epochs",
+    "warmup_lr", "optimizer", "momentum", "weight_decay", "sched", "drop_path", "drop",
+    "grad_clip", "label_smoothing", "mixup", "cutmix", "mixup_prob", "mixup_switch_prob",
+    "randaugment", "color_jitter", "random_erasing", "train_crop_scale", "eval_crop_pct",
+    "repeated_aug", "ema", "ema_decay", "amp", "compile", "max_steps_per_epoch", "eval_max_batches",
+})
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _json_fields(model: BaseModel, v1_fields: frozenset[str]) -> dict[str, Any]:
+    """``model_dump(mode="json")`` without the post-v1 fields that hold their default."""
+    dumped = model.model_dump(mode="json")
+    for name, info in type(model).model_fields.items():
+        if name not in v1_fields and getattr(model, name) == info.get_default(call_default_factory=True):
+            del dumped[name]
+    return dumped
+
+
+@functools.lru_cache(maxsize=1024)
+def _recipe_json(recipe: Recipe) -> str:
+    # Recipes and methods are frozen and shared by every seed of a cell: encode each once.
+    return _canonical_json(_json_fields(recipe, _V1_RECIPE_FIELDS))
+
+
+@functools.lru_cache(maxsize=1024)
+def _method_json(method: PEMethod) -> str:
+    return _canonical_json(method.to_json())
+
+
+def _scalar_json(value: Any) -> Optional[str]:
+    """JSON of a str/int/bool/None exactly as ``json.dumps`` writes it; None for anything else."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.encoder.encode_basestring_ascii(value)
+    return None
+
+
+def config_payload(config: TrainConfig) -> str:
+    """The canonical JSON a job key hashes: ``model_dump(mode="json")`` with sorted keys and no
+    spaces, post-v1 fields left out while they hold their default. Built field by field so that
+    the recipe and the method, shared by many jobs, are encoded once (10k-job dry-runs)."""
+    fields = type(config).model_fields
+    parts = []
+    for name in sorted(fields):
+        value = getattr(config, name)
+        if name == "recipe":
+            text = _recipe_json(value)
+        elif name == "method":
+            text = _method_json(value)
+        elif name not in _V1_CONFIG_FIELDS and value == fields[name].get_default(call_default_factory=True):
+            continue
+        else:
+            text = _scalar_json(value) or _canonical_json(config.model_dump(mode="json", include={name})[name])
+        parts.append(f'"{name}":{text}')
+    return "{" + ",".join(parts) + "}"
 
 
 def config_key(config: TrainConfig) -> str:
-    """16 hex digits of sha256 over the canonical JSON of the config."""
-    payload = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    """16 hex digits of sha256 over the canonical JSON of the config: the job key."""
+    return hashlib.sha256(config_payload(config).encode()).hexdigest()[:16]

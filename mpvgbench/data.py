@@ -35,8 +35,7 @@ DIGITS_SPLIT_SEED = 20250101  # fixed: the split never depends on the run seed
 DIGITS_VAL_FRACTION = 0.2
 
 
-class DataError(ValueError):
-    """A data problem, as one line naming the spec field to fix."""
+from mpvgbench.errors import DataError  # noqa: E402 - re-exported: a data problem, one line
 
 
 __all__ = [

@@ -25,8 +25,7 @@ from typing import IO, Any, Optional, Union
 PathLike = Union[str, "os.PathLike[str]"]  # includes RunDir
 
 
-class RunDirError(ValueError):
-    """A run directory holds a file that cannot be read; the message says which and what to do."""
+from mpvgbench.errors import RunDirError  # noqa: E402 - re-exported
 
 
 @dataclass(frozen=True)

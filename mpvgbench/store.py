@@ -44,8 +44,7 @@ ENV_DB = "MPVGBENCH_DB"
 PathOrUrl = Union[str, "os.PathLike[str]", None]
 
 
-class StoreError(ValueError):
-    """The database cannot be used; the one-line message names the problem and the fix."""
+from mpvgbench.errors import StoreError  # noqa: E402 - re-exported
 
 
 class JobLike(Protocol):
@@ -190,10 +189,10 @@ class Store:
 
     def register_jobs(self, jobs: Iterable[JobLike], spec_name: str) -> None:
         """Insert a pending row for every job not stored yet; link all of them to ``spec_name``.
-        A run's ``method_label`` is the job's (if it has one) when it is first registered."""
+        """
         now = time.time()
         jobs = list(jobs)
-        rows = [S.run_row(job.key, job.config, now, getattr(job, "method_label", None))
+        rows = [S.run_row(job.key, job.config, now)
                 for job in jobs]
         links = [{"key": job.key, "spec_name": spec_name} for job in jobs]
         with self._write() as conn:

@@ -18,6 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from mpvgbench.errors import MpvgbenchError
+from mpvgbench.methods import PEMethod
+
 if TYPE_CHECKING:
     from mpvgbench.config import TrainConfig
 
@@ -25,6 +28,21 @@ SCHEMA_VERSION = 1
 
 STATUSES: tuple[str, ...] = ("pending", "running", "finished", "failed", "cancelled")
 FAILURE_KINDS: tuple[str, ...] = ("exception", "nonfinite", "oom", "infra", "timeout", "lost")
+
+
+
+class MethodColumn(sa.types.TypeDecorator):
+    """The one codec of a method in the database: a PEMethod in Python, its five knobs in JSON."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Optional[PEMethod], dialect: Any) -> Optional[dict[str, Any]]:
+        return None if value is None else value.to_json()
+
+    def process_result_value(self, value: Optional[dict[str, Any]], dialect: Any) -> Optional[PEMethod]:
+        return None if value is None else PEMethod.from_json(value)
+
 
 metadata = sa.MetaData()
 
@@ -41,7 +59,7 @@ runs = sa.Table(
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("model", sa.String(128), nullable=False),
     sa.Column("method_label", sa.String(256), nullable=False),
-    sa.Column("method", sa.JSON, nullable=False),  # canonical knobs
+    sa.Column("method", MethodColumn, nullable=False),  # the five knobs as JSON
     sa.Column("dataset", sa.String(128), nullable=False),
     sa.Column("seed", sa.Integer, nullable=False),
     sa.Column("config", sa.JSON, nullable=False),  # TrainConfig.model_dump(mode="json")
@@ -126,7 +144,7 @@ class RunRow:
     key: str
     model: str
     method_label: str
-    method: dict[str, Any]
+    method: PEMethod
     dataset: str
     seed: int
     config: dict[str, Any]
@@ -161,7 +179,7 @@ class ResultRow:
     key: str
     model: str
     method_label: str
-    method: dict[str, Any]
+    method: PEMethod
     dataset: str
     seed: int
     variant: str  # runs of one cell with the same variant differ only by seed
@@ -306,19 +324,19 @@ def filter_runs(stmt: sa.Select, *, spec_name: Optional[str] = None,
         wanted = [status] if isinstance(status, str) else list(status)
         unknown = sorted(set(wanted) - set(STATUSES))
         if unknown:
-            raise ValueError(f"unknown status {', '.join(unknown)}; use {', '.join(STATUSES)}")
+            raise MpvgbenchError(f"unknown status {', '.join(unknown)}; use {', '.join(STATUSES)}")
         stmt = stmt.where(runs.c.status.in_(wanted))
     return stmt
 
 
 # ------------------------------------------------------------------------------- row builders
 
-def run_row(key: str, cfg: "TrainConfig", now: float, label: Optional[str] = None) -> dict[str, Any]:
-    """A new, pending ``runs`` row for a job (``label``: the spec's name of the method)."""
+def run_row(key: str, cfg: "TrainConfig", now: float) -> dict[str, Any]:
+    """A new, pending ``runs`` row for a job."""
     config = cfg.model_dump(mode="json")
     return {
-        "key": key, "model": cfg.model, "method_label": label or cfg.method_label,
-        "method": dict(cfg.method), "dataset": cfg.dataset, "seed": cfg.seed, "config": config,
+        "key": key, "model": cfg.model, "method_label": cfg.method.label,
+        "method": cfg.method, "dataset": cfg.dataset, "seed": cfg.seed, "config": config,
         "variant": config_variant(config), "status": "pending", "attempts": 0, "created_at": now,
     }
 

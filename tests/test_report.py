@@ -14,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from mpvgbench import store_schema as S
-from mpvgbench.methods import PRESETS, canonical_method_dict, method_label
+from mpvgbench.errors import MpvgbenchError
+from mpvgbench.methods import PRESETS
 from mpvgbench.paper import MODEL_NAMES
 from mpvgbench.report import FORMATS, Measured, ReportTable, build_table, render
 from mpvgbench.store import Store
@@ -125,12 +126,12 @@ def test_renderers(filled: Store) -> None:
 
 def test_errors_are_one_line_value_errors(store: Store) -> None:
     for bad in (0, 7, "fig9", "x"):
-        with pytest.raises(ValueError, match="no paper table") as info:
+        with pytest.raises(MpvgbenchError, match="no paper table") as info:
             build_table(store, bad)
         assert "\n" not in str(info.value)
-    with pytest.raises(ValueError, match="unknown metric"):
+    with pytest.raises(MpvgbenchError, match="unknown metric"):
         build_table(store, 1, metric="mean")
-    with pytest.raises(ValueError, match="unknown report format 'html'"):
+    with pytest.raises(MpvgbenchError, match="unknown report format 'html'"):
         render(build_table(store, 1), "html")
     empty = build_table(store, None)
     assert empty.rows == [] and "no finished runs" in render(empty, "markdown")
@@ -144,10 +145,10 @@ def bulk_insert_finished(store: Store, n: int) -> None:
     runs, results, links = [], [], []
     for i in range(n):
         model, method = models[i % len(models)], methods[(i // len(models)) % len(methods)]
-        knobs = canonical_method_dict(method)
+        pe = PRESETS[method]
         key = f"{i:016x}"
-        cfg = {**base, "model": model, "method": knobs, "seed": i}
-        runs.append({"key": key, "model": model, "method_label": method_label(knobs), "method": knobs,
+        cfg = {**base, "model": model, "method": pe.to_json(), "seed": i}
+        runs.append({"key": key, "model": model, "method_label": pe.label, "method": pe,
                      "dataset": "imagenet", "seed": i, "config": cfg,
                      "variant": S.config_variant(cfg), "status": "finished",
                      "attempts": 1, "created_at": 0.0, "wall_time_s": 1.0})
@@ -189,17 +190,3 @@ def test_method_labels_with_brackets_survive_rich(store: Store, tmp_path: Path) 
     assert row_of(build_table(store, 5), "DeiT-Ti", "MPVG", "pos_5")["Final Top-1 (%) measured"].n == 1
 
 
-def test_pivot_uses_spec_labels_unless_ambiguous(store: Store, tmp_path: Path) -> None:
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class LabeledJob(FakeJob):
-        method_label: str = ""
-
-    def labeled(job: FakeJob, label: str) -> LabeledJob:
-        return LabeledJob(job.key, job.spec_name, job.config, label)
-
-    finish(store, tmp_path, labeled(make_job(0, "mpvg"), "ours"), 73.0)  # type: ignore[arg-type]
-    assert [c.name for c in build_table(store, None).columns][2:] == ["ours"]
-    finish(store, tmp_path, labeled(make_job(0, "pvg"), "ours"), 72.0)  # type: ignore[arg-type]
-    assert [c.name for c in build_table(store, None).columns][2:] == ["pvg", "mpvg"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 
+from mpvgbench.errors import MpvgbenchError
 from mpvgbench.executors.base import Executor, LaunchSummary, RunContext, new_owner_id, prepare_run_dir
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ class LocalExecutor(Executor):
 
     def __init__(self, workers: int = 1, on_event: JobEvent | None = None) -> None:
         if workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {workers}")
+            raise MpvgbenchError(f"--workers must be >= 1, got {workers}")
         self.workers = workers
         self.on_event = on_event or (lambda event, job, info: None)
 

@@ -250,7 +250,7 @@ def test_report_paper_table(tmp_path: Path, number: int | str) -> None:
     table = get_table(number)
     row = table.rows[0]
     measured = {m.name: 40.0 + i for i, m in enumerate(table.metrics)}
-    config = TrainConfig(model=row.model, method=row.knobs, dataset=row.dataset, img_size=224,
+    config = TrainConfig(model=row.model, method=row.pe_method, dataset=row.dataset, img_size=224,
                          num_classes=1000, seed=0)
     extra = {} if "top1" in measured else measured
     with Store(tmp_path / "results.db") as store:

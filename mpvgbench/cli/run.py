@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
 @db_option
 @click.option("--runs-dir", default=None, help=f"Where run directories go (default ./{DEFAULT_RUNS_DIR}).")
-@click.option("--executor", "executor_name", type=click.Choice(["local", "slurm"]), default=None,
-              help="Override the spec's executor.")
+@click.option("--executor", "executor_name", type=click.Choice(["local", "slurm", "debug"]), default=None,
+              help="Override the spec's executor; debug: train each job inside this process, one "
+                   "after another (breakpoints work; no isolation).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local jobs at once (one GPU each when GPUs exist).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Device for local jobs.")
 @click.option("--dry-run", is_flag=True, help="Print the matrix (key, cell, new/done/failed) and run nothing.")
@@ -58,7 +59,7 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
         return
     name = executor_name or spec.executor.name
     # Every input is checked before the database is written or a job starts (docs/reliability.md).
-    check_data_roots(spec, jobs, local=name == "local", download=download or spec.data.download)
+    check_data_roots(spec, jobs, local=name != "slurm", download=download or spec.data.download)
     runs_root = resolve_runs_root(runs_dir, spec).resolve()
     store = open_store(db, spec)
     states = store.statuses([job.key for job in jobs])
@@ -116,14 +117,26 @@ def _launch(name: str, spec: Spec, jobs: Sequence[Job], todo: Sequence[Job], sto
     from mpvgbench.executors.local import LocalExecutor
     from mpvgbench.live import LiveView
 
-    with LiveView(todo) as view:
-        executor = LocalExecutor(workers=workers or exec_settings.workers, on_event=view.handle)
-        summary = executor.launch(todo, store, ctx)
+    if name == "debug":
+        from mpvgbench.executors.inprocess import InProcessExecutor
+
+        # No live view: its refresh thread would write into the job's redirected output.
+        summary = InProcessExecutor(on_event=_echo_event).launch(todo, store, ctx)
+    else:
+        with LiveView(todo) as view:
+            executor = LocalExecutor(workers=workers or exec_settings.workers, on_event=view.handle)
+            summary = executor.launch(todo, store, ctx)
     for message in summary.messages:
         click.echo(message)
     _print_summary(store, jobs)
     if summary.failed:
         sys.exit(1)
+
+
+def _echo_event(event: str, job: Job, info: dict[str, Any]) -> None:
+    if event in ("started", "finished", "failed", "retry", "skipped"):
+        click.echo(f"[{event}] {job.key} {job.model} {job.method_label} {job.dataset} seed={job.seed}",
+                   err=event != "finished")
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

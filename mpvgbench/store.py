@@ -44,7 +44,7 @@ ENV_DB = "MPVGBENCH_DB"
 PathOrUrl = Union[str, "os.PathLike[str]", None]
 
 
-from mpvgbench.errors import StoreError  # noqa: E402 - re-exported
+from mpvgbench.errors import RunDirError, StoreError  # noqa: E402 - re-exported
 
 
 class JobLike(Protocol):
@@ -333,8 +333,22 @@ class Store:
 
         rd = rundir.RunDir(Path(run_dir).absolute())
         key = rd.path.name
-        result = rundir.read_result(rd.path)
-        error = rundir.read_json(rd.error, missing_ok=True) if result is None else None
+        try:
+            result = rundir.read_result(rd.path)
+            problem = None if result is None else S.result_problem(result)
+        except RunDirError as exc:
+            result, problem = None, str(exc)
+        if problem is not None:
+            # Damaged or forged: never a result. Recorded as a failure that names the file; the
+            # next attempt (--retry-failed) sets the file aside and trains again.
+            result = None
+            error: Optional[dict[str, Any]] = {
+                "error": f"{rd.result} is not a valid result ({problem}); rerun with --retry-failed to retrain",
+                "kind": "exception"}
+            error_mtime = time.time()
+        else:
+            error = rundir.read_json(rd.error, missing_ok=True) if result is None else None
+            error_mtime = rd.error.stat().st_mtime if error is not None else 0.0
         metric_rows = S.metric_rows(key, rundir.read_jsonl(rd.metrics))
         if result is not None and result.get("key", key) != key:
             raise StoreError(f"{rd.result} is for run {result['key']}, not {key}; "
@@ -364,7 +378,7 @@ class Store:
                        update=[*S.RESULT_FIELDS, "extra"])
             elif error is not None and (created or status in ("running", "failed")):
                 values.update(S.failed_values(error.get("error"), error.get("traceback_tail"),
-                                              error.get("kind"), rd.error.stat().st_mtime))
+                                              error.get("kind"), error_mtime))
             conn.execute(sa.update(S.runs).where(r.key == key).values(**values))
             return str(values.get("status", status))
 

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 if TYPE_CHECKING:
     from mpvgbench.matrix import Job
@@ -43,8 +43,23 @@ class RunContext:
 
 
 def new_owner_id() -> str:
-    """Identifies one coordinating process in the store's claims."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """Identifies one coordinating process in the store's claims: ``host:pid:nonce@start``.
+
+    ``start`` is the process's start time (clock ticks since boot, /proc/PID/stat): a later
+    process that reuses the pid has another, so a dead coordinator's claims are not mistaken
+    for a live one's (``executors.local.owner_is_alive``).
+    """
+    start = process_start_time(os.getpid())
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}@{start or 0}"
+
+
+def process_start_time(pid: int) -> Optional[int]:
+    """The start time of ``pid`` in clock ticks since boot (Linux), None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rpartition(")")[2].split()[19])  # field 22 of stat(5)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def prepare_run_dir(job: Job, ctx: RunContext) -> Path:
@@ -57,6 +72,9 @@ def prepare_run_dir(job: Job, ctx: RunContext) -> Path:
         # An earlier attempt's failure (--retry-failed): this attempt decides anew, and the
         # coordinator must not ingest the old record as this attempt's outcome.
         os.replace(run_dir / "error.json", run_dir / "error.json.prev")
+    if (run_dir / "result.json").exists() and not _valid_result(run_dir):
+        # A damaged result.json never counts; set aside, the worker trains (or resumes) again.
+        os.replace(run_dir / "result.json", run_dir / "result.json.invalid")
     atomic_write_json(run_dir / "config.json", job.config.model_dump(mode="json"))
     atomic_write_json(
         run_dir / "job.json",
@@ -69,6 +87,16 @@ def prepare_run_dir(job: Job, ctx: RunContext) -> Path:
         },
     )
     return run_dir
+
+
+def _valid_result(run_dir: Path) -> bool:
+    from mpvgbench.rundir import RunDirError, read_result
+    from mpvgbench.store_schema import result_problem
+
+    try:
+        return result_problem(read_result(run_dir)) is None
+    except RunDirError:
+        return False
 
 
 @dataclass

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 
 from mpvgbench.errors import MpvgbenchError
-from mpvgbench.executors.base import Executor, LaunchSummary, RunContext, new_owner_id, prepare_run_dir
+from mpvgbench.executors.base import (Executor, LaunchSummary, RunContext, new_owner_id, prepare_run_dir,
+                                      process_start_time)
 
 if TYPE_CHECKING:
     from mpvgbench.matrix import Job
@@ -42,7 +43,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 def owner_is_alive(owner: str) -> bool:
     """False only when ``owner`` (host:pid:nonce) is a coordinator on this host whose pid is gone."""
     host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
+    pid_text, _, nonce = rest.partition(":")
     if host != socket.gethostname() or not pid_text.isdigit():
         return True  # another machine's coordinator: only its heartbeat can tell
     try:
@@ -51,11 +52,23 @@ def owner_is_alive(owner: str) -> bool:
         return False
     except PermissionError:
         return True
+    started = nonce.partition("@")[2]
+    if started.isdigit() and int(started) and process_start_time(int(pid_text)) not in (None, int(started)):
+        return False  # the pid was reused by a process that started later
     try:  # a killed process its parent has not reaped yet is a zombie: dead all the same
         stat = Path(f"/proc/{int(pid_text)}/stat").read_text()
         return stat.rpartition(")")[2].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def worker_is_training(run_dir: Path, within_s: float) -> bool:
+    """True when the run's worker reported progress within ``within_s`` seconds: a claim whose
+    coordinator went quiet (stopped, hung) is not taken over while its worker still trains."""
+    try:
+        return time.time() - (run_dir / "progress.json").stat().st_mtime < within_s
+    except OSError:
+        return False
 
 
 def visible_gpus() -> list[str]:
@@ -185,6 +198,10 @@ class LocalExecutor(Executor):
         return None
 
     def _claim(self, job: Job, store: Store, owner: str, ctx: RunContext) -> bool:
+        if worker_is_training(ctx.run_dir(job.key), ctx.stale_after_s):
+            (row,) = store.runs(keys=[job.key]) or (None,)
+            if row is not None and row.status == "running":
+                return False  # fenced by the worker's liveness, not only the coordinator's
         if store.claim(job.key, owner, stale_after_s=ctx.stale_after_s):
             return True
         # A coordinator on this host that was killed (kill -9, a closed laptop lid) leaves its

@@ -474,7 +474,10 @@ def _write_result(rd: RunDir, key: str, state: LoopState, wall_time_s: float, p:
         "wall_time_s": wall_time_s,
         "env": collect_env(str(p.device), p.dist.world_size),
     }
-    result["env"].update({"amp": p.amp, "compiled": p.compiled})
+    result["env"].update({
+        "amp": p.amp, "compiled": p.compiled,
+        "threads": torch.get_num_threads(), "loader_workers": p.train_loader.num_workers,
+    })
     if p.ema is not None:
         result.update({
             "ema_final_top1": final.get("ema_top1"),

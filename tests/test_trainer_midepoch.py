@@ -63,3 +63,9 @@ def test_requested_checkpoint_is_written_at_the_next_step_then_reported(tmp_path
     assert [(s["epoch"], s["step"]) for s in seen] == [(0, 2)]
     result = train(config, tmp_path, device="cpu")  # resumes; the request was consumed
     assert result["epochs"] == 1
+
+
+def test_leftover_temp_files_of_an_interrupted_save_are_removed_at_start(tmp_path: Path) -> None:
+    (tmp_path / ".checkpoint.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    train(make_config(epochs=1, max_steps_per_epoch=1, eval_max_batches=1), tmp_path, device="cpu")
+    assert not list(tmp_path.glob(".*.tmp")) and (tmp_path / "result.json").exists()

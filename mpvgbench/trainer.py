@@ -16,7 +16,6 @@ too, so CI exercises the GPU code path.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
-import torch.distributed as torch_dist
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
@@ -40,6 +38,14 @@ from mpvgbench.rundir import (
     read_checkpoint,
     remove_leftover_tmp_files,
 )
+from mpvgbench.trainer_bookkeeping import (
+    CheckpointClock,
+    Heartbeat,
+    LossLog,
+    ProgressCallback,
+    checkpoint_requested,
+    request_checkpoint,
+)
 from mpvgbench.training_parts import (
     DistInfo,
     NonFiniteLossError,
@@ -52,29 +58,16 @@ from mpvgbench.training_parts import (
     derive_seed,
     dist_info,
     evaluate,
-    get_rng_state,
     load_init_weights,
     resolve_device,
     seed_everything,
     set_rng_state,
 )
 
-ProgressCallback = Callable[[dict[str, Any]], None]
 ModelFactory = Callable[..., nn.Module]
 SWITCH = ("auto", "on", "off")
 
 __all__ = ["NonFiniteLossError", "build_model_for_config", "request_checkpoint", "train"]
-
-_checkpoint_requested = threading.Event()
-
-
-def request_checkpoint() -> None:
-    """Ask the running ``train`` for a checkpoint at its next step boundary (signal-safe).
-
-    For a Slurm pre-timeout signal: the handler calls this and returns, the trainer writes the
-    checkpoint between two steps (never in the middle of one) and then calls its
-    ``on_requested_checkpoint`` callback (which requeues the job)."""
-    _checkpoint_requested.set()
 
 
 def build_model_for_config(config: TrainConfig, **kwargs: Any) -> nn.Module:
@@ -105,50 +98,6 @@ def phase(name: str) -> Iterator[None]:
             except AttributeError:
                 pass
         raise
-
-
-class _LossLog:
-    """Per-step losses kept on the device and synchronised every ``every`` steps.
-
-    One ``.tolist()`` per flush instead of one ``.item()`` per step keeps the GPU queue full;
-    the non-finite check still names the exact step. Under DDP the flush all-reduces the losses,
-    so every rank sees the same mean losses and stops at the same step (no rank is left waiting
-    in a collective). Flushes happen on step counts only, never on wall time, for that reason.
-    """
-
-    def __init__(self, every: int, dist: DistInfo, total: float = 0.0, count: int = 0) -> None:
-        self.every, self.dist = every, dist
-        self.pending: list[torch.Tensor] = []
-        self.first_pending_step = 1
-        self.total, self.count = total, count
-        self.last: Optional[float] = None
-
-    def add(self, loss: torch.Tensor, step: int, epoch: int) -> None:
-        if not self.pending:
-            self.first_pending_step = step
-        self.pending.append(loss.detach().float())
-        if len(self.pending) >= self.every:
-            self.flush(epoch)
-
-    def flush(self, epoch: int) -> None:
-        if not self.pending:
-            return
-        losses = torch.stack(self.pending)
-        if self.dist.enabled:
-            torch_dist.all_reduce(losses)
-            losses /= self.dist.world_size
-        values = losses.tolist()
-        for i, value in enumerate(values):
-            if not math.isfinite(value):
-                raise NonFiniteLossError(epoch, self.first_pending_step + i, value)
-        self.pending.clear()
-        self.total += sum(values)
-        self.count += len(values)
-        self.last = values[-1]
-
-    @property
-    def mean(self) -> float:
-        return self.total / max(self.count, 1)
 
 
 @dataclass
@@ -285,58 +234,6 @@ def _evaluate_epoch(p: _Parts, max_batches: Optional[int]) -> dict[str, float]:
     return metrics
 
 
-class _CheckpointClock:
-    """When a mid-epoch checkpoint is due: every ``every_steps`` steps, every ``every_min``
-    minutes, or on ``request_checkpoint()``. Under DDP the time/request part is agreed on by an
-    all-reduce every ``sync_every`` steps, so every rank saves at the same step boundary."""
-
-    def __init__(self, every_steps: Optional[int], every_min: Optional[float], dist: DistInfo,
-                 device: torch.device, sync_every: int) -> None:
-        self.every_steps, self.every_min, self.dist = every_steps, every_min, dist
-        self.device, self.sync_every = device, sync_every
-        self.reset()
-
-    def reset(self) -> None:
-        self.steps, self.since = 0, time.monotonic()
-
-    def due(self) -> bool:
-        self.steps += 1
-        if self.every_steps and self.steps >= self.every_steps:
-            return True
-        wants = _checkpoint_requested.is_set() or (
-            self.every_min is not None and time.monotonic() - self.since >= 60 * self.every_min
-        )
-        if not self.dist.enabled:
-            return wants
-        if self.steps % self.sync_every:
-            return False
-        flag = torch.tensor([float(wants)], device=self.device)
-        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-
-class _Heartbeat:
-    """progress.json every ``interval_s`` (the live view and the executors' heartbeat) and the
-    optional per-step callback."""
-
-    def __init__(self, rd: RunDir, total_epochs: int, steps_per_epoch: int, is_main: bool,
-                 interval_s: float, callback: Optional[ProgressCallback]) -> None:
-        self.rd, self.total_epochs, self.steps_per_epoch = rd, total_epochs, steps_per_epoch
-        self.is_main, self.interval_s, self.callback = is_main, interval_s, callback
-        self.last_write = -math.inf
-
-    def __call__(self, epoch: int, step: int, loss: Optional[float], force: bool = False) -> None:
-        progress = {
-            "epoch": epoch, "epochs": self.total_epochs, "step": step,
-            "steps_per_epoch": self.steps_per_epoch, "loss": loss, "time": time.time(),
-        }
-        if self.is_main and (force or time.monotonic() - self.last_write >= self.interval_s):
-            atomic_write_json(self.rd.progress, progress)
-            self.last_write = time.monotonic()
-        if self.callback is not None:
-            self.callback(progress)
-
-
 def train(
     config: TrainConfig,
     run_dir: PathLike,
@@ -394,14 +291,14 @@ def train(
                     key, state, model=p.model, optimizer=p.optimizer, scheduler=p.scheduler,
                     ema=p.ema, world_size=dist.world_size))
         clock.reset()
-        if _checkpoint_requested.is_set():
-            _checkpoint_requested.clear()
+        if checkpoint_requested.is_set():
+            checkpoint_requested.clear()
             if on_requested_checkpoint is not None:
                 on_requested_checkpoint()
 
     sync_every = 1 if p.device.type == "cpu" else 10
-    clock = _CheckpointClock(checkpoint_every_steps, checkpoint_every_min, dist, p.device, sync_every)
-    heartbeat = _Heartbeat(rd, recipe.total_epochs, p.steps_per_epoch, dist.is_main,
+    clock = CheckpointClock(checkpoint_every_steps, checkpoint_every_min, dist, p.device, sync_every)
+    heartbeat = Heartbeat(rd, recipe.total_epochs, p.steps_per_epoch, dist.is_main,
                            progress_interval_s, progress_callback)
 
     # ---------------------------------------------------------------------------- epochs
@@ -414,7 +311,7 @@ def train(
         p.loader_gen.manual_seed(derive_seed(config.seed, epoch, dist.rank, 1))
         p.model.train()
         p.train_model.train()
-        log = _LossLog(sync_every, dist, state.epoch_loss_sum, state.epoch_loss_count)
+        log = LossLog(sync_every, dist, state.epoch_loss_sum, state.epoch_loss_count)
         heartbeat(ep, state.step, None, force=True)
         batches = iter(p.train_loader)
         if state.step:  # mid-epoch resume: replay the consumed batches, then the saved RNGs
@@ -458,7 +355,7 @@ def train(
         heartbeat(ep, p.steps_per_epoch, log.last, force=True)
 
     # ---------------------------------------------------------------------------- result
-    _checkpoint_requested.clear()  # nothing left to save; a later train() starts unasked
+    checkpoint_requested.clear()  # nothing left to save; a later train() starts unasked
     return _write_result(rd, key, state, prior_wall + time.time() - session_start, p)
 
 

@@ -16,6 +16,7 @@ import submitit
 import torch
 
 import mpvgbench.trainer
+import mpvgbench.trainer_bookkeeping
 from mpvgbench import worker
 from mpvgbench.rundir import atomic_torch_save, read_jsonl, write_job_files
 from tests.test_trainer import make_config
@@ -80,17 +81,17 @@ def fake_submitit(monkeypatch: pytest.MonkeyPatch) -> Any:
     calls: list[int] = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
     monkeypatch.setattr(worker, "_submitit_env", lambda: object())
-    mpvgbench.trainer._checkpoint_requested.clear()
+    mpvgbench.trainer_bookkeeping.checkpoint_requested.clear()
     yield calls
     signal.signal(signal.SIGUSR2, previous)
-    mpvgbench.trainer._checkpoint_requested.clear()
+    mpvgbench.trainer_bookkeeping.checkpoint_requested.clear()
 
 
 def test_requeue_signal_waits_for_the_checkpoint(fake_submitit: list[int]) -> None:
     after_checkpoint = worker._defer_requeue_signal()
     assert after_checkpoint is not None
     os.kill(os.getpid(), signal.SIGUSR2)
-    assert mpvgbench.trainer._checkpoint_requested.is_set() and fake_submitit == []
+    assert mpvgbench.trainer_bookkeeping.checkpoint_requested.is_set() and fake_submitit == []
     after_checkpoint()  # what the trainer calls once the checkpoint is on disk
     assert fake_submitit == [signal.SIGUSR2]
 

@@ -4,7 +4,13 @@ It reads ``config.json`` + ``job.json``, joins a process group when it is one of
 (torchrun's env vars, or ``submitit.JobEnvironment`` under Slurm), calls ``trainer.train`` (which
 resumes from ``checkpoint.pt``), and leaves ``result.json`` (exit 0) or ``error.json`` (exit 1).
 ``run_job`` is the same thing as a function; :class:`CheckpointableJob` wraps it for submitit so
-a preempted/timed-out Slurm job is requeued and resumes from its last epoch.
+a preempted/timed-out Slurm job is requeued and resumes from its last checkpoint, which the
+requeue signal first gets written at a step boundary (``_defer_requeue_signal``).
+
+At start the worker arms PR_SET_PDEATHSIG when an executor passed its pid
+(``die_with_parent``) and applies the job's thread plan (``mpvgbench.threads``). error.json
+``kind``: nonfinite, oom, infra (retrying may succeed: lost peers, a full disk), timeout
+(submitit's last time-out, wherever it landed) or exception.
 """
 
 from __future__ import annotations
@@ -253,9 +259,9 @@ def _defer_requeue_signal() -> Optional[Callable[[], None]]:
     received: list[tuple[int, Any]] = []
     timers: list[threading.Timer] = []
 
-    def on_signal(signum: int, frame: Any) -> None:
-        from mpvgbench.trainer import request_checkpoint
+    from mpvgbench.trainer_bookkeeping import request_checkpoint  # not inside the handler
 
+    def on_signal(signum: int, frame: Any) -> None:
         received.append((signum, frame))
         signal.signal(sig, original)  # a second signal goes straight to submitit
         request_checkpoint()

@@ -15,7 +15,6 @@ states. The next batch is then bit-identical to the one the interrupted run woul
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -61,12 +60,33 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def payload_checksum(payload: dict[str, Any]) -> str:
-    """sha256 of the serialised payload (minus its own checksum): catches a damaged file that
-    still unpickles (a bad block, a truncated copy that happens to parse)."""
-    body = {k: v for k, v in payload.items() if k != "checksum"}
-    buffer = io.BytesIO()
-    torch.save(body, buffer)
-    return hashlib.sha256(buffer.getvalue()).hexdigest()
+    """sha256 over the payload's values (minus its own checksum): catches a damaged file that
+    still unpickles (a bad block, a truncated copy that happens to parse).
+
+    It hashes tensor *contents* (dtype, shape, bytes) and plain values, not the serialised file:
+    a checkpoint saved from CUDA tensors and loaded onto the CPU must give the same sum.
+    """
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in payload.items() if k != "checksum"})
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        flat = obj.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"T{flat.dtype}{tuple(obj.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    elif isinstance(obj, dict):
+        digest.update(f"D{len(obj)}".encode())
+        for key, value in obj.items():
+            _feed(digest, key)
+            _feed(digest, value)
+    elif isinstance(obj, (list, tuple)):  # the same after a save/load round trip either way
+        digest.update(f"L{len(obj)}".encode())
+        for value in obj:
+            _feed(digest, value)
+    else:
+        digest.update(f"V{type(obj).__name__}:{obj!r};".encode())
 
 
 def checkpoint_payload(

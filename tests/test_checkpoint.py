@@ -61,3 +61,18 @@ def test_compiled_and_ddp_prefixes_are_removed() -> None:
     wrapped2 = torch.nn.Module()
     wrapped2.module = model  # DistributedDataParallel
     assert plain_state_dict(wrapped2).keys() == model.state_dict().keys()
+
+
+def test_checksum_is_about_contents_not_storage() -> None:
+    # a checkpoint saved from CUDA tensors loads onto the CPU: storage/device must not matter
+    model, optimizer = _parts()
+    payload = checkpoint_payload("a" * 16, LoopState(epoch=1), model=model, optimizer=optimizer,
+                                 scheduler=None, ema=None, world_size=1)
+    moved = dict(payload, model={k: v.t().clone().t() if v.ndim == 2 else v.clone()
+                                 for k, v in payload["model"].items()})  # other storage and strides
+    restore_checkpoint(moved, "a" * 16, Path("checkpoint.pt"), model=model, optimizer=optimizer,
+                       scheduler=None, ema=None)
+    moved["model"]["head.weight"] = moved["model"]["head.weight"].to(torch.float64)
+    with pytest.raises(RunDirError, match="checksum mismatch"):
+        restore_checkpoint(moved, "a" * 16, Path("checkpoint.pt"), model=model, optimizer=optimizer,
+                           scheduler=None, ema=None)

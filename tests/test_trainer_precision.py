@@ -55,15 +55,17 @@ def test_compiled_run_saves_plain_keys_and_resumes_eager(tmp_path: Path, monkeyp
     # dynamo's tracing and the OptimizedModule wrapper as in a real compiled run; the "eager"
     # backend skips inductor's C++ build (minutes here; the slow test below runs it for real)
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
-    config = make_config(epochs=2, max_steps_per_epoch=2, eval_max_batches=1)
-    with pytest.raises(Interrupt):
+    config = make_config(epochs=3, max_steps_per_epoch=2, eval_max_batches=1)
+    with pytest.raises(Interrupt):  # epoch 1 compiled
         train(config, tmp_path, device="cpu", amp="on", compile="on", progress_callback=interrupt_at(2, 1))
     weights = read_checkpoint(tmp_path)["model"]  # type: ignore[index]
     assert not any(k.startswith("_orig_mod.") for k in weights)
     fresh = build_model_for_config(config)
     fresh.load_state_dict(weights)  # strict: the bare model's keys exactly
-    result = train(config, tmp_path, device="cpu", amp="on", compile="off")
-    assert result["epochs"] == 2 and _finite(result) and not result["env"]["compiled"]
+    with pytest.raises(Interrupt):  # epoch 2 eager, from the compiled run's checkpoint
+        train(config, tmp_path, device="cpu", amp="on", compile="off", progress_callback=interrupt_at(3, 1))
+    result = train(config, tmp_path, device="cpu", amp="on", compile="on")  # and back to compiled
+    assert result["epochs"] == 3 and _finite(result) and result["env"]["compiled"]
 
 
 @pytest.mark.slow

@@ -64,14 +64,11 @@ def process_start_time(pid: int) -> Optional[int]:
 
 def prepare_run_dir(job: Job, ctx: RunContext) -> Path:
     """Write config.json and job.json (the worker's whole input) into the job's run directory."""
-    from mpvgbench.rundir import atomic_write_json
+    from mpvgbench.rundir import atomic_write_json, retire_stale_error
 
     run_dir = ctx.run_dir(job.key)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / "error.json").exists():
-        # An earlier attempt's failure (--retry-failed): this attempt decides anew, and the
-        # coordinator must not ingest the old record as this attempt's outcome.
-        os.replace(run_dir / "error.json", run_dir / "error.json.prev")
+    retire_stale_error(run_dir)  # --retry-failed: the old record is not this attempt's outcome
     if (run_dir / "result.json").exists() and not _valid_result(run_dir):
         # A damaged result.json never counts; set aside, the worker trains (or resumes) again.
         os.replace(run_dir / "result.json", run_dir / "result.json.invalid")

@@ -3,14 +3,15 @@
 Subprocesses rather than threads because a job must be killable at any moment without taking
 the coordinator (and the database) with it, and because `CUDA_VISIBLE_DEVICES` pins a GPU per
 process. Workers die with the coordinator (PR_SET_PDEATHSIG), so a killed `mpvgbench run`
-never leaves an orphan training the same run directory as its successor.
+never leaves an orphan training the same run directory as its successor: the worker sets that
+up itself from MPVGBENCH_PARENT_PID (``worker.die_with_parent``), since a ``preexec_fn`` is
+unsafe in a process with threads. Each job gets an equal share of this machine's CPUs in
+MPVGBENCH_CPUS, from which the worker plans its threads (``mpvgbench.threads``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 from mpvgbench.errors import MpvgbenchError
 from mpvgbench.executors.base import (Executor, LaunchSummary, RunContext, new_owner_id, prepare_run_dir,
                                       process_start_time)
+from mpvgbench.threads import CPUS_ENV, job_cpus
 
 if TYPE_CHECKING:
     from mpvgbench.matrix import Job
@@ -30,14 +32,6 @@ if TYPE_CHECKING:
 
 HEARTBEAT_EVERY_S = 10.0
 POLL_EVERY_S = 0.2
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: workers may outlive a killed coordinator
-        pass
 
 
 def owner_is_alive(owner: str) -> bool:
@@ -226,10 +220,10 @@ class LocalExecutor(Executor):
             env["CUDA_VISIBLE_DEVICES"] = gpu
         elif ctx.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
-        if gpu is None and "OMP_NUM_THREADS" not in os.environ:
-            # CPU jobs share the cores: N jobs with all threads each oversubscribe the machine
-            # (measured here: 2 jobs x 2 threads ran 30x slower than 2 x 1 thread).
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
+        # Concurrent jobs share the cores: N jobs with all threads each oversubscribe the
+        # machine (measured here: 2 jobs x 2 threads ran 30x slower than 2 x 1 thread).
+        env[CPUS_ENV] = str(max(1, job_cpus()[0] // self.workers))
+        env["MPVGBENCH_PARENT_PID"] = str(os.getpid())  # worker.PARENT_PID_ENV: it dies with us
         out = open(run_dir / "stdout.log", "a")  # noqa: SIM115 - closed when the job ends
         err = open(run_dir / "stderr.log", "a")  # noqa: SIM115
         process = subprocess.Popen(
@@ -238,7 +232,6 @@ class LocalExecutor(Executor):
             stderr=err,
             stdin=subprocess.DEVNULL,
             env=env,
-            preexec_fn=_die_with_parent,
         )
         self.on_event("started", job, {"run_dir": run_dir, "gpu": gpu, "attempt": attempt})
         return RunningJob(job, run_dir, process, gpu, [out, err], attempt)

@@ -86,6 +86,17 @@ def prepare_run_dir(job: Job, ctx: RunContext) -> Path:
     return run_dir
 
 
+def write_attempt_header(run_dir: Path, attempt: int, executor: str) -> None:
+    """A line in both logs before each attempt, so attempts appended to one log stay apart."""
+    import datetime
+
+    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    line = f"===== mpvgbench attempt {attempt} · {stamp} · host {socket.gethostname()} · executor {executor} =====\n"
+    for name in ("stdout.log", "stderr.log"):
+        with open(run_dir / name, "a") as log:
+            log.write(line)
+
+
 def _valid_result(run_dir: Path) -> bool:
     from mpvgbench.rundir import RunDirError, read_result
     from mpvgbench.store_schema import result_problem

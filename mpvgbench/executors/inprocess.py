@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Optional
 
-from mpvgbench.executors.base import RunContext, prepare_run_dir
+from mpvgbench.executors.base import RunContext, prepare_run_dir, write_attempt_header
 from mpvgbench.executors.local import JobEvent, LocalExecutor, RunningJob
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ class InProcessExecutor(LocalExecutor):
 
         run_dir = prepare_run_dir(job, ctx)
         store.set_run_dir(job.key, str(run_dir), executor=self.name)
+        write_attempt_header(run_dir, attempt, self.name)
         self.on_event("started", job, {"run_dir": run_dir, "gpu": None, "attempt": attempt})
         returncode = _run_logged(run_job, run_dir)
         return RunningJob(job, run_dir, FinishedProcess(returncode), None, [], attempt)  # type: ignore[arg-type]

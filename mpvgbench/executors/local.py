@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 
 from mpvgbench.errors import MpvgbenchError
 from mpvgbench.executors.base import (Executor, LaunchSummary, RunContext, new_owner_id, prepare_run_dir,
-                                      process_start_time)
+                                      process_start_time, write_attempt_header)
 from mpvgbench.threads import CPUS_ENV, job_cpus
 
 if TYPE_CHECKING:
@@ -224,6 +224,7 @@ class LocalExecutor(Executor):
         # machine (measured here: 2 jobs x 2 threads ran 30x slower than 2 x 1 thread).
         env[CPUS_ENV] = str(max(1, job_cpus()[0] // self.workers))
         env["MPVGBENCH_PARENT_PID"] = str(os.getpid())  # worker.PARENT_PID_ENV: it dies with us
+        write_attempt_header(run_dir, attempt, self.name)
         out = open(run_dir / "stdout.log", "a")  # noqa: SIM115 - closed when the job ends
         err = open(run_dir / "stderr.log", "a")  # noqa: SIM115
         process = subprocess.Popen(
@@ -243,7 +244,15 @@ class LocalExecutor(Executor):
             self.on_event("finished", entry.job, {"run_dir": entry.run_dir})
             return "finished"
         if status == "failed":
-            self.on_event("failed", entry.job, store.failure(entry.job.key))
+            failure = store.failure(entry.job.key)
+            if failure and failure.get("kind") == "infra" and entry.attempt <= ctx.max_infra_retries:
+                # The machine failed the job (a full disk, a lost port), not the job itself.
+                store.reset([entry.job.key])
+                if not store.claim(entry.job.key, owner, stale_after_s=ctx.stale_after_s):
+                    return "failed"  # taken by another coordinator meanwhile
+                self.on_event("retry", entry.job, {"attempt": entry.attempt, **failure})
+                return "retry"
+            self.on_event("failed", entry.job, failure or {})
             return "failed"
         # No result.json and no error.json: the worker died without a word (killed, segfault).
         # That is an infrastructure failure, the only kind that is retried automatically.

@@ -37,6 +37,12 @@ if TYPE_CHECKING:
 @click.option("--fail-fast", is_flag=True, help="Stop everything at the first failed job.")
 @click.option("--wait", is_flag=True, help="Slurm: follow the submitted jobs until they end.")
 @click.option("--download", is_flag=True, help="Allow torchvision to download CIFAR-100 into its root.")
+@click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="torch.compile the training step (auto: on CUDA only). Never part of the job key.")
+@click.option("--amp", "amp_mode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="bf16 autocast (auto: the recipe's setting on CUDA, fp32 on CPU).")
+@click.option("--checkpoint-every-min", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Also checkpoint mid-epoch this often (a killed or requeued job resumes exactly).")
 @click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
               help="Override a spec field (YAML value), e.g. --set recipe.epochs=1 --set 'seeds=[0]'. "
                    "Overrides change the job keys of the runs they change. Repeatable.")
@@ -46,8 +52,8 @@ if TYPE_CHECKING:
 @user_errors
 def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: str | None,
         workers: int | None, device: str | None, dry_run: bool, smoke: bool, force: bool,
-        retry_failed: bool, fail_fast: bool, wait: bool, download: bool,
-        overrides: tuple[str, ...], only: tuple[str, ...]) -> None:
+        retry_failed: bool, fail_fast: bool, wait: bool, download: bool, compile_mode: str,
+        amp_mode: str, checkpoint_every_min: float, overrides: tuple[str, ...], only: tuple[str, ...]) -> None:
     """Expand SPEC into jobs and run the ones not yet finished.
 
     \b
@@ -115,6 +121,9 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
                      else max(default_num_workers(job.dataset) for job in todo)),
         fail_fast=fail_fast,
         download=download or spec.data.download,
+        amp=amp_mode,
+        compile=compile_mode,
+        checkpoint_every_min=checkpoint_every_min,
     )
     previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:

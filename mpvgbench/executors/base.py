@@ -34,6 +34,9 @@ class RunContext:
     max_infra_retries: int = 1  # automatic retries for infrastructure failures only
     fail_fast: bool = False
     download: bool = False
+    amp: str = "auto"  # auto | on | off: bf16 autocast (auto: the recipe's on CUDA, fp32 on CPU)
+    compile: str = "auto"  # auto | on | off: torch.compile (auto: on CUDA only)
+    checkpoint_every_min: Optional[float] = 10.0  # mid-epoch checkpoints (exact resume)
 
     def run_dir(self, key: str) -> Path:
         # The directory name is the job key (hex), never a spec value: nothing in a spec can
@@ -81,6 +84,9 @@ def prepare_run_dir(job: Job, ctx: RunContext) -> Path:
             "device": ctx.device,
             "num_workers": ctx.num_workers,
             "download": ctx.download,
+            "amp": ctx.amp,
+            "compile": ctx.compile,
+            "checkpoint_every_min": ctx.checkpoint_every_min,
         },
     )
     return run_dir

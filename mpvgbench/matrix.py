@@ -25,6 +25,9 @@ from mpvgbench.recipes import SMOKE_NUM_CLASSES, default_img_size, default_recip
 from mpvgbench.spec import AXES, CELL_KEYS, InitFrom, Spec, recipe_overrides
 
 
+MAX_JOBS = 100_000  # cells one spec may expand to
+
+
 @dataclass(frozen=True)
 class Job:
     key: str
@@ -85,6 +88,13 @@ def cells(spec: Spec) -> list[Cell]:
         group = group_of.get(axis, (axis,))
         emitted.update(group)
         units.append((group, list(zip(*(axis_values[a] for a in group)))))
+    size = 1
+    for _, values in units:
+        size *= len(values)
+    if size > MAX_JOBS:  # bounded before anything is built: a typo in seeds is not 39 s and 2 GB
+        raise spec.error("seeds" if len(spec.seeds) > 1000 else "models",
+                         f"the axes multiply to {size:,} cells; the limit is {MAX_JOBS:,} per spec: "
+                         "split the spec or use zip/include")
     position = {axis: i for i, axis in enumerate(AXES)}
     out: dict[Cell, None] = {}
     for combo in itertools.product(*(values for _, values in units)):

@@ -223,6 +223,13 @@ class Spec(_Section):
                 shown = ", ".join(f"{a} has {n}" for a, n in lengths.items())
                 raise FieldError(f"zip[{g}]", f"zipped axes need equal lengths; {shown}")
         used = set(self.datasets) | {c.dataset for c in self.include if c.dataset}
+        for name, override in self.dataset_overrides.items():
+            known = dataset_info(name).num_classes
+            if override.num_classes is not None and known is not None and override.num_classes < known:
+                raise FieldError(
+                    f"dataset_overrides.{name}.num_classes",
+                    f"{name} has {known} classes; {override.num_classes} would put labels out of "
+                    f"range mid-training; remove the override or set it to at least {known}")
         for name in sorted(used):
             if dataset_info(name).num_classes is None and self.num_classes_for(name) is None:
                 raise FieldError(

@@ -112,8 +112,13 @@ class Store:
         return S.sqlite_engine(url)
 
     def _fail(self, exc: BaseException) -> StoreError:
+        text = _one_line(exc)
+        if self.is_sqlite and any(w in text for w in ("malformed", "corrupt")):
+            return StoreError(
+                f"results database {self.where} is damaged ({text}); move it aside (or restore a "
+                "backup) and rerun: finished run directories are adopted again from the runs dir")
         return StoreError(
-            f"results database {self.where}: {_one_line(exc)}; "
+            f"results database {self.where}: {text}; "
             "check the --db path, its permissions and the database server"
         )
 
@@ -123,7 +128,7 @@ class Store:
         try:
             with self._engine.begin() as conn:
                 yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DatabaseError) as exc:
             raise self._fail(exc) from None
 
     @contextmanager
@@ -131,7 +136,7 @@ class Store:
         try:
             with self._reader.connect() as conn:
                 yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DatabaseError) as exc:
             raise self._fail(exc) from None
 
     def _schema_version(self, conn: Connection) -> Optional[int]:

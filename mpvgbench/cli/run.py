@@ -93,14 +93,19 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
     states = store.statuses([job.key for job in jobs])
     resumed = ("pending", "running", "failed", "cancelled") if retry_failed and not force else ("pending", "running")
     check_run_dirs([job for job in jobs if states.get(job.key, "pending") in resumed], runs_root)
+    check_init_from(store, jobs)
     store.register_jobs(jobs, spec.name)
     states = store.statuses([job.key for job in jobs])
     adopt_finished_run_dirs(store, [job for job in jobs if states.get(job.key) == "pending"], runs_root)
     states = store.statuses([job.key for job in jobs])
     if force:
-        # --force retrains from scratch: resuming would only re-read a finished run's last checkpoint
-        for key in store.reset([job.key for job in jobs if states.get(job.key) in ("finished", "failed", "cancelled")]):
+        # --force retrains from scratch: resuming would only re-read a finished run's last
+        # checkpoint. Files first, then the database: killed in between, the rows still say
+        # finished, so the next --force clears again (the other order lost the force).
+        ended = [job.key for job in jobs if states.get(job.key) in ("finished", "failed", "cancelled")]
+        for key in ended:
             clear_training_state(runs_root / key)
+        store.reset(ended)
     elif retry_failed:
         store.reset([job.key for job in jobs if states.get(job.key) in ("failed", "cancelled")])
     states = store.statuses([job.key for job in jobs])
@@ -130,6 +135,19 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
         _launch(name, spec, jobs, todo, store, ctx, workers, wait, smoke=smoke)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+
+
+def check_init_from(store: Store, jobs: Sequence[Job]) -> None:
+    """A fine-tune whose ``init_from`` key is neither in this matrix nor in the database would
+    wait forever: one line instead, before anything is stored."""
+    keys = {job.key for job in jobs}
+    wanted = sorted({job.depends_on for job in jobs if job.depends_on and job.depends_on not in keys})
+    if not wanted:
+        return
+    missing = sorted(set(wanted) - set(store.statuses(wanted)))
+    if missing:
+        raise UserError(f"init_from run {missing[0]} is not in the database {store.where} nor in this "
+                        "spec; train it first (its spec, same --db) or fix init_from")
 
 
 def adopt_finished_run_dirs(store: Store, jobs: Sequence[Job], runs_root: Path) -> None:
@@ -313,6 +331,8 @@ TRAINING_STATE = ("checkpoint.pt", "result.json", "metrics.jsonl", "progress.jso
 def clear_training_state(run_dir: Path) -> None:
     for name in TRAINING_STATE:
         (run_dir / name).unlink(missing_ok=True)
+    for leftover in run_dir.glob(".*.tmp"):  # a checkpoint being written when a run was killed
+        leftover.unlink(missing_ok=True)
 
 
 def _print_matrix(jobs: Sequence[Job], db: str | None, spec: Spec) -> None:

@@ -36,25 +36,12 @@ class Job:
     depends_on: Optional[str] = None  # key of the run whose weights this one starts from
     parent_only: bool = False  # True: in the matrix only because another job starts from it
 
-    @property
-    def model(self) -> str:
-        return self.config.model
-
-    @property
-    def method(self) -> PEMethod:
-        return self.config.method
-
-    @property
-    def method_label(self) -> str:
-        return self.config.method.label
-
-    @property
-    def dataset(self) -> str:
-        return self.config.dataset
-
-    @property
-    def seed(self) -> int:
-        return self.config.seed
+    # The cell, read from the config (one source of truth): job.model, job.method, ...
+    model = property(lambda self: self.config.model, doc="short model name")
+    method = property(lambda self: self.config.method, doc="the PEMethod")
+    method_label = property(lambda self: self.config.method.label, doc="the method's label")
+    dataset = property(lambda self: self.config.dataset, doc="dataset name")
+    seed = property(lambda self: self.config.seed, doc="seed")
 
     @property
     def cell(self) -> tuple[str, str, str, int]:

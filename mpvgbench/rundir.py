@@ -28,50 +28,33 @@ PathLike = Union[str, "os.PathLike[str]"]  # includes RunDir
 from mpvgbench.errors import RunDirError  # noqa: E402 - re-exported
 
 
+# The files of a run directory (docs/architecture.md), by the RunDir attribute that names them.
+RUN_FILES: dict[str, str] = {
+    "config": "config.json", "job": "job.json", "checkpoint": "checkpoint.pt",
+    "metrics": "metrics.jsonl", "progress": "progress.json", "result": "result.json",
+    "error": "error.json", "stdout": "stdout.log", "stderr": "stderr.log",
+}
+
 @dataclass(frozen=True)
 class RunDir:
     """Paths of one run directory, ``<runs_root>/<key>/``."""
 
     path: Path
 
+    config: Path
+    job: Path
+    checkpoint: Path
+    metrics: Path
+    progress: Path
+    result: Path
+    error: Path
+    stdout: Path
+    stderr: Path
+
     def __init__(self, path: PathLike) -> None:
         object.__setattr__(self, "path", Path(path))
-
-    @property
-    def config(self) -> Path:
-        return self.path / "config.json"
-
-    @property
-    def job(self) -> Path:
-        return self.path / "job.json"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / "checkpoint.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def progress(self) -> Path:
-        return self.path / "progress.json"
-
-    @property
-    def result(self) -> Path:
-        return self.path / "result.json"
-
-    @property
-    def error(self) -> Path:
-        return self.path / "error.json"
-
-    @property
-    def stdout(self) -> Path:
-        return self.path / "stdout.log"
-
-    @property
-    def stderr(self) -> Path:
-        return self.path / "stderr.log"
+        for attribute, name in RUN_FILES.items():
+            object.__setattr__(self, attribute, self.path / name)
 
     def __str__(self) -> str:
         return str(self.path)
@@ -200,13 +183,18 @@ def read_json(path: PathLike, *, missing_ok: bool = False) -> Optional[dict[str,
         if missing_ok:
             return None
         raise RunDirError(f"run dir {path.parent}: {path.name} is missing") from None
+    return _json_object(text, path, path.name)
+
+
+def _json_object(text: str, path: Path, what: str) -> dict[str, Any]:
+    """``text`` as a JSON object, or a RunDirError naming ``what`` (a file or one of its lines)."""
     try:
         obj = json.loads(text)
         if not isinstance(obj, dict):
             raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     except ValueError as exc:
         raise RunDirError(
-            f"run dir {path.parent}: {path.name} is corrupted ({_one_line(exc)}); "
+            f"run dir {path.parent}: {what} is corrupted ({_one_line(exc)}); "
             f"delete it{_fix_for(path.name)}"
         ) from None
     return obj
@@ -229,21 +217,8 @@ def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
         return []
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-        except ValueError as exc:
-            raise RunDirError(
-                f"run dir {path.parent}: {path.name} line {i} is corrupted ({_one_line(exc)}); "
-                f"delete it{_fix_for(path.name)}"
-            ) from None
-        rows.append(row)
-    return rows
+    return [_json_object(line, path, f"{path.name} line {i}")
+            for i, line in enumerate(lines, 1) if line.strip()]
 
 
 def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> Optional[dict[str, Any]]:

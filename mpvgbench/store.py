@@ -125,17 +125,19 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
-        try:
-            with self._engine.begin() as conn:
-                yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DatabaseError) as exc:
-            raise self._fail(exc) from None
+        with self._one_line_errors(), self._engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
+        with self._one_line_errors(), self._reader.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _one_line_errors(self) -> Iterator[None]:
+        """Driver and database failures (locked, unreachable, damaged) as one StoreError line."""
         try:
-            with self._reader.connect() as conn:
-                yield conn
+            yield
         except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DatabaseError) as exc:
             raise self._fail(exc) from None
 

@@ -138,8 +138,8 @@ RESULT_FIELDS: tuple[str, ...] = ("final_top1", "best_top1", "final_top5", "best
 
 
 @dataclass(frozen=True)
-class RunRow:
-    """One row of ``runs`` plus the specs it belongs to."""
+class RunIdentity:
+    """What names a run: its key and its cell."""
 
     key: str
     model: str
@@ -147,6 +147,12 @@ class RunRow:
     method: PEMethod
     dataset: str
     seed: int
+
+
+@dataclass(frozen=True)
+class RunRow(RunIdentity):
+    """One row of ``runs`` plus the specs it belongs to."""
+
     config: dict[str, Any]
     variant: str
     status: str
@@ -173,15 +179,9 @@ class RunRow:
 
 
 @dataclass(frozen=True)
-class ResultRow:
+class ResultRow(RunIdentity):
     """A finished run's identity and final numbers: one row of the report's input."""
 
-    key: str
-    model: str
-    method_label: str
-    method: PEMethod
-    dataset: str
-    seed: int
     variant: str  # runs of one cell with the same variant differ only by seed
     final_top1: Optional[float]
     best_top1: Optional[float]

@@ -117,10 +117,13 @@ class UperNetSegmenter(nn.Module):
         self.aux_index = aux_index
         self.aux_weight = aux_weight
         self.ignore_index = ignore_index
+        self.register_buffer("pixel_mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, img: Tensor) -> tuple[Tensor, Tensor]:
-        """Main and auxiliary logits at their heads' resolution (strides 4 and 16)."""
-        feats = self.backbone(img)
+        """Main and auxiliary logits at their heads' resolution (strides 4 and 16) for images in
+        [0, 1] (normalised here with ImageNet's mean and std, as MMSeg's pipeline does)."""
+        feats = self.backbone((img - self.pixel_mean) / self.pixel_std)
         return self.decode_head(feats), self.auxiliary_head(feats[self.aux_index])
 
     def losses(self, img: Tensor, labels: Tensor) -> dict[str, Tensor]:

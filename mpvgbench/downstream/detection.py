@@ -117,18 +117,21 @@ def build_mask_rcnn(
     num_classes: int = 80,
     *,
     adapter: ViTAdapter | None = None,
+    fpn_channels: int = 256,
+    detector_kwargs: dict[str, Any] | None = None,
     **adapter_config: Any,
 ) -> MaskRCNN:
     """ViT-Adapter-Ti (official detection layout) + FPN + Mask R-CNN for ``num_classes`` objects.
 
     Inputs: a list of float images in [0, 1], ``(3, H, W)``, already resized; targets as
     torchvision's (``boxes`` xyxy, ``labels`` in 1..num_classes, ``masks`` (N, H, W) uint8).
+    ``fpn_channels`` and ``detector_kwargs`` (to ``MaskRCNN``) exist for small test models.
     """
-    backbone = AdapterFPN(adapter if adapter is not None else build_vit_adapter(method, "detection", **adapter_config))
+    backbone = AdapterFPN(
+        adapter if adapter is not None else build_vit_adapter(method, "detection", **adapter_config), fpn_channels
+    )
     names = ["0", "1", "2", "3"]
-    model = MaskRCNN(
-        backbone,
-        num_classes=num_classes + 1,  # + background
+    settings: dict[str, Any] = dict(
         rpn_pre_nms_top_n_train=2000,
         rpn_post_nms_top_n_train=1000,
         rpn_pre_nms_top_n_test=1000,
@@ -139,6 +142,8 @@ def build_mask_rcnn(
         box_nms_thresh=0.5,
         box_detections_per_img=100,
     )
+    settings.update(detector_kwargs or {})
+    model = MaskRCNN(backbone, num_classes=num_classes + 1, **settings)  # + background
     model.transform = NoResizeTransform(1, 1, list(IMAGENET_MEAN), list(IMAGENET_STD), size_divisible=32)
     # same state, MMDet's box loss: swap the classes of the already-built parts
     model.rpn.__class__ = L1RegionProposalNetwork

@@ -149,7 +149,11 @@ def build_upernet(
     method: MethodLike,
     num_classes: int = 150,
     task: Literal["detection", "segmentation"] = "segmentation",
+    head_channels: int = 512,
+    aux_channels: int = 256,
     **adapter_config: Any,
 ) -> UperNetSegmenter:
-    """ViT-Adapter-Ti (global attention, the official ADE20K config) + UperNet + FCN aux head."""
-    return UperNetSegmenter(build_vit_adapter(method, task, **adapter_config), num_classes)
+    """ViT-Adapter-Ti (global attention, the official ADE20K config) + UperNet + FCN aux head.
+    ``head_channels`` / ``aux_channels`` are the official 512 / 256 (smaller for tests)."""
+    backbone = build_vit_adapter(method, task, **adapter_config)
+    return UperNetSegmenter(backbone, num_classes, channels=head_channels, aux_channels=aux_channels)

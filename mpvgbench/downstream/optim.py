@@ -1,4 +1,4 @@
-"""AdamW parameter groups of the official ViT-Adapter-Ti configs, by parameter name.
+"""AdamW parameter groups and learning-rate schedules of the official ViT-Adapter-Ti configs.
 
 Detection (MMDet ``paramwise_cfg.custom_keys``): no weight decay for any parameter whose name
 contains ``level_embed``, ``pos_embed``, ``norm`` or ``bias``; one learning rate.
@@ -15,11 +15,14 @@ there, and here too. Our extra PE parameters (inferred): ``LN'_l`` shares block 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["detection_param_groups", "segmentation_layer_id", "segmentation_param_groups"]
+__all__ = ["detection_param_groups", "poly_schedule", "segmentation_layer_id", "segmentation_param_groups", "step_schedule"]
 
 _NO_DECAY_KEYS = ("level_embed", "pos_embed", "norm", "bias")
 
@@ -75,3 +78,51 @@ def segmentation_param_groups(
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
     return [groups[k] for k in sorted(groups)]
+
+
+def _linear_warmup(it: int, warmup_iters: int, warmup_ratio: float) -> float:
+    # MMCV's linear warmup: factor goes from warmup_ratio at iteration 0 to 1 at warmup_iters
+    if it >= warmup_iters:
+        return 1.0
+    return 1.0 - (1.0 - it / warmup_iters) * (1.0 - warmup_ratio)
+
+
+def step_schedule(
+    optimizer: torch.optim.Optimizer,
+    iters_per_epoch: int,
+    steps: Sequence[int] = (27, 33),
+    gamma: float = 0.1,
+    warmup_iters: int = 500,
+    warmup_ratio: float = 0.001,
+) -> LambdaLR:
+    """MMDet's 3x schedule, stepped once per iteration: lr x 0.1 at epochs 27 and 33, linear
+    warmup over the first 500 iterations from 0.001 x lr (``warmup_ratio`` times the regular lr)."""
+
+    def factor(it: int) -> float:
+        epoch = it // iters_per_epoch
+        return gamma ** sum(epoch >= s for s in steps) * _linear_warmup(it, warmup_iters, warmup_ratio)
+
+    return LambdaLR(optimizer, factor)
+
+
+def poly_schedule(
+    optimizer: torch.optim.Optimizer,
+    max_iters: int = 160_000,
+    power: float = 1.0,
+    warmup_iters: int = 1500,
+    warmup_ratio: float = 1e-6,
+    min_lr: float = 0.0,
+) -> LambdaLR:
+    """MMSeg's poly schedule with linear warmup, stepped once per iteration:
+    ``lr = (lr0 - min_lr) * (1 - it / max_iters) ** power + min_lr`` times the warmup factor,
+    per group (so layer-wise scales are kept; ``min_lr`` is absolute, as MMCV's)."""
+    base = [g["lr"] for g in optimizer.param_groups]
+
+    def make(lr0: float) -> Any:
+        def factor(it: int) -> float:
+            poly = (lr0 - min_lr) * (1 - min(it, max_iters) / max_iters) ** power + min_lr
+            return poly / lr0 * _linear_warmup(it, warmup_iters, warmup_ratio) if lr0 else 0.0
+
+        return factor
+
+    return LambdaLR(optimizer, [make(lr0) for lr0 in base])

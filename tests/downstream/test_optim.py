@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpvgbench.downstream.optim import detection_param_groups, segmentation_layer_id, segmentation_param_groups
+from mpvgbench.downstream.optim import (
+    detection_param_groups,
+    poly_schedule,
+    segmentation_layer_id,
+    segmentation_param_groups,
+    step_schedule,
+)
 from mpvgbench.downstream.upernet import build_upernet
 
 
@@ -44,3 +50,28 @@ def test_segmentation_layer_ids_and_scales(segmenter) -> None:
     assert by_name["backbone.level_embed"]["weight_decay"] == 0.01
     assert by_name["backbone.vit.blocks.3.norm1.weight"]["weight_decay"] == 0.0
     torch.optim.AdamW(groups)  # groups are accepted as they are
+
+
+def _lrs(scheduler, iters):
+    out = []
+    for _ in range(iters):
+        out.append([g["lr"] for g in scheduler.optimizer.param_groups])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_step_schedule_warmup_and_steps() -> None:
+    p = torch.nn.Parameter(torch.zeros(1))
+    sched = step_schedule(torch.optim.SGD([p], lr=1.0), iters_per_epoch=10, steps=(2, 3), warmup_iters=5, warmup_ratio=0.001)
+    lrs = [x[0] for x in _lrs(sched, 40)]
+    assert lrs[0] == pytest.approx(0.001) and lrs[5] == 1.0 and lrs[19] == 1.0
+    assert lrs[20] == pytest.approx(0.1) and lrs[30] == pytest.approx(0.01)
+
+
+def test_poly_schedule_keeps_group_scales() -> None:
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([{"params": [a], "lr": 1.0}, {"params": [b], "lr": 0.5}])
+    lrs = _lrs(poly_schedule(opt, max_iters=100, warmup_iters=10, warmup_ratio=1e-6), 101)
+    assert lrs[0][0] == pytest.approx(1e-6)
+    assert lrs[50] == pytest.approx([0.5, 0.25]) and lrs[100] == pytest.approx([0.0, 0.0])

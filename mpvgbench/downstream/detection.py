@@ -143,7 +143,9 @@ def build_mask_rcnn(
         box_detections_per_img=100,
     )
     settings.update(detector_kwargs or {})
-    model = MaskRCNN(backbone, num_classes=num_classes + 1, **settings)  # + background
+    # + background; custom predictors (small test models) carry their own class count
+    classes = None if "box_predictor" in settings else num_classes + 1
+    model = MaskRCNN(backbone, num_classes=classes, **settings)
     model.transform = NoResizeTransform(1, 1, list(IMAGENET_MEAN), list(IMAGENET_STD), size_divisible=32)
     # same state, MMDet's box loss: swap the classes of the already-built parts
     model.rpn.__class__ = L1RegionProposalNetwork

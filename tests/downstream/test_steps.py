@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from mpvgbench.downstream.data import ADE20K, CocoInstances, SegmentationTestTransform, collate_detection
 from mpvgbench.downstream.detection import build_mask_rcnn
@@ -75,7 +77,9 @@ def test_tiny_mask_rcnn_overfits_four_images(tmp_path) -> None:
     torch.manual_seed(0)
     root = make_synthetic_coco(tmp_path, n_images=4, size=(64, 96))
     images, targets = collate_detection([CocoInstances(root, "train")[i] for i in range(4)])
-    small = dict(
+    small = dict(  # small heads and samples: ~0.5 CPU-s a step
+        mask_head=MaskRCNNHeads(64, [64, 64], 1), mask_predictor=MaskRCNNPredictor(64, 64, 4),
+        box_head=TwoMLPHead(64 * 7 * 7, 256), box_predictor=FastRCNNPredictor(256, 4),
         rpn_batch_size_per_image=64, box_batch_size_per_image=64, rpn_pre_nms_top_n_train=200,
         rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=50, box_detections_per_img=10,
     )

@@ -92,6 +92,9 @@ def test_mask_rcnn_trains_with_mmdet_settings_and_predicts() -> None:
     assert model.rpn._post_nms_top_n == {"training": 1000, "testing": 1000}
     assert model.rpn._pre_nms_top_n == {"training": 2000, "testing": 1000}
     assert isinstance(model.roi_heads.box_roi_pool, AlignedMultiScaleRoIAlign)
+    # fewer proposals and RoIs than MMDet's 1000 / 512 keep this test quick on CPU
+    model.rpn._post_nms_top_n["training"] = 100
+    model.roi_heads.fg_bg_sampler.batch_size_per_image = 64
     images, targets = small_batch()
     with mock.patch.object(detection, "fastrcnn_l1_loss", wraps=fastrcnn_l1_loss) as spy:
         losses = model(images, targets)

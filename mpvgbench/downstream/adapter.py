@@ -113,14 +113,6 @@ class ViTAdapter(nn.Module):
         backbone = {k: v for k, v in model_state.items() if not k.startswith("head.")}
         self.vit.load_state_dict(backbone, strict=True)
 
-    def no_weight_decay(self) -> set[str]:
-        """Official: no decay on level_embed, pos_embed, norms and biases (name-based)."""
-        return {
-            name
-            for name, p in self.named_parameters()
-            if p.ndim <= 1 or "level_embed" in name or "pos_embed" in name or "norm" in name or name.endswith(".bias")
-        }
-
     # -- forward -------------------------------------------------------------------------------
 
     def position_embedding(self, hw: tuple[int, int]) -> tuple[Tensor, PEOutputs]:

@@ -228,7 +228,8 @@ def _launch(name: str, spec: Spec, jobs: Sequence[Job], todo: Sequence[Job], sto
         summary = InProcessExecutor(on_event=_echo_event).launch(todo, store, ctx)
     else:
         with LiveView(todo) as view:
-            executor = LocalExecutor(workers=workers or exec_settings.workers, on_event=view.handle)
+            executor = LocalExecutor(workers=workers or exec_settings.workers, on_event=view.handle,
+                                     processes_per_job=exec_settings.nproc_per_node)
             summary = executor.launch(todo, store, ctx)
     for message in summary.messages:
         click.echo(message)

@@ -78,6 +78,26 @@ def visible_gpus() -> list[str]:
         return []
 
 
+def take_gpus(free: list[str], count: int, exactly: str | None = None) -> str | None:
+    """Remove ``count`` GPU ids from ``free`` (or the ids of ``exactly``); their
+    CUDA_VISIBLE_DEVICES value, or None when no GPUs are handed out."""
+    if exactly is not None:
+        for gpu in exactly.split(","):
+            free.remove(gpu)
+        return exactly
+    if not free:
+        return None
+    assert len(free) >= count, (free, count)  # launch() starts no more jobs than GPUs allow
+    taken, free[:] = free[:count], free[count:]
+    return ",".join(taken)
+
+
+def give_back_gpus(free: list[str], gpus: str | None) -> None:
+    """A job that ended, however it ended (finished, failed, killed), frees its GPUs."""
+    if gpus is not None:
+        free.extend(gpus.split(","))
+
+
 @dataclass
 class RunningJob:
     job: Job
@@ -96,10 +116,14 @@ class LocalExecutor(Executor):
 
     name: ClassVar[str] = "local"
 
-    def __init__(self, workers: int = 1, on_event: JobEvent | None = None) -> None:
+    def __init__(self, workers: int = 1, on_event: JobEvent | None = None, processes_per_job: int = 1) -> None:
         if workers < 1:
             raise MpvgbenchError(f"--workers must be >= 1, got {workers}")
+        if processes_per_job < 1:
+            raise MpvgbenchError(f"executor.nproc_per_node must be >= 1, got {processes_per_job}")
         self.workers = workers
+        # > 1: each job is a one-node DDP run under torchrun, one process (and one GPU) per rank
+        self.processes_per_job = processes_per_job
         self.on_event = on_event or (lambda event, job, info: None)
 
     def options(self) -> dict[str, Any]:
@@ -110,7 +134,11 @@ class LocalExecutor(Executor):
         summary = LaunchSummary()
         queue = list(jobs)
         free_gpus = visible_gpus() if ctx.device != "cpu" else []  # cpu: no torch import here
-        slots = min(self.workers, len(free_gpus)) if free_gpus and ctx.device != "cpu" else self.workers
+        per_job = self.processes_per_job
+        if free_gpus and len(free_gpus) < per_job:
+            raise MpvgbenchError(f"each job needs {per_job} GPUs (executor.nproc_per_node) but "
+                                 f"{len(free_gpus)} are visible; lower nproc_per_node or use more GPUs")
+        slots = min(self.workers, len(free_gpus) // per_job) if free_gpus else self.workers
         running: dict[str, RunningJob] = {}
         last_heartbeat = time.monotonic()
         stop = False
@@ -124,7 +152,7 @@ class LocalExecutor(Executor):
                         summary.skipped.append(job.key)
                         self.on_event("skipped", job, {"reason": "claimed by another run"})
                         continue
-                    gpu = free_gpus.pop(0) if free_gpus and ctx.device != "cpu" else None
+                    gpu = take_gpus(free_gpus, per_job)
                     running[job.key] = self._start(job, ctx, gpu, store, owner)
                     summary.launched.append(job.key)
                 if queue and not running and not stop:
@@ -141,13 +169,11 @@ class LocalExecutor(Executor):
                     del running[key]
                     for handle in entry.logs:
                         handle.close()
-                    if entry.gpu is not None:
-                        free_gpus.append(entry.gpu)
+                    give_back_gpus(free_gpus, entry.gpu)
                     outcome = self._finish(entry, store, owner, ctx)
                     if outcome == "retry":
                         running[key] = self._start(entry.job, ctx, entry.gpu, store, owner, entry.attempt + 1)
-                        if entry.gpu is not None:
-                            free_gpus.remove(entry.gpu)
+                        take_gpus(free_gpus, per_job, exactly=entry.gpu)
                         continue
                     (summary.finished if outcome == "finished" else summary.failed).append(key)
                     if outcome != "finished" and ctx.fail_fast:
@@ -207,6 +233,9 @@ class LocalExecutor(Executor):
 
     def worker_argv(self, run_dir: Path) -> list[str]:
         """The worker's command line (a seam for tests of the executor's bookkeeping)."""
+        if self.processes_per_job > 1:  # one-node DDP: the worker reads RANK/WORLD_SIZE from torchrun
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={self.processes_per_job}", "-m", "mpvgbench.worker", str(run_dir)]
         return [sys.executable, "-m", "mpvgbench.worker", str(run_dir)]
 
     def _start(
@@ -282,8 +311,7 @@ class LocalExecutor(Executor):
                 entry.process.wait()
             for handle in entry.logs:
                 handle.close()
-            if entry.gpu is not None:
-                free_gpus.append(entry.gpu)
+            give_back_gpus(free_gpus, entry.gpu)
             self.on_event("cancelled", entry.job, {"run_dir": entry.run_dir})
         return lost
 

@@ -10,7 +10,17 @@ import hashlib
 import json
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+
+class ParamGroup(BaseModel):
+    """Parameters whose names match any of ``match`` (fnmatch globs, e.g. ``"blocks.*"``) train at
+    ``lr_scale`` x the recipe's lr; ``lr_scale: 0`` leaves them out of the optimizer (frozen)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    match: tuple[str, ...] = Field(min_length=1)
+    lr_scale: float = Field(1.0, ge=0)
 
 
 class Recipe(BaseModel):
@@ -50,6 +60,18 @@ class Recipe(BaseModel):
     compile: bool = False  # torch.compile on CUDA; ignored on CPU
     max_steps_per_epoch: Optional[PositiveInt] = None  # smoke runs and benchmarks only
     eval_max_batches: Optional[PositiveInt] = None  # smoke runs only
+    # Added after v1 (their defaults reproduce the v1 behaviour, so v1 job keys stay):
+    # each parameter goes to the first group that matches its name; unmatched ones train at lr.
+    # null: one lr for every parameter (mpvgbench.optim.build_optimizer).
+    param_groups: Optional[tuple[ParamGroup, ...]] = None
+    decay_all_params: bool = False  # weight decay on norms, biases, PEs and tokens too
+    nesterov: Optional[bool] = None  # sgd only; null: timm's default for "sgd" (Nesterov)
+
+    @model_validator(mode="after")
+    def _nesterov_is_for_sgd(self) -> "Recipe":
+        if self.nesterov is not None and self.optimizer != "sgd":
+            raise ValueError(f"recipe.nesterov applies to optimizer sgd only, not {self.optimizer!r}; drop it")
+        return self
 
     @property
     def total_epochs(self) -> int:

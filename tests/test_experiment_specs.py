@@ -1,0 +1,33 @@
+"""The shipped experiment specs expand to exactly the paper's runs (fast: no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mpvgbench.matrix import expand
+from mpvgbench.methods import canonical_method_dict
+from mpvgbench.paper import FIG5
+from mpvgbench.spec import load_spec
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def test_fig5_spec_is_exactly_the_two_runs_of_fig5() -> None:
+    """Fig. 5: DeiT-Ti on ImageNet-1K, GAP without layer-wise PE, (a) no PE at the Last LN,
+    (b) the initial PE added at the Last LN; no class token in either."""
+    jobs = expand(load_spec(EXPERIMENTS / "fig5.yaml"))
+    assert len(jobs) == 2 and len({job.key for job in jobs}) == 2
+    assert not any(job.depends_on or job.parent_only for job in jobs)
+    assert {(job.config.model, job.config.dataset, job.config.seed) for job in jobs} == {
+        ("deit_tiny", "imagenet", 0)}
+    # transcribed from the paper's text: pool, PE added before block 0, no layer-wise PE
+    for job in jobs:
+        knobs = job.config.method
+        assert (knobs["pool"], knobs["add_to_input"], knobs["layerwise_from"]) == ("avg", True, None)
+    assert sorted(str(job.config.method["last_ln_pe"]) for job in jobs) == ["0", "None"]
+    # ...and the report's Fig. 5 rows find these runs by (model, dataset, knobs)
+    expected = {(r.model, r.dataset, repr(sorted(canonical_method_dict(r.method).items()))) for r in FIG5.rows}
+    assert {(j.config.model, j.config.dataset, repr(sorted(j.config.method.items()))) for j in jobs} == expected
+    for job in jobs:  # DeiT's ImageNet recipe, nothing overridden
+        assert job.config.recipe.epochs == 300 and job.config.img_size == 224
+        assert job.config.num_classes == 1000

@@ -12,10 +12,12 @@ now). Before, mpvgbench ran AdamW at 5e-2 on every parameter. This script:
      - ``new``:      the default recipe (mpvgbench.optim.build_optimizer: SGD, param groups),
      - ``adamw``:    v1's recipe (AdamW at 5e-2 on everything, training_parts.build_optimizer),
      - ``sgd-flat``: v1's recipe with ``optimizer: sgd`` (one lr for every parameter);
-3. prints the fine-tune loss at the start and end, the validation accuracy, and whether the
-   run diverged (non-finite loss or end loss above start loss).
+3. prints the fine-tune loss at the start (mean of the first 20 steps), its peak, the end (mean
+   of the last 20), the validation accuracy before/after, how far the pretrained backbone moved
+   (||w - w0|| / ||w0|| over the non-head weights: near 0 keeps the pretraining, ~1 or more
+   replaces it), and whether the run diverged (non-finite loss, or end loss above start).
 
-    python benchmarks/bench_finetune.py                  # ~2-4 min on 2 CPU threads
+    python benchmarks/bench_finetune.py                  # ~12 min on one busy CPU thread
     python benchmarks/bench_finetune.py --steps 300 --threads 1
 """
 
@@ -110,11 +112,12 @@ def finetune(name: str, backbone: dict[str, Tensor], setup: str, data: tuple[Ten
     x, y, val_x, val_y = data
     draw = batches(x, y, batch, torch.Generator().manual_seed(2))
     start_acc = accuracy(model, val_x, val_y)
+    pretrained = {k: v.clone() for k, v in backbone.items() if v.is_floating_point()}
     losses: list[float] = []
     for step in range(steps):
         xb, yb = draw()
         loss = F.cross_entropy(model(xb), yb)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if not math.isfinite(losses[-1]):
             break
         optimizer.zero_grad(set_to_none=True)
@@ -124,16 +127,20 @@ def finetune(name: str, backbone: dict[str, Tensor], setup: str, data: tuple[Ten
             scheduler.step_update(step + 1)
     window = max(1, min(20, len(losses) // 5))
     start, end = sum(losses[:window]) / window, sum(losses[-window:]) / window
-    return {"start": start, "end": end, "min": min(losses), "steps": len(losses),
-            "acc_before": start_acc, "acc_after": accuracy(model, val_x, val_y)}
+    now = model.state_dict()
+    moved = sum(float((now[k] - w0).pow(2).sum()) for k, w0 in pretrained.items())
+    size = sum(float(w0.pow(2).sum()) for w0 in pretrained.values())
+    return {"start": start, "end": end, "peak": max(losses), "steps": len(losses),
+            "acc_before": start_acc, "acc_after": accuracy(model, val_x, val_y),
+            "drift": math.sqrt(moved / size)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300, help="fine-tune steps per setup")
-    parser.add_argument("--pretrain-steps", type=int, default=150)
+    parser.add_argument("--pretrain-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=["deit_tiny", "t2t_vit_7"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -147,8 +154,8 @@ def main() -> None:
     print(f"synthetic {IMG}x{IMG}: pre-train {len(pre_y)} images / {PRE_CLASSES} classes, "
           f"fine-tune {len(ft_y)} / {FT_CLASSES} (val {len(val_y)}), batch {args.batch_size}, "
           f"{args.steps} fine-tune steps at lr 5e-2 (paper Table 7)")
-    header = f"{'model':<10} {'setup':<9} {'loss start':>10} {'loss end':>9} {'min':>6} " \
-             f"{'val acc before->after':>22} {'verdict':>10} {'time':>6}"
+    header = f"{'model':<10} {'setup':<9} {'loss start':>10} {'peak':>7} {'end':>6} " \
+             f"{'val acc before->after':>21} {'drift':>6} {'verdict':>8} {'time':>5}"
     results = []
     for name in args.models:
         backbone = pretrain(name, pre_x, pre_y, args.pretrain_steps, args.batch_size)
@@ -157,9 +164,9 @@ def main() -> None:
             r = finetune(name, backbone, setup, (ft_x, ft_y, val_x, val_y), args.steps, args.batch_size)
             diverged = r["steps"] < args.steps or not math.isfinite(r["end"]) or r["end"] > r["start"]
             verdict = "DIVERGED" if diverged else "ok"
-            results.append(f"{name:<10} {setup:<9} {r['start']:>10.3f} {r['end']:>9.3f} {r['min']:>6.3f} "
-                           f"{r['acc_before']:>10.1f}% -> {r['acc_after']:>5.1f}% {verdict:>10} "
-                           f"{time.perf_counter() - t0:>5.0f}s")
+            results.append(f"{name:<10} {setup:<9} {r['start']:>10.3f} {r['peak']:>7.3f} {r['end']:>6.3f} "
+                           f"{r['acc_before']:>10.1f}% -> {r['acc_after']:>5.1f}% {r['drift']:>6.3f} "
+                           f"{verdict:>8} {time.perf_counter() - t0:>4.0f}s")
             print("  " + results[-1])
     print("\n" + header)
     print("\n".join(results))

@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 
 class ParamGroup(BaseModel):
@@ -65,13 +65,7 @@ class Recipe(BaseModel):
     # null: one lr for every parameter (mpvgbench.optim.build_optimizer).
     param_groups: Optional[tuple[ParamGroup, ...]] = None
     decay_all_params: bool = False  # weight decay on norms, biases, PEs and tokens too
-    nesterov: Optional[bool] = None  # sgd only; null: timm's default for "sgd" (Nesterov)
-
-    @model_validator(mode="after")
-    def _nesterov_is_for_sgd(self) -> "Recipe":
-        if self.nesterov is not None and self.optimizer != "sgd":
-            raise ValueError(f"recipe.nesterov applies to optimizer sgd only, not {self.optimizer!r}; drop it")
-        return self
+    nesterov: Optional[bool] = None  # sgd only (ignored otherwise, like momentum); null: timm's "sgd" (Nesterov)
 
     @property
     def total_epochs(self) -> int:

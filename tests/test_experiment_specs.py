@@ -31,3 +31,23 @@ def test_fig5_spec_is_exactly_the_two_runs_of_fig5() -> None:
     for job in jobs:  # DeiT's ImageNet recipe, nothing overridden
         assert job.config.recipe.epochs == 300 and job.config.img_size == 224
         assert job.config.num_classes == 1000
+
+
+def test_param_groups_are_expressible_in_a_spec(tmp_path: Path) -> None:
+    """A spec can give any model T2T's transfer-style groups; they reach the job's recipe."""
+    from mpvgbench.config import ParamGroup
+
+    path = tmp_path / "ft.yaml"
+    path.write_text(
+        "name: ft\nmodels: [deit_tiny]\nmethods: [mpvg]\ndatasets: [cifar100]\n"
+        "model_overrides:\n  deit_tiny:\n    recipe:\n      optimizer: sgd\n      nesterov: false\n"
+        "      param_groups:\n        - {match: ['blocks.*', 'patch_embed.*'], lr_scale: 0.01}\n"
+        "        - {match: [norm.*], lr_scale: 0}\n"
+    )
+    (job,) = expand(load_spec(path))
+    recipe = job.config.recipe
+    assert recipe.param_groups == (ParamGroup(match=("blocks.*", "patch_embed.*"), lr_scale=0.01),
+                                   ParamGroup(match=("norm.*",), lr_scale=0.0))
+    assert (recipe.optimizer, recipe.nesterov, recipe.decay_all_params) == ("sgd", False, False)
+    plain = expand(load_spec(path), smoke=True)[0].config.recipe
+    assert plain.param_groups == recipe.param_groups  # smoke runs keep the groups

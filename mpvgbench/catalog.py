@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mpvgbench.errors import UnknownNameError
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -46,7 +48,7 @@ def model_info(name: str) -> ModelInfo:
     try:
         return MODEL_TABLE[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODEL_TABLE)}") from None
+        raise UnknownNameError(f"unknown model {name!r}; allowed: {', '.join(MODEL_TABLE)}") from None
 
 
 def known_models() -> list[str]:

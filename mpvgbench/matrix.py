@@ -13,21 +13,19 @@ Order is deterministic and every key appears once. ``smoke=True`` runs every cel
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple, Optional
 
-from mpvgbench.config import Recipe, TrainConfig
-from mpvgbench.methods import canonical_method_dict, method_label, resolve_method
 from mpvgbench.catalog import model_info
+from mpvgbench.config import Recipe, TrainConfig, config_key
+from mpvgbench.errors import MpvgbenchError, SpecError
+from mpvgbench.methods import PEMethod
 from mpvgbench.recipes import SMOKE_NUM_CLASSES, default_img_size, default_recipe, smoke_recipe
 from mpvgbench.spec import AXES, CELL_KEYS, InitFrom, Spec, recipe_overrides
 
 
-_SEED_MARK = 918_273_645_546_372_819  # a seed no spec uses (seeds are < 2**32)
-_SEED_MARK_TEXT = str(_SEED_MARK)
+MAX_JOBS = 100_000  # cells one spec may expand to
 
 
 @dataclass(frozen=True)
@@ -35,7 +33,6 @@ class Job:
     key: str
     spec_name: str
     config: TrainConfig
-    label: str = field(default="", compare=False, repr=False)  # method label, cached
     depends_on: Optional[str] = None  # key of the run whose weights this one starts from
     parent_only: bool = False  # True: in the matrix only because another job starts from it
 
@@ -44,8 +41,12 @@ class Job:
         return self.config.model
 
     @property
+    def method(self) -> PEMethod:
+        return self.config.method
+
+    @property
     def method_label(self) -> str:
-        return self.label or method_label(self.config.method)
+        return self.config.method.label
 
     @property
     def dataset(self) -> str:
@@ -62,31 +63,19 @@ class Job:
 
 class Cell(NamedTuple):
     model: str
-    method: str  # method label
+    method: PEMethod
     dataset: str
     seed: int
-
-
-class CellSet(NamedTuple):
-    cells: list[Cell]
-    methods: dict[str, dict[str, Any]]  # label -> canonical knobs
 
 
 # ---------------------------------------------------------------------------- cells
 
 
-def cells(spec: Spec) -> CellSet:
+def cells(spec: Spec) -> list[Cell]:
     """The spec's cells in deterministic order, duplicates removed (no configs built)."""
-    methods: dict[str, dict[str, Any]] = {}
-
-    def label_of(value: Any) -> str:
-        label = method_label(value)
-        methods.setdefault(label, canonical_method_dict(value))
-        return label
-
     axis_values: dict[str, list[Any]] = {
         "models": list(spec.models),
-        "methods": [label_of(m) for m in spec.methods],
+        "methods": list(spec.methods),
         "datasets": list(spec.datasets),
         "seeds": list(spec.seeds),
     }
@@ -99,6 +88,13 @@ def cells(spec: Spec) -> CellSet:
         group = group_of.get(axis, (axis,))
         emitted.update(group)
         units.append((group, list(zip(*(axis_values[a] for a in group)))))
+    size = 1
+    for _, values in units:
+        size *= len(values)
+    if size > MAX_JOBS:  # bounded before anything is built: a typo in seeds is not 39 s and 2 GB
+        raise spec.error("seeds" if len(spec.seeds) > 1000 else "models",
+                         f"the axes multiply to {size:,} cells; the limit is {MAX_JOBS:,} per spec: "
+                         "split the spec or use zip/include")
     position = {axis: i for i, axis in enumerate(AXES)}
     out: dict[Cell, None] = {}
     for combo in itertools.product(*(values for _, values in units)):
@@ -110,7 +106,7 @@ def cells(spec: Spec) -> CellSet:
     for pattern in spec.include:
         choices = [
             [pattern.model] if pattern.model is not None else axis_values["models"],
-            [label_of(pattern.method)] if pattern.method is not None else axis_values["methods"],
+            [pattern.method] if pattern.method is not None else axis_values["methods"],
             [pattern.dataset] if pattern.dataset is not None else axis_values["datasets"],
             [pattern.seed] if pattern.seed is not None else axis_values["seeds"],
         ]
@@ -120,26 +116,26 @@ def cells(spec: Spec) -> CellSet:
     for pattern in spec.exclude:
         want = {
             "model": pattern.model,
-            "method": method_label(pattern.method) if pattern.method is not None else None,
+            "method": pattern.method,
             "dataset": pattern.dataset,
             "seed": pattern.seed,
         }
         checks = [(i, v) for i, v in enumerate(want.values()) if v is not None]
         result = [c for c in result if not all(c[i] == v for i, v in checks)]
-    return CellSet(result, methods)
+    return result
 
 
-def check_cells(spec: Spec) -> CellSet:
+def check_cells(spec: Spec) -> list[Cell]:
     """Raise ``SpecError`` for a cell no model can train; return the cells."""
     found = cells(spec)
-    if not found.cells:
+    if not found:
         raise spec.error("exclude", "the spec expands to no jobs (every cell is excluded)")
-    for model, label in dict.fromkeys((c.model, c.method) for c in found.cells):
+    for model, method in dict.fromkeys((c.model, c.method) for c in found):
         try:
-            resolve_method(found.methods[label]).validate_for_depth(model_info(model).depth)
-        except ValueError as exc:
-            raise spec.error(_method_field(spec, label), f"{label} on {model}: {exc}") from None
-    for model, dataset in dict.fromkeys((c.model, c.dataset) for c in found.cells):
+            method.validate_for_depth(model_info(model).depth)
+        except MpvgbenchError as exc:
+            raise spec.error(_method_field(spec, method), f"{method.label} on {model}: {exc}") from None
+    for model, dataset in dict.fromkeys((c.model, c.dataset) for c in found):
         _img_size(spec, model, dataset)
         init = _init_from(spec, model)
         if isinstance(init, InitFrom) and init.dataset != dataset:
@@ -147,12 +143,12 @@ def check_cells(spec: Spec) -> CellSet:
     return found
 
 
-def _method_field(spec: Spec, label: str) -> str:
+def _method_field(spec: Spec, method: PEMethod) -> str:
     for i, value in enumerate(spec.methods):
-        if method_label(value) == label:
+        if value == method:
             return f"methods[{i}]"
     for i, pattern in enumerate(spec.include):
-        if pattern.method is not None and method_label(pattern.method) == label:
+        if pattern.method == method:
             return f"include[{i}].method"
     return "methods"
 
@@ -188,10 +184,9 @@ def _init_from(spec: Spec, model: str) -> Any:
 
 def expand(spec: Spec, *, smoke: bool = False) -> list[Job]:
     """Every job of the spec, parents before children, each key once."""
-    found = check_cells(spec)
-    builder = _Builder(spec, found.methods, smoke)
+    builder = _Builder(spec, smoke)
     jobs: dict[str, Job] = {}
-    for cell in found.cells:
+    for cell in check_cells(spec):
         job = builder.job(cell)
         if job.depends_on is not None and job.depends_on in builder.parents:
             parent = builder.parents[job.depends_on]
@@ -203,14 +198,13 @@ def expand(spec: Spec, *, smoke: bool = False) -> list[Job]:
 
 
 class _Builder:
-    """Caches everything a cell shares with other cells; builds Jobs without re-validating."""
+    """Caches everything a cell shares with other cells: one validated config per group of seeds."""
 
-    def __init__(self, spec: Spec, methods: dict[str, dict[str, Any]], smoke: bool) -> None:
+    def __init__(self, spec: Spec, smoke: bool) -> None:
         self.spec = spec
-        self.methods = methods
         self.smoke = smoke
         self.parents: dict[str, Job] = {}
-        self._groups: dict[tuple[Any, ...], tuple[TrainConfig, str, str]] = {}
+        self._groups: dict[tuple[Any, ...], TrainConfig] = {}
         self._settings: dict[tuple[str, str, bool], tuple[Recipe, int, int, Any]] = {}
 
     def job(self, cell: Cell) -> Job:
@@ -273,24 +267,64 @@ class _Builder:
         dataset = "synthetic" if self.smoke else cell.dataset
         group = (cell.model, cell.method, dataset, id(recipe), img_size, num_classes, init_from)
         if group not in self._groups:
-            template = TrainConfig.model_construct(
-                model=cell.model, method=self.methods[cell.method], dataset=dataset,
-                img_size=img_size, num_classes=num_classes, seed=_SEED_MARK, recipe=recipe,
-                init_from=init_from,
+            self._groups[group] = TrainConfig(
+                model=cell.model, method=cell.method, dataset=dataset, img_size=img_size,
+                num_classes=num_classes, seed=cell.seed, recipe=recipe, init_from=init_from,
             )
-            # config_key's canonical JSON, split around the seed: only the seed varies in a group
-            payload = json.dumps(template.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-            head, mark, tail = payload.partition(f'"seed":{_SEED_MARK}')
-            assert mark and _SEED_MARK_TEXT not in tail
-            self._groups[group] = (template, head + '"seed":', tail)
-        template, head, tail = self._groups[group]
-        config = template.model_copy(update={"seed": cell.seed, "method": dict(template.method)})
-        payload = f"{head}{cell.seed}{tail}"
-        key = hashlib.sha256(payload.encode()).hexdigest()[:16]  # == config_key(config)
+        # Only the seed varies within a group, and it is a validated spec value: no re-validation.
+        config = self._groups[group].model_copy(update={"seed": cell.seed})
         return Job(
-            key=key, spec_name=self.spec.name, config=config, label=cell.method,
+            key=config_key(config), spec_name=self.spec.name, config=config,
             depends_on=init_from, parent_only=parent_only,
         )
+
+
+def select(jobs: list[Job], patterns: Iterable[str]) -> list[Job]:
+    """``run --only``: the jobs whose cell matches any pattern ``axis=v1|v2,axis=v``, plus the
+    runs they start from (init_from). Axes: model, method, dataset, seed."""
+    parsed = [_parse_pattern(p) for p in patterns]
+    if not parsed:
+        return jobs
+    kept = {job.key for job in jobs if not job.parent_only and any(_matches(job, p) for p in parsed)}
+    if not kept:
+        raise SpecError(f"--only {' '.join(patterns)}: no cell of the spec matches; "
+                        "`mpvgbench run SPEC --dry-run` lists the cells")
+    by_key = {job.key: job for job in jobs}
+    for key in list(kept):
+        parent = by_key[key].depends_on
+        while parent is not None and parent in by_key and parent not in kept:
+            kept.add(parent)
+            parent = by_key[parent].depends_on
+    return [job for job in jobs if job.key in kept]
+
+
+def _parse_pattern(text: str) -> dict[str, set[Any]]:
+    from mpvgbench.methods import resolve_method
+    from mpvgbench.recipes import dataset_info
+
+    pattern: dict[str, set[Any]] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        axis, sep, values = item.partition("=")
+        if not sep or axis not in CELL_KEYS or not values:
+            raise SpecError(f"--only {text!r}: expected AXIS=VALUE[|VALUE] with AXIS one of "
+                            f"{', '.join(CELL_KEYS)}, e.g. model=deit_tiny,method=mpvg")
+        try:
+            if axis == "model":
+                pattern[axis] = {model_info(v).name for v in values.split("|")}
+            elif axis == "method":
+                pattern[axis] = {resolve_method(v) for v in values.split("|")}
+            elif axis == "dataset":
+                pattern[axis] = {v for v in values.split("|") if dataset_info(v)}
+            else:
+                pattern[axis] = {int(v) for v in values.split("|")}
+        except ValueError as exc:
+            raise SpecError(f"--only {text!r}: {exc}") from None
+    return pattern
+
+
+def _matches(job: Job, pattern: dict[str, set[Any]]) -> bool:
+    cell = {"model": job.model, "method": job.method, "dataset": job.dataset, "seed": job.seed}
+    return all(cell[axis] in values for axis, values in pattern.items())
 
 
 def summarize(jobs: Iterable[Job]) -> dict[str, int]:
@@ -305,4 +339,4 @@ def summarize(jobs: Iterable[Job]) -> dict[str, int]:
     }
 
 
-__all__ = ["Cell", "CellSet", "Job", "CELL_KEYS", "cells", "check_cells", "expand", "summarize"]
+__all__ = ["Cell", "Job", "select", "CELL_KEYS", "cells", "check_cells", "expand", "summarize"]

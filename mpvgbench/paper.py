@@ -3,10 +3,10 @@ Transformers with Global Average Pooling", AAAI 2025): Tables 1-6 and Fig. 5.
 
 Every row names a backbone by its short model name, a dataset, and a method as a preset or a
 knob mapping that :func:`mpvgbench.methods.resolve_method` accepts. The report finds the runs
-of a row by ``(model, dataset, canonical_method_dict(method))``, never by a label string, so
+of a row by ``(model, dataset, PEMethod)``, never by a label string, so
 the same cell in two tables (Table 1's DeiT-Ti MPVG is Table 5's ``pos_0`` row) is one run.
 
-Transcription notes (see also ``../shared/spec/methods.md``):
+Transcription notes (see also ``docs/methods.md``):
 
 - ``params`` are the exact counts of methods.md; ``params_printed`` is the paper's cell in
   millions (three printed cells differ from the exact counts by 0.001M).
@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from mpvgbench.methods import canonical_method_dict, method_label
+from mpvgbench.errors import UnknownNameError
+from mpvgbench.methods import MethodLike, PEMethod, resolve_method
 
 TableId = Union[int, str]
 
@@ -62,12 +63,12 @@ class PaperRow:
     params_printed: Optional[float] = None  # the paper's "#Params (M)" cell
 
     @property
-    def knobs(self) -> dict[str, Any]:
-        return canonical_method_dict(self.method)
+    def pe_method(self) -> PEMethod:
+        return resolve_method(self.method)
 
     @property
     def method_label(self) -> str:
-        return method_label(self.method)
+        return self.pe_method.label
 
 
 @dataclass(frozen=True)
@@ -193,15 +194,15 @@ def get_table(table: TableId) -> PaperTable:
     text = str(table).strip().lower().removeprefix("table").strip()
     key: TableId = int(text) if text.isdigit() else text
     if key not in TABLES:
-        raise ValueError(f"no paper table {table!r}; choose one of {', '.join(TABLE_IDS)}")
+        raise UnknownNameError(f"no paper table {table!r}; choose one of {', '.join(TABLE_IDS)}")
     return TABLES[key]
 
 
-def find_rows(model: str, dataset: str, method: Union[str, Mapping[str, Any]]) -> list[PaperRow]:
+def find_rows(model: str, dataset: str, method: MethodLike) -> list[PaperRow]:
     """Every paper row of this cell (the same cell can appear in several tables)."""
-    knobs = canonical_method_dict(method)
+    wanted = resolve_method(method)
     return [row for t in TABLES.values() for row in t.rows
-            if row.model == model and row.dataset == dataset and row.knobs == knobs]
+            if row.model == model and row.dataset == dataset and row.pe_method == wanted]
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, Optional
 
 from mpvgbench.catalog import model_info
 from mpvgbench.config import ParamGroup, Recipe
+from mpvgbench.errors import UnknownNameError
 
 # ---------------------------------------------------------------------------- datasets
 
@@ -38,7 +39,7 @@ def dataset_info(name: str) -> DatasetInfo:
     try:
         return DATASET_INFO[name]
     except KeyError:
-        raise ValueError(
+        raise UnknownNameError(
             f"unknown dataset {name!r}; allowed: {', '.join(DATASET_INFO)}"
         ) from None
 

@@ -7,7 +7,7 @@ Measured numbers are the mean ± sample std over the finished runs of a cell (on
 a failed or unfinished run never counts. The default metric is the **final** epoch's top-1,
 because the paper reports the accuracy of the last epoch (DeiT's protocol), not the best one;
 ``metric="best"`` uses each run's best epoch instead. A run is matched to a paper row by
-``(model, dataset, canonical method knobs)``. When one cell holds runs of several configurations
+``(model, dataset, PEMethod)``. When one cell holds runs of several configurations
 (e.g. a smoke run next to full runs), the configuration with the most epochs (then the most
 seeds) is shown and a note says what was left out; ``spec=`` restricts the runs to one spec.
 """
@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from typing import Any, Iterable, Literal, Optional, Union
 
-from mpvgbench.methods import PRESETS, canonical_method_dict, method_label
+from mpvgbench.errors import MpvgbenchError
+from mpvgbench.methods import PRESETS, PEMethod
 from mpvgbench.paper import DATASET_NAMES, MODEL_NAMES, TOP1, Metric, PaperTable, TableId, get_table
 from mpvgbench.store import Store
 from mpvgbench.store_schema import ResultRow
@@ -102,18 +103,14 @@ def _metric_value(row: ResultRow, metric: Metric, which: str) -> Optional[float]
 
 
 class _Index:
-    """Finished runs grouped by cell ``(model, dataset, canonical knobs)``, one config per cell."""
+    """Finished runs grouped by cell ``(model, dataset, method)``, one config per cell."""
 
     def __init__(self, rows: list[ResultRow]) -> None:
-        canon: dict[tuple[tuple[str, Any], ...], str] = {}
-        groups: dict[tuple[str, str, str], dict[str, list[ResultRow]]] = defaultdict(
+        groups: dict[tuple[str, str, PEMethod], dict[str, list[ResultRow]]] = defaultdict(
             lambda: defaultdict(list))
         for row in rows:
-            raw = tuple(sorted(row.method.items()))
-            if raw not in canon:
-                canon[raw] = _knob_key(row.method)
-            groups[(row.model, row.dataset, canon[raw])][row.variant].append(row)
-        self.cells: dict[tuple[str, str, str], list[ResultRow]] = {}
+            groups[(row.model, row.dataset, row.method)][row.variant].append(row)
+        self.cells: dict[tuple[str, str, PEMethod], list[ResultRow]] = {}
         self.notes: list[str] = []
         for cell, variants in groups.items():
             ranked = sorted(variants.values(), key=lambda rs: (_epochs(rs[0]), len(rs)), reverse=True)
@@ -125,14 +122,10 @@ class _Index:
                     f"{len(ranked) - 1} other configuration(s) not shown (showing the one with "
                     f"{_epochs(ranked[0][0])} epochs); pass a spec to choose")
 
-    def measured(self, model: str, dataset: str, knobs: str, metric: Metric, which: str) -> Measured:
-        rows = self.cells.get((model, dataset, knobs), [])
+    def measured(self, model: str, dataset: str, method: PEMethod, metric: Metric, which: str) -> Measured:
+        rows = self.cells.get((model, dataset, method), [])
         values = [v for v in (_metric_value(r, metric, which) for r in rows) if v is not None]
         return Measured(tuple(values), metric.digits)
-
-
-def _knob_key(method: Any) -> str:
-    return json.dumps(canonical_method_dict(method), sort_keys=True)
 
 
 def _epochs(row: ResultRow) -> int:
@@ -144,9 +137,9 @@ def build_table(store: Store, table: Union[TableId, None] = None, *, metric: str
     """The paper's Table ``table`` (1-6, or "fig5") with measured mean ± std next to the paper's
     values and the difference; ``table=None`` pivots whatever the database holds (model x
     method, by dataset). ``metric``: "final" (default, as the paper reports) or "best" epoch.
-    Out-of-range tables and unknown metrics raise a one-line ValueError."""
+    Out-of-range tables and unknown metrics raise a one-line MpvgbenchError."""
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+        raise MpvgbenchError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
     paper_table = None if table is None else get_table(table)
     index = _Index(store.results_frame(spec))
     out = _pivot(index, metric) if paper_table is None else _paper(paper_table, index, metric)
@@ -170,9 +163,8 @@ def _paper(table: PaperTable, index: _Index, which: str) -> ReportTable:
         cells: list[Any] = list(row.labels)
         if table.has_params:
             cells.append(row.params_printed)
-        knobs = _knob_key(row.method)
         for m in table.metrics:
-            measured = index.measured(row.model, row.dataset, knobs, m, which)
+            measured = index.measured(row.model, row.dataset, row.pe_method, m, which)
             paper = row.values.get(m.name)
             diff = None if measured.mean is None or paper is None else measured.mean - paper
             cells += [measured, paper, diff]
@@ -185,15 +177,9 @@ def _paper(table: PaperTable, index: _Index, which: str) -> ReportTable:
 
 
 def _pivot(index: _Index, which: str) -> ReportTable:
-    preset_order = {_knob_key(p): i for i, p in enumerate(PRESETS.values())}
+    preset_order = {p: i for i, p in enumerate(PRESETS.values())}
     model_order = {m: i for i, m in enumerate(MODEL_NAMES)}
-    labels: dict[str, str] = {}
-    for (_, _, knobs), rows in index.cells.items():
-        labels.setdefault(knobs, rows[0].method_label)
-    taken = Counter(labels.values())
-    for knobs, label in labels.items():  # two methods under one spec label: canonical names
-        if taken[label] > 1:
-            labels[knobs] = method_label(json.loads(knobs))
+    labels = {method: method.label for (_, _, method) in index.cells}
     methods = sorted(labels, key=lambda k: (preset_order.get(k, len(preset_order)), labels[k]))
     title = f"All finished runs: {which} top-1 (%), mean ± std (n seeds)"
     out = ReportTable(title, which, [Column("Dataset", "label"), Column("Model", "label")]
@@ -210,26 +196,54 @@ def _pivot(index: _Index, which: str) -> ReportTable:
 
 # --------------------------------------------------------------------------------- rendering
 
-def to_rich(table: ReportTable) -> Any:
+def to_rich(table: ReportTable, width: Optional[int] = None) -> Any:
     """A ``rich.table.Table``, Δ in green/red. Text is escaped: labels like
-    ``mpvg[last_ln_pe=5]`` are not rich markup."""
+    ``mpvg[last_ln_pe=5]`` are not rich markup.
+
+    ``width``: the terminal's. When the table would not fit, label columns that hold one value
+    in every row (Table 3's model and backbone) move into the title, and headers wrap; numbers
+    never fold and nothing is cut with an ellipsis.
+    """
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.measure import Measurement
+
+    full = _rich_table(table, range(len(table.columns)), table.title)
+    if width is None:
+        return full
+    console = Console(width=10_000)
+    if Measurement.get(console, console.options, full).maximum <= width:
+        return full
+    constant = [i for i, col in enumerate(table.columns) if col.kind == "label" and len(table.rows) > 1
+                and len({table.cell_text(col, row[i]) for row in table.rows}) == 1]
+    kept = [i for i in range(len(table.columns)) if i not in constant]
+    moved = ", ".join(f"{table.columns[i].name} {table.cell_text(table.columns[i], table.rows[0][i])}"
+                      for i in constant)
+    return _rich_table(table, kept, f"{table.title}" + (f" ({moved})" if moved else ""))
+
+
+def _rich_table(table: ReportTable, indexes: Iterable[int], title: str) -> Any:
     from rich.markup import escape
     from rich.table import Table
 
-    rich_table = Table(title=escape(table.title), caption=escape("\n".join(table.notes)) or None,
+    indexes = list(indexes)
+    rich_table = Table(title=escape(title), caption=escape("\n".join(table.notes)) or None,
                        caption_justify="left")
-    for col in table.columns:
-        # On a narrow terminal the numbers wrap ("80.28 ± 7.26" / "(n=3)"); labels never shrink.
+    texts_by_row = [[table.cell_text(table.columns[i], row[i]) for i in indexes] for row in table.rows]
+    for position, i in enumerate(indexes):
+        col = table.columns[i]
+        words = [w for texts in texts_by_row for w in texts[position].split()]
+        # Headers wrap at spaces; a value folds only between its words ("80.28 ± 7.26" / "(n=3)").
         rich_table.add_column(escape(col.name), justify="left" if col.kind == "label" else "right",
-                              no_wrap=col.kind == "label")
-    for row in table.rows:
-        texts = []
-        for col, value in zip(table.columns, row):
-            text = escape(table.cell_text(col, value))
+                              overflow="fold", min_width=max(map(len, words), default=1))
+    for row, texts in zip(table.rows, texts_by_row):
+        cells = []
+        for position, i in enumerate(indexes):
+            col, value, text = table.columns[i], row[i], escape(texts[position])
             if col.kind == "diff" and value is not None:
                 text = f"[{'green' if value >= 0 else 'red'}]{text}[/]"
-            texts.append(text)
-        rich_table.add_row(*texts)
+            cells.append(text)
+        rich_table.add_row(*cells)
     return rich_table
 
 
@@ -331,9 +345,9 @@ _RENDERERS = {"table": _rich_text, "markdown": _markdown, "latex": _latex, "csv"
 
 def render(table: ReportTable, fmt: str = "table") -> str:
     """``fmt``: table (plain text drawn by rich; a rich Console prints it as the coloured table),
-    markdown, latex, csv or json. An unknown format is a one-line ValueError."""
+    markdown, latex, csv or json. An unknown format is a one-line MpvgbenchError."""
     if fmt not in _RENDERERS:
-        raise ValueError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
+        raise MpvgbenchError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
     return _RENDERERS[fmt](table)
 
 

@@ -25,8 +25,7 @@ from typing import IO, Any, Optional, Union
 PathLike = Union[str, "os.PathLike[str]"]  # includes RunDir
 
 
-class RunDirError(ValueError):
-    """A run directory holds a file that cannot be read; the message says which and what to do."""
+from mpvgbench.errors import RunDirError  # noqa: E402 - re-exported
 
 
 @dataclass(frozen=True)
@@ -143,6 +142,30 @@ def atomic_torch_save(path: PathLike, obj: Any) -> None:
         torch.save(obj, f)
 
 
+def retire_stale_error(run_dir: PathLike) -> None:
+    """Move an earlier attempt's error.json aside (to error.json.prev): this attempt decides
+    anew, and nobody may read the old record as this attempt's outcome. The one place that does
+    it (executors before launch, the worker at start)."""
+    rd = RunDir(run_dir)
+    try:
+        os.replace(rd.error, rd.path / "error.json.prev")
+    except FileNotFoundError:
+        pass
+
+
+def remove_leftover_tmp_files(run_dir: PathLike) -> list[Path]:
+    """Delete the temp files (``.<name>.*.tmp``) of atomic writes that a kill interrupted; only
+    the process that owns the run directory may call this (a live writer's file would vanish)."""
+    removed = []
+    for tmp in RunDir(run_dir).path.glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def write_job_files(
     run_dir: PathLike,
     config: Any,
@@ -239,11 +262,25 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> Optional[dict[
         if not isinstance(ckpt, dict) or "model" not in ckpt:
             raise ValueError("not an mpvgbench checkpoint (no 'model' entry)")
     except Exception as exc:  # zip/pickle/EOF errors all mean the same thing to the user
+        if is_interruption(exc):
+            raise  # a time-out signal landed during the load: the file is fine
         raise RunDirError(
             f"run dir {path.parent}: {path.name} is corrupted ({type(exc).__name__}: "
             f"{_one_line(exc)}); delete it to restart the run from scratch"
         ) from None
     return ckpt
+
+
+def is_interruption(exc: BaseException) -> bool:
+    """An exception raised into the process from outside (a signal handler: submitit's
+    ``UncompletedJobError`` on a last time-out, KeyboardInterrupt, SystemExit), not by the work."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return True
+    try:
+        from submitit.core.utils import UncompletedJobError
+    except ImportError:  # pragma: no cover - submitit is a dependency
+        return False
+    return isinstance(exc, UncompletedJobError)
 
 
 def read_config(run_dir: PathLike) -> Any:
@@ -265,6 +302,16 @@ def read_config(run_dir: PathLike) -> Any:
         ) from None
 
 
+# Operational job.json settings (never part of the job key), their defaults, and what they mean:
+# amp/compile: auto|on|off (trainer.train); checkpoints every N steps and/or M minutes.
+JOB_OPERATIONAL_DEFAULTS: dict[str, Any] = {
+    "amp": "auto",
+    "compile": "auto",
+    "checkpoint_every_steps": None,
+    "checkpoint_every_min": 10.0,
+}
+
+
 def read_job(run_dir: PathLike) -> dict[str, Any]:
     """job.json with defaults filled in: key, data_root, device, num_workers."""
     rd = RunDir(run_dir)
@@ -273,10 +320,15 @@ def read_job(run_dir: PathLike) -> dict[str, Any]:
     job.setdefault("data_root", None)
     job.setdefault("device", "auto")
     job.setdefault("num_workers", 0)
+    for name, default in JOB_OPERATIONAL_DEFAULTS.items():
+        job.setdefault(name, default)
     if job["device"] not in ("auto", "cpu", "cuda") and not str(job["device"]).startswith("cuda:"):
         raise RunDirError(
             f"run dir {rd.path}: job.json has device {job['device']!r}; use auto, cpu or cuda"
         )
+    for name in ("amp", "compile"):
+        if job[name] not in ("auto", "on", "off"):
+            raise RunDirError(f"run dir {rd.path}: job.json has {name} {job[name]!r}; use auto, on or off")
     return job
 
 
@@ -351,6 +403,9 @@ __all__ = [
     "atomic_write_jsonl",
     "collect_env",
     "is_finished",
+    "is_interruption",
+    "remove_leftover_tmp_files",
+    "retire_stale_error",
     "read_checkpoint",
     "read_config",
     "read_job",

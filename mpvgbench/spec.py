@@ -34,8 +34,9 @@ job key. ``init_from: {dataset: D}`` applies to a model's cells on other dataset
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -44,10 +45,12 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Di
                       PositiveInt, PrivateAttr, Strict, Tag, ValidationError, field_validator,
                       model_validator)
 
-from mpvgbench.config import Recipe
-from mpvgbench.methods import method_label, resolve_method
 from mpvgbench.catalog import model_info
+from mpvgbench.config import Recipe
+from mpvgbench.errors import FieldError, SpecError, first_validation_error, short_repr
+from mpvgbench.methods import PEMethod, resolve_method
 from mpvgbench.recipes import dataset_info
+from mpvgbench.slurm_settings import SlurmSettings
 
 AXES: tuple[str, ...] = ("models", "methods", "datasets", "seeds")
 CELL_KEYS: tuple[str, ...] = ("model", "method", "dataset", "seed")
@@ -55,16 +58,7 @@ MAX_SPEC_BYTES = 1_000_000
 RUN_KEY_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
-class SpecError(ValueError):
-    """A spec problem, as one line: file, field path, bad value, allowed values."""
-
-
-class _FieldError(ValueError):
-    """Raised by spec-level validators: carries the field path pydantic cannot know."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+__all__ = ["Spec", "SpecError", "load_spec", "parse_spec"]
 
 
 # --------------------------------------------------------------------- value checkers
@@ -80,46 +74,11 @@ def _check_dataset(name: str) -> str:
     return name
 
 
-_LABEL_RE = re.compile(r"^([a-z_]+)\[([a-z_]+=[A-Za-z0-9_]+(?:,[a-z_]+=[A-Za-z0-9_]+)*)\]$")
-_LABEL_VALUES: dict[str, Any] = {"null": None, "true": True, "false": False}
-
-
-def parse_method_label(label: str) -> Optional[dict[str, Any]]:
-    """``"mpvg[last_ln_pe=5]"`` (a ``method_label``) -> ``{"base": "mpvg", "last_ln_pe": 5}``."""
-    match = _LABEL_RE.match(label)
-    if match is None:
-        return None
-    knobs: dict[str, Any] = {"base": match.group(1)}
-    for item in match.group(2).split(","):
-        name, text = item.split("=", 1)
-        knobs[name] = _LABEL_VALUES.get(text, int(text) if text.isdigit() else text)
-    return knobs
-
-
-def _check_method(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        value = dict(value)
-    elif isinstance(value, str) and "[" in value:
-        value = parse_method_label(value) or value
-    resolve_method(value)  # ValueError naming presets / knobs / the bad knob value
-    return value
-
-
-def _check_recipe_keys(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        unknown = [k for k in value if k not in Recipe.model_fields]
-        if unknown:
-            raise ValueError(
-                f"unknown recipe field {unknown[0]!r}; allowed: {', '.join(Recipe.model_fields)}"
-            )
-    return value
-
-
 ModelName = Annotated[str, Strict(), AfterValidator(_check_model)]
 DatasetName = Annotated[str, Strict(), AfterValidator(_check_dataset)]
-MethodValue = Annotated[Any, AfterValidator(_check_method)]
+MethodValue = Annotated[PEMethod, BeforeValidator(resolve_method)]
 Seed = Annotated[int, Strict(), Field(ge=0, le=2**32 - 1)]
-RecipeOverride = Annotated[Recipe, BeforeValidator(_check_recipe_keys)]
+RecipeOverride = Recipe
 AxisName = Literal["models", "methods", "datasets", "seeds"]
 
 
@@ -135,17 +94,6 @@ def recipe_overrides(recipe: Optional[Recipe]) -> dict[str, Any]:
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            unknown = [k for k in data if k not in cls.model_fields]
-            if unknown:
-                raise ValueError(
-                    f"unknown key {unknown[0]!r}; allowed: {', '.join(cls.model_fields)}"
-                )
-        return data
 
 
 class DataRoots(_Section):
@@ -218,23 +166,6 @@ class CellPattern(_Section):
         return self
 
 
-def _check_slurm(value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
-    """Hook: ``mpvgbench.executors.slurm.validate_slurm_section(dict) -> dict`` if it exists."""
-    if value is None:
-        return None
-    try:
-        from mpvgbench.executors import slurm
-    except ModuleNotFoundError:
-        return value
-    hook = getattr(slurm, "validate_slurm_section", None)
-    if hook is None:
-        return value
-    try:
-        return hook(value)
-    except ValueError as exc:  # the field path is added by the caller: drop a repeated one
-        raise ValueError(str(exc).removeprefix("slurm: ")) from None
-
-
 # ----------------------------------------------------------------------------- spec
 
 
@@ -254,7 +185,7 @@ class Spec(_Section):
     init_from: Optional[InitFromValue] = None  # for every model without its own init_from
     data: DataSection = DataSection()
     executor: ExecutorSection = ExecutorSection()
-    slurm: Annotated[Optional[dict[str, Any]], AfterValidator(_check_slurm)] = None
+    slurm: Optional[SlurmSettings] = None
     results: ResultsSection = ResultsSection()
 
     _source: str = PrivateAttr(default="<spec>")
@@ -266,10 +197,10 @@ class Spec(_Section):
             raise ValueError("empty axis; list at least one value")
         seen: dict[Any, int] = {}
         for i, value in enumerate(values):
-            ident = method_label(value) if info.field_name == "methods" else value
+            ident = value.label if info.field_name == "methods" else value
             if ident in seen:
                 raise ValueError(
-                    f"duplicate value at [{seen[ident]}] and [{i}]: {_short(value)}"
+                    f"duplicate value at [{seen[ident]}] and [{i}]: {short_repr(value)}"
                     + (f" (both are {ident!r})" if info.field_name == "methods" else "")
                 )
             seen[ident] = i
@@ -280,21 +211,28 @@ class Spec(_Section):
         zipped: dict[str, int] = {}
         for g, group in enumerate(self.zip):
             if len(group) < 2:
-                raise _FieldError(f"zip[{g}]", f"a zip group pairs at least 2 axes, got {group}")
+                raise FieldError(f"zip[{g}]", f"a zip group pairs at least 2 axes, got {group}")
             for axis in group:
                 if axis in zipped:
-                    raise _FieldError(
+                    raise FieldError(
                         f"zip[{g}]", f"axis {axis!r} is already in zip[{zipped[axis]}]"
                     )
                 zipped[axis] = g
             lengths = {axis: len(getattr(self, axis)) for axis in group}
             if len(set(lengths.values())) > 1:
                 shown = ", ".join(f"{a} has {n}" for a, n in lengths.items())
-                raise _FieldError(f"zip[{g}]", f"zipped axes need equal lengths; {shown}")
+                raise FieldError(f"zip[{g}]", f"zipped axes need equal lengths; {shown}")
         used = set(self.datasets) | {c.dataset for c in self.include if c.dataset}
+        for name, override in self.dataset_overrides.items():
+            known = dataset_info(name).num_classes
+            if override.num_classes is not None and known is not None and override.num_classes < known:
+                raise FieldError(
+                    f"dataset_overrides.{name}.num_classes",
+                    f"{name} has {known} classes; {override.num_classes} would put labels out of "
+                    f"range mid-training; remove the override or set it to at least {known}")
         for name in sorted(used):
             if dataset_info(name).num_classes is None and self.num_classes_for(name) is None:
-                raise _FieldError(
+                raise FieldError(
                     "datasets",
                     f"dataset {name!r} has no default number of classes; set "
                     f"dataset_overrides.{name}.num_classes",
@@ -326,8 +264,47 @@ class Spec(_Section):
 # ---------------------------------------------------------------------------- loading
 
 
+MAX_YAML_DEPTH = 64  # a spec nests a handful of levels
+MAX_YAML_VALUES = 200_000  # values after alias expansion: a 10k-job spec needs a few thousand
+
+
 class _SafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also refuses duplicate mapping keys."""
+    """``yaml.SafeLoader`` that refuses duplicate mapping keys, explicit tags and deep nesting."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        tag = getattr(event, "tag", None)
+        if tag is not None and tag != "!" and not isinstance(event, yaml.AliasEvent):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the tag {tag} is not allowed (YAML tags are not allowed in specs)",
+                event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values ``node`` becomes once every alias is expanded (shared nodes memoised:
+    linear in the document, however large the expansion)."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    memo[id(node)] = 1  # a cycle (an alias to an enclosing anchor) counts once, then is refused below
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = size
+    return size
 
 
 def _construct_mapping(loader: _SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
@@ -350,7 +327,55 @@ _SafeLoader.add_constructor(
 )
 
 
-def parse_spec(data: Any, source: str = "<spec>", *, check: bool = True) -> Spec:
+def read_yaml(text: str, source: str) -> Any:
+    """Parse spec text; bounded in depth and in size after alias expansion (a 600-byte
+    "billion laughs" would otherwise take minutes and gigabytes downstream)."""
+    loader = _SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_VALUES:
+            raise SpecError(f"{source}: the YAML expands to over {MAX_YAML_VALUES:,} values "
+                            "(nested aliases); write the spec out without them")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{source}: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise SpecError(f"{source}: malformed YAML: nested too deeply (or an alias refers to "
+                        "its own enclosing value)") from None
+    finally:
+        loader.dispose()
+
+
+def apply_overrides(data: Any, overrides: Sequence[str], source: str) -> Any:
+    """``--set recipe.epochs=1 --set seeds=[0]``: dotted paths into the spec, values as YAML."""
+    if not overrides:
+        return data
+    if not isinstance(data, Mapping):
+        return data  # parse_spec names the problem
+    data = copy.deepcopy(dict(data))
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        parts = path.strip().split(".")
+        if not sep or not all(parts):
+            raise SpecError(f"--set {item!r}: expected FIELD.PATH=VALUE, e.g. recipe.epochs=1")
+        value = read_yaml(text, f"--set {path}")
+        target = data
+        for depth, part in enumerate(parts[:-1]):
+            child = target.get(part)
+            if child is None:
+                child = target[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise SpecError(f"--set {item!r}: {where} is not a mapping in {source}")
+            target = child
+        target[parts[-1]] = value
+    return data
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> Spec:
     """Validate already-parsed YAML/JSON data into a Spec (``SpecError`` on any problem)."""
     if not isinstance(data, Mapping):
         got = "nothing (empty file)" if data is None else type(data).__name__
@@ -358,17 +383,16 @@ def parse_spec(data: Any, source: str = "<spec>", *, check: bool = True) -> Spec
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(f"{source}: {format_validation_error(exc)}") from None
+        raise SpecError(f"{source}: {first_validation_error(exc, model=Spec)}") from None
     spec._source = source
-    if check:
-        from mpvgbench.matrix import check_cells
-
-        check_cells(spec)
     return spec
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read, parse and validate a spec file; every problem is a one-line ``SpecError``."""
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
+    """Read, parse and validate a spec file; every problem is a one-line ``SpecError``.
+
+    ``overrides``: ``FIELD.PATH=VALUE`` strings applied before validation (``run --set``); they
+    become part of the spec and so of the job keys they change."""
     source = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -384,10 +408,7 @@ def load_spec(path: str | Path) -> Spec:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"{source}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        data = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{source}: {_yaml_problem(exc)}") from None
+    data = apply_overrides(read_yaml(text, source), overrides, source)
     return parse_spec(data, source)
 
 
@@ -399,45 +420,3 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     if "could not determine a constructor" in problem:
         problem += " (YAML tags are not allowed in specs)"
     return f"{where}malformed YAML: {problem}"
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """The first pydantic error as ``field.path[i]: message; got value``, on one line."""
-    err = exc.errors(include_url=False)[0]
-    loc = _format_loc(err["loc"])
-    msg = str(err["msg"])
-    kind = err["type"]
-    if kind == "value_error":
-        msg = msg.removeprefix("Value error, ")
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, _FieldError):  # spec-level checks carry their own field path
-            loc = ".".join(p for p in (loc, cause.field) if p)
-    elif kind == "missing":
-        msg = "missing; this field is required"
-    elif kind == "extra_forbidden":
-        msg = "unknown key"
-    else:
-        msg = f"{msg[:1].lower()}{msg[1:]}; got {_short(err.get('input'))}"
-    return " ".join(f"{loc or '(top level)'}: {msg}".split())
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part == "[key]":
-            continue
-        elif isinstance(part, str) and (
-            part.startswith(("function-", "lax-", "str", "json-or-python"))
-            or part in ("run_key", "run_cell", "dict[str,any]", "constrained-str")
-        ):
-            continue  # pydantic's names for union members / wrappers, not spec fields
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = " ".join(repr(value).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."

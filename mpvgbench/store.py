@@ -44,8 +44,7 @@ ENV_DB = "MPVGBENCH_DB"
 PathOrUrl = Union[str, "os.PathLike[str]", None]
 
 
-class StoreError(ValueError):
-    """The database cannot be used; the one-line message names the problem and the fix."""
+from mpvgbench.errors import RunDirError, StoreError  # noqa: E402 - re-exported
 
 
 class JobLike(Protocol):
@@ -113,8 +112,13 @@ class Store:
         return S.sqlite_engine(url)
 
     def _fail(self, exc: BaseException) -> StoreError:
+        text = _one_line(exc)
+        if self.is_sqlite and any(w in text for w in ("malformed", "corrupt")):
+            return StoreError(
+                f"results database {self.where} is damaged ({text}); move it aside (or restore a "
+                "backup) and rerun: finished run directories are adopted again from the runs dir")
         return StoreError(
-            f"results database {self.where}: {_one_line(exc)}; "
+            f"results database {self.where}: {text}; "
             "check the --db path, its permissions and the database server"
         )
 
@@ -124,7 +128,7 @@ class Store:
         try:
             with self._engine.begin() as conn:
                 yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DatabaseError) as exc:
             raise self._fail(exc) from None
 
     @contextmanager
@@ -132,7 +136,7 @@ class Store:
         try:
             with self._reader.connect() as conn:
                 yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DatabaseError) as exc:
             raise self._fail(exc) from None
 
     def _schema_version(self, conn: Connection) -> Optional[int]:
@@ -190,10 +194,10 @@ class Store:
 
     def register_jobs(self, jobs: Iterable[JobLike], spec_name: str) -> None:
         """Insert a pending row for every job not stored yet; link all of them to ``spec_name``.
-        A run's ``method_label`` is the job's (if it has one) when it is first registered."""
+        """
         now = time.time()
         jobs = list(jobs)
-        rows = [S.run_row(job.key, job.config, now, getattr(job, "method_label", None))
+        rows = [S.run_row(job.key, job.config, now)
                 for job in jobs]
         links = [{"key": job.key, "spec_name": spec_name} for job in jobs]
         with self._write() as conn:
@@ -334,8 +338,22 @@ class Store:
 
         rd = rundir.RunDir(Path(run_dir).absolute())
         key = rd.path.name
-        result = rundir.read_result(rd.path)
-        error = rundir.read_json(rd.error, missing_ok=True) if result is None else None
+        try:
+            result = rundir.read_result(rd.path)
+            problem = None if result is None else S.result_problem(result)
+        except RunDirError as exc:
+            result, problem = None, str(exc)
+        if problem is not None:
+            # Damaged or forged: never a result. Recorded as a failure that names the file; the
+            # next attempt (--retry-failed) sets the file aside and trains again.
+            result = None
+            error: Optional[dict[str, Any]] = {
+                "error": f"{rd.result} is not a valid result ({problem}); rerun with --retry-failed to retrain",
+                "kind": "exception"}
+            error_mtime = time.time()
+        else:
+            error = rundir.read_json(rd.error, missing_ok=True) if result is None else None
+            error_mtime = rd.error.stat().st_mtime if error is not None else 0.0
         metric_rows = S.metric_rows(key, rundir.read_jsonl(rd.metrics))
         if result is not None and result.get("key", key) != key:
             raise StoreError(f"{rd.result} is for run {result['key']}, not {key}; "
@@ -365,7 +383,7 @@ class Store:
                        update=[*S.RESULT_FIELDS, "extra"])
             elif error is not None and (created or status in ("running", "failed")):
                 values.update(S.failed_values(error.get("error"), error.get("traceback_tail"),
-                                              error.get("kind"), rd.error.stat().st_mtime))
+                                              error.get("kind"), error_mtime))
             conn.execute(sa.update(S.runs).where(r.key == key).values(**values))
             return str(values.get("status", status))
 

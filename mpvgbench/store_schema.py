@@ -18,6 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from mpvgbench.errors import MpvgbenchError, short_repr
+from mpvgbench.methods import PEMethod
+
 if TYPE_CHECKING:
     from mpvgbench.config import TrainConfig
 
@@ -25,6 +28,21 @@ SCHEMA_VERSION = 1
 
 STATUSES: tuple[str, ...] = ("pending", "running", "finished", "failed", "cancelled")
 FAILURE_KINDS: tuple[str, ...] = ("exception", "nonfinite", "oom", "infra", "timeout", "lost")
+
+
+
+class MethodColumn(sa.types.TypeDecorator):
+    """The one codec of a method in the database: a PEMethod in Python, its five knobs in JSON."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Optional[PEMethod], dialect: Any) -> Optional[dict[str, Any]]:
+        return None if value is None else value.to_json()
+
+    def process_result_value(self, value: Optional[dict[str, Any]], dialect: Any) -> Optional[PEMethod]:
+        return None if value is None else PEMethod.from_json(value)
+
 
 metadata = sa.MetaData()
 
@@ -41,7 +59,7 @@ runs = sa.Table(
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("model", sa.String(128), nullable=False),
     sa.Column("method_label", sa.String(256), nullable=False),
-    sa.Column("method", sa.JSON, nullable=False),  # canonical knobs
+    sa.Column("method", MethodColumn, nullable=False),  # the five knobs as JSON
     sa.Column("dataset", sa.String(128), nullable=False),
     sa.Column("seed", sa.Integer, nullable=False),
     sa.Column("config", sa.JSON, nullable=False),  # TrainConfig.model_dump(mode="json")
@@ -126,7 +144,7 @@ class RunRow:
     key: str
     model: str
     method_label: str
-    method: dict[str, Any]
+    method: PEMethod
     dataset: str
     seed: int
     config: dict[str, Any]
@@ -161,7 +179,7 @@ class ResultRow:
     key: str
     model: str
     method_label: str
-    method: dict[str, Any]
+    method: PEMethod
     dataset: str
     seed: int
     variant: str  # runs of one cell with the same variant differ only by seed
@@ -306,19 +324,19 @@ def filter_runs(stmt: sa.Select, *, spec_name: Optional[str] = None,
         wanted = [status] if isinstance(status, str) else list(status)
         unknown = sorted(set(wanted) - set(STATUSES))
         if unknown:
-            raise ValueError(f"unknown status {', '.join(unknown)}; use {', '.join(STATUSES)}")
+            raise MpvgbenchError(f"unknown status {', '.join(unknown)}; use {', '.join(STATUSES)}")
         stmt = stmt.where(runs.c.status.in_(wanted))
     return stmt
 
 
 # ------------------------------------------------------------------------------- row builders
 
-def run_row(key: str, cfg: "TrainConfig", now: float, label: Optional[str] = None) -> dict[str, Any]:
-    """A new, pending ``runs`` row for a job (``label``: the spec's name of the method)."""
+def run_row(key: str, cfg: "TrainConfig", now: float) -> dict[str, Any]:
+    """A new, pending ``runs`` row for a job."""
     config = cfg.model_dump(mode="json")
     return {
-        "key": key, "model": cfg.model, "method_label": label or cfg.method_label,
-        "method": dict(cfg.method), "dataset": cfg.dataset, "seed": cfg.seed, "config": config,
+        "key": key, "model": cfg.model, "method_label": cfg.method.label,
+        "method": cfg.method, "dataset": cfg.dataset, "seed": cfg.seed, "config": config,
         "variant": config_variant(config), "status": "pending", "attempts": 0, "created_at": now,
     }
 
@@ -336,6 +354,32 @@ def result_row(key: str, result: Mapping[str, Any]) -> dict[str, Any]:
     row["epochs"] = None if row["epochs"] is None else int(row["epochs"])
     extra = {k: v for k, v in result.items() if k not in RESULT_FIELDS and k != "key"}
     return {"key": key, **row, "extra": json_safe(extra)}
+
+
+def result_problem(result: Any) -> Optional[str]:
+    """Why a result.json cannot count as a result (None when it can): a schema check, so that
+    ``{}``, NaN or 1e308 accuracies, or a non-object ``env`` never become a finished run."""
+    if not isinstance(result, Mapping):
+        return f"expected a JSON object, got {type(result).__name__}"
+    for name in ("final_top1", "best_top1", "final_top5", "best_top5"):
+        value = result.get(name)
+        if value is None and name in ("final_top1", "best_top1"):
+            return f"{name} is missing"
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or not 0 <= value <= 100):
+            return f"{name} must be a percentage in [0, 100], got {short_repr(value)}"
+    epochs = result.get("epochs")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
+                               or not 0 <= epochs <= 1_000_000):
+        return f"epochs must be a whole number of epochs, got {short_repr(epochs)}"
+    wall = result.get("wall_time_s")
+    if wall is not None and (isinstance(wall, bool) or not isinstance(wall, (int, float))
+                             or not math.isfinite(wall) or wall < 0):
+        return f"wall_time_s must be a duration in seconds, got {short_repr(wall)}"
+    env = result.get("env")
+    if env is not None and not isinstance(env, Mapping):
+        return f"env must be an object, got {type(env).__name__}"
+    return None
 
 
 def finished_values(result: Mapping[str, Any], mtime: float) -> dict[str, Any]:

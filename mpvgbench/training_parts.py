@@ -9,7 +9,8 @@ straight loop. Reproducibility model (what makes resume exact):
   (``numpy``), drop-path (``torch``) and DataLoader worker seeds are therefore a function of the
   epoch alone, not of what ran before it. A run resumed from the checkpoint written at the end of
   epoch ``e`` replays epoch ``e + 1`` bit for bit (on CPU; CUDA kernels may not be deterministic).
-* Checkpoints are written only at epoch boundaries, so there is no mid-epoch state to restore.
+* A mid-epoch checkpoint also holds the RNG states of its step boundary; the resumed epoch
+  replays its data order and restores them after the consumed batches (``checkpoint.py``).
 """
 
 from __future__ import annotations

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mpvgbench.config import config_key
+from mpvgbench.config import TrainConfig, config_key
 from mpvgbench.matrix import Job, expand
 from mpvgbench.recipes import default_recipe
 from mpvgbench.spec import SpecError, load_spec, parse_spec
@@ -185,13 +184,13 @@ def test_img_size_must_fit_the_patch() -> None:
         expand(spec(model_overrides={"deit_tiny": {"img_size": 200}}))
 
 
-def test_expanding_ten_thousand_jobs_is_fast() -> None:
+def test_ten_thousand_jobs_have_distinct_keys_equal_to_config_key() -> None:
+    """Speed is benchmarks/bench_cli.py's business; here: one key path, no collisions."""
     methods: list[Any] = ["default", "gap", "gap_lastln", "lape", "lape_gap", "pvg_cls", "pvg", "mpvg"]
     methods += [{"base": "mpvg", "last_ln_pe": k} for k in range(1, 12)] + [{"base": "mpvg", "hierarchical": False}]
     big = spec(models=["deit_tiny", "deit_small", "deit_base", "ceit_tiny", "swin_tiny"], methods=methods,
                datasets=["imagenet", "cifar100"], seeds=list(range(50)))
-    start = time.perf_counter()
     jobs = expand(big)
-    elapsed = time.perf_counter() - start
     assert len(jobs) == len({j.key for j in jobs}) == 10_000
-    assert elapsed < 2.0, f"expand took {elapsed:.2f}s"  # ~0.2 s on an idle 2-core machine
+    for job in jobs[::997]:
+        assert job.key == config_key(TrainConfig.model_validate(job.config.model_dump(mode="json")))

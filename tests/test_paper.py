@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mpvgbench.methods import PRESETS, canonical_method_dict, resolve_method
+from mpvgbench.methods import PRESETS, resolve_method
 from mpvgbench.paper import MODEL_NAMES, TABLE_IDS, TABLES, find_rows, get_table
 
 DEPTHS = {"deit_tiny": 12, "deit_small": 12, "deit_base": 12, "swin_tiny": 12, "ceit_tiny": 12,
@@ -31,8 +31,8 @@ def test_every_row_is_a_valid_method_of_a_known_model() -> None:
 
 def test_spot_checks_against_the_paper() -> None:
     def value(table, model, method, metric="top1", dataset=None):
-        knobs = canonical_method_dict(method)
-        (row,) = [r for r in get_table(table).rows if r.model == model and r.knobs == knobs
+        wanted = resolve_method(method)
+        (row,) = [r for r in get_table(table).rows if r.model == model and r.pe_method == wanted
                   and (dataset is None or r.dataset == dataset)]
         return row.values[metric]
 
@@ -87,7 +87,7 @@ def test_table6_labels_agree_with_the_knobs() -> None:
 def test_method_presets_of_the_main_tables() -> None:
     rows = get_table(1).rows
     assert [r.method for r in rows[:4]] == ["default", "lape", "pvg", "mpvg"]
-    assert all(r.knobs == canonical_method_dict(r.method) for _, r in all_rows())
+    assert all(r.pe_method == resolve_method(r.method) for _, r in all_rows())
     assert {r.method_label for r in get_table(1).rows if r.model != "swin_tiny"} <= set(PRESETS)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from mpvgbench import store_schema as S
-from mpvgbench.methods import PRESETS, canonical_method_dict, method_label
+from mpvgbench.errors import MpvgbenchError
+from mpvgbench.methods import PRESETS
 from mpvgbench.paper import MODEL_NAMES
 from mpvgbench.report import FORMATS, Measured, ReportTable, build_table, render
 from mpvgbench.store import Store
@@ -125,12 +125,12 @@ def test_renderers(filled: Store) -> None:
 
 def test_errors_are_one_line_value_errors(store: Store) -> None:
     for bad in (0, 7, "fig9", "x"):
-        with pytest.raises(ValueError, match="no paper table") as info:
+        with pytest.raises(MpvgbenchError, match="no paper table") as info:
             build_table(store, bad)
         assert "\n" not in str(info.value)
-    with pytest.raises(ValueError, match="unknown metric"):
+    with pytest.raises(MpvgbenchError, match="unknown metric"):
         build_table(store, 1, metric="mean")
-    with pytest.raises(ValueError, match="unknown report format 'html'"):
+    with pytest.raises(MpvgbenchError, match="unknown report format 'html'"):
         render(build_table(store, 1), "html")
     empty = build_table(store, None)
     assert empty.rows == [] and "no finished runs" in render(empty, "markdown")
@@ -144,10 +144,10 @@ def bulk_insert_finished(store: Store, n: int) -> None:
     runs, results, links = [], [], []
     for i in range(n):
         model, method = models[i % len(models)], methods[(i // len(models)) % len(methods)]
-        knobs = canonical_method_dict(method)
+        pe = PRESETS[method]
         key = f"{i:016x}"
-        cfg = {**base, "model": model, "method": knobs, "seed": i}
-        runs.append({"key": key, "model": model, "method_label": method_label(knobs), "method": knobs,
+        cfg = {**base, "model": model, "method": pe.to_json(), "seed": i}
+        runs.append({"key": key, "model": model, "method_label": pe.label, "method": pe,
                      "dataset": "imagenet", "seed": i, "config": cfg,
                      "variant": S.config_variant(cfg), "status": "finished",
                      "attempts": 1, "created_at": 0.0, "wall_time_s": 1.0})
@@ -160,21 +160,19 @@ def bulk_insert_finished(store: Store, n: int) -> None:
         conn.execute(sa.insert(S.run_specs), links)
 
 
-def test_report_over_10000_runs_is_fast(tmp_path: Path) -> None:
+def test_report_over_10000_runs(tmp_path: Path) -> None:
+    """Every run is counted once (speed: benchmarks/bench_cli.py)."""
     path = tmp_path / "big.db"
     with Store(path) as store:
         bulk_insert_finished(store, 10_000)
-    start = time.perf_counter()
     with Store(path) as store:  # end to end: open, one query, group, render
         table = build_table(store, 1)
         text = render(table, "table")
         pivot = build_table(store, None, spec="big")
         render(pivot, "markdown")
-    elapsed = time.perf_counter() - start
     assert row_of(table, "DeiT-Ti", "MPVG")["Final Top-1 (%) measured"].n > 100
     assert sum(v.n for row in pivot.rows for v in row[2:]) == 10_000
     assert "DeiT-Ti" in text
-    assert elapsed < 4.0, f"two reports over 10,000 runs took {elapsed:.2f} s"
 
 
 def test_method_labels_with_brackets_survive_rich(store: Store, tmp_path: Path) -> None:
@@ -189,17 +187,3 @@ def test_method_labels_with_brackets_survive_rich(store: Store, tmp_path: Path) 
     assert row_of(build_table(store, 5), "DeiT-Ti", "MPVG", "pos_5")["Final Top-1 (%) measured"].n == 1
 
 
-def test_pivot_uses_spec_labels_unless_ambiguous(store: Store, tmp_path: Path) -> None:
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class LabeledJob(FakeJob):
-        method_label: str = ""
-
-    def labeled(job: FakeJob, label: str) -> LabeledJob:
-        return LabeledJob(job.key, job.spec_name, job.config, label)
-
-    finish(store, tmp_path, labeled(make_job(0, "mpvg"), "ours"), 73.0)  # type: ignore[arg-type]
-    assert [c.name for c in build_table(store, None).columns][2:] == ["ours"]
-    finish(store, tmp_path, labeled(make_job(0, "pvg"), "ours"), 72.0)  # type: ignore[arg-type]
-    assert [c.name for c in build_table(store, None).columns][2:] == ["pvg", "mpvg"]

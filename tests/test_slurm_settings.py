@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from mpvgbench.executors.slurm_settings import SlurmSettings, parse_time_minutes
+from mpvgbench.errors import SlurmError
+from mpvgbench.slurm_settings import SlurmSettings, parse_time_minutes
 
 if TYPE_CHECKING:
     from mpvgbench.executors.base import RunContext
@@ -103,12 +104,11 @@ def test_resources_key_groups_equal_settings() -> None:
     assert a.resources_key() == b.resources_key() != c.resources_key()
 
 
-def test_spec_hook_validates() -> None:
-    from mpvgbench.executors.slurm import validate_slurm_section
-
-    assert validate_slurm_section({"time": "00:10:00", "mem": "1g"}) == {"time": "00:10:00", "mem": "1G"}
-    with pytest.raises(ValueError, match="allowed: partition"):
-        validate_slurm_section({"walltime": 5})
+def test_parse_outside_a_spec_is_one_line() -> None:
+    assert SlurmSettings.parse({"time": "00:10:00", "mem": "1g"}).model_dump(exclude_unset=True) == {
+        "time": "00:10:00", "mem": "1G"}
+    with pytest.raises(SlurmError, match=r"^slurm: unknown key 'walltime'; allowed: partition"):
+        SlurmSettings.parse({"walltime": 5})
 
 
 def _sbatch_text(settings: SlurmSettings, folder: Path, monkeypatch: pytest.MonkeyPatch, count: int = 1) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
 import types
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from mpvgbench.matrix import expand
-from mpvgbench.spec import SpecError, load_spec, parse_method_label, parse_spec
+from mpvgbench.methods import parse_method_label
+from mpvgbench.slurm_settings import SlurmSettings
+from mpvgbench.spec import SpecError, load_spec, parse_spec
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parent.parent / "experiments").glob("*.yaml"))
 GOOD = """\
@@ -88,7 +91,7 @@ BAD_SPECS: list[tuple[str, str, str]] = [
     (GOOD.replace("name: t", "name: '../evil'"), "name", "pattern"),
     (GOOD.replace("name: t\n", ""), "name", "required"),
     (GOOD + "recipe: {epochs: 0}\n", "recipe.epochs", "greater than 0"),
-    (GOOD + "recipe: {lrr: 0.1}\n", "recipe", "unknown recipe field 'lrr'; allowed: epochs"),
+    (GOOD + "recipe: {lrr: 0.1}\n", "recipe", "unknown key 'lrr'; allowed: epochs"),
     (GOOD + "recipe: {optimizer: adamax}\n", "recipe.optimizer", "'adamw'"),
     (GOOD + "recipe: [1]\n", "recipe", "valid dictionary"),
     (GOOD + "model_overrides: {deit_tiny: {img_size: -32}}\n", "model_overrides.deit_tiny.img_size", "greater than 0"),
@@ -122,7 +125,7 @@ def test_bad_spec_is_one_line_error_naming_the_field(
 ) -> None:
     path = write(tmp_path, text)
     with pytest.raises(SpecError) as info:
-        load_spec(path)
+        expand(load_spec(path))  # field checks at load, cell checks (depth, sizes) at expansion
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"{path}: {field}: "), message
@@ -194,25 +197,24 @@ def test_missing_unreadable_and_directory(tmp_path: Path) -> None:
         load_spec(binary)
 
 
-def test_slurm_section_hook(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    seen: list[dict] = []
-
-    def validate_slurm_section(section: dict) -> dict:
-        seen.append(section)
-        if "partiton" in section:
-            raise ValueError("unknown slurm option 'partiton'; allowed: partition, time")
-        return {**section, "checked": True}
-
-    fake = types.ModuleType("mpvgbench.executors.slurm")
-    fake.validate_slurm_section = validate_slurm_section  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mpvgbench.executors.slurm", fake)
-    import mpvgbench.executors as executors_pkg
-
-    monkeypatch.setattr(executors_pkg, "slurm", fake, raising=False)
-    spec = load_spec(write(tmp_path, GOOD + "slurm: {partition: gpu}\n"))
-    assert spec.slurm == {"partition": "gpu", "checked": True}
-    with pytest.raises(SpecError, match=r"spec\.yaml: slurm: unknown slurm option 'partiton'"):
+def test_slurm_section_is_a_nested_settings_model(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, GOOD + "slurm: {partition: gpu, mem: 1g}\n"))
+    assert isinstance(spec.slurm, SlurmSettings)
+    assert spec.slurm.partition == "gpu" and spec.slurm.mem == "1G"
+    assert spec.slurm.model_fields_set == {"partition", "mem"}
+    with pytest.raises(SpecError, match=r"spec\.yaml: slurm: unknown key 'partiton'; allowed: partition"):
         load_spec(write(tmp_path, GOOD + "slurm: {partiton: gpu}\n"))
+    with pytest.raises(SpecError, match=r"spec\.yaml: slurm\.time: time 'soon' is not minutes"):
+        load_spec(write(tmp_path, GOOD + "slurm: {time: soon}\n"))
+
+
+def test_spec_module_imports_no_executor() -> None:
+    """spec -> matrix -> executor: validating a spec never imports an executor (or torch)."""
+    code = ("import sys, mpvgbench.spec, mpvgbench.matrix; "
+            "bad = [m for m in sys.modules if m.startswith(('mpvgbench.executors', 'torch', 'submitit'))]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_parse_spec_accepts_plain_data() -> None:

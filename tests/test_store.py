@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from mpvgbench import rundir
 from mpvgbench import store_schema as S
 from mpvgbench.config import Recipe, TrainConfig
-from mpvgbench.methods import canonical_method_dict
+from mpvgbench.errors import MpvgbenchError
+from mpvgbench.methods import PRESETS
 from mpvgbench.store import Store, StoreError, resolve_url
 
 PG_ENV = "MPVGBENCH_TEST_POSTGRES_URL"
@@ -38,7 +39,7 @@ class FakeJob:
 
 def make_job(seed: int = 0, method: Any = "mpvg", model: str = "deit_tiny", dataset: str = "imagenet",
              epochs: int = 300, spec: str = "spec") -> FakeJob:
-    cfg = TrainConfig(model=model, method=canonical_method_dict(method), dataset=dataset,
+    cfg = TrainConfig(model=model, method=method, dataset=dataset,
                       img_size=224, num_classes=1000, seed=seed, recipe=Recipe(epochs=epochs))
     return FakeJob(cfg.key(), spec, cfg)
 
@@ -107,7 +108,7 @@ def test_register_links_specs_and_keeps_state(store: Store) -> None:
     assert runs[a[0].key].specs == ("table1", "table5")
     assert runs[a[0].key].status == "running"  # re-registering never resets a run
     assert runs[a[2].key].specs == ("table1",)
-    assert runs[a[0].key].method == canonical_method_dict("mpvg")
+    assert runs[a[0].key].method == PRESETS["mpvg"]
     assert runs[a[0].key].config == a[0].config.model_dump(mode="json")
     assert (runs[a[1].key].model, runs[a[1].key].method_label, runs[a[1].key].seed) == ("deit_tiny", "mpvg", 1)
     assert store.status_counts("table1") == {"pending": 2, "running": 1, "finished": 0, "failed": 0,
@@ -116,7 +117,7 @@ def test_register_links_specs_and_keeps_state(store: Store) -> None:
     assert [r.key for r in store.runs(spec_name="table5", status="pending")] == sorted(
         [a[1].key, b[2].key])
     assert [r.key for r in store.runs(keys=[a[2].key])] == [a[2].key]
-    with pytest.raises(ValueError, match="unknown status"):
+    with pytest.raises(MpvgbenchError, match="unknown status"):
         store.runs(status="done")
 
 

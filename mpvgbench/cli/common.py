@@ -1,18 +1,23 @@
 """Shared pieces of the command line: the group, error handling, the --db option.
 
-Every user error (a bad spec, an unknown model, a missing dataset, a newer database) ends as one
-line on stderr and exit code 2; nothing is written to the database before the input is valid.
+Every user error (an :class:`~mpvgbench.errors.MpvgbenchError`: a bad spec, an unknown model, a
+missing dataset, a newer database) ends as one line on stderr and exit code 2; nothing is written
+to the database before the input is valid. Any other exception is a bug: its traceback is shown,
+with one line saying where to report it, and the exit code is 1.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+from mpvgbench.errors import MpvgbenchError
 
 if TYPE_CHECKING:
     from mpvgbench.spec import Spec
@@ -30,8 +35,14 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+BUG_REPORT_LINE = (
+    "mpvgbench: this is a bug, not bad input; please report it with the traceback above "
+    "and the command you ran (mpvgbench --version)"
+)
+
+
 def user_errors(func: F) -> F:
-    """Turn the library's ValueErrors (SpecError, DataError, StoreError, RunDirError...) into UserError."""
+    """One line and exit 2 for a MpvgbenchError; a traceback, a bug-report line and exit 1 else."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -39,8 +50,12 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except ValueError as error:
+        except MpvgbenchError as error:
             raise UserError(" ".join(str(error).split("\n")[0:1]) or type(error).__name__) from None
+        except Exception:
+            traceback.print_exc()
+            click.echo(BUG_REPORT_LINE, err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted: running jobs were stopped; rerun the same command to resume them", err=True)
             sys.exit(130)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from mpvgbench.executors.base import Executor, LaunchSummary, RunContext, new_owner_id, prepare_run_dir
-from mpvgbench.executors.slurm_settings import SlurmSettings, parse_time_minutes
+from mpvgbench.slurm_settings import SlurmSettings, parse_time_minutes
 
 if TYPE_CHECKING:
     from mpvgbench.matrix import Job
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 __all__ = [
     "SlurmError", "SlurmExecutor", "SlurmSettings", "SchedulerUnreachable", "cancel_jobs",
     "log_paths", "max_array_size", "parse_time_minutes", "reconcile", "squeue_states",
-    "validate_slurm_section",
 ]
 
 SLURM_JSON = "slurm.json"
@@ -54,17 +53,11 @@ ACTIVE_STATES = frozenset({
 })
 
 
-class SlurmError(ValueError):
-    """A one-line user error: no Slurm here, sbatch rejected the job, the controller is down."""
+from mpvgbench.errors import SlurmError  # noqa: E402 - re-exported
 
 
 class SchedulerUnreachable(RuntimeError):
     """squeue/scancel/scontrol did not answer (missing, timed out, controller down)."""
-
-
-def validate_slurm_section(value: Mapping[str, Any]) -> dict[str, Any]:
-    """The spec's hook (mpvgbench.spec): a one-line ValueError for any bad `slurm:` key."""
-    return SlurmSettings.parse(value).model_dump(exclude_unset=True)
 
 
 # ---------------------------------------------------------------------------- scheduler calls
@@ -245,10 +238,11 @@ class SlurmExecutor(Executor):
 
     @classmethod
     def from_spec(cls, spec: Spec) -> SlurmExecutor:
-        data = dict(spec.slurm or {})
-        if "array_parallelism" not in data and "workers" in spec.executor.model_fields_set:
-            data["array_parallelism"] = spec.executor.workers
-        return cls(SlurmSettings.parse(data))
+        """The spec's validated `slurm:` section; `executor.workers` caps the array if it is unset."""
+        settings = spec.slurm or SlurmSettings()
+        if "array_parallelism" not in settings.model_fields_set and "workers" in spec.executor.model_fields_set:
+            settings = settings.model_copy(update={"array_parallelism": spec.executor.workers})
+        return cls(settings)
 
     def options(self) -> dict[str, Any]:
         return self.settings.model_dump(exclude_defaults=True)

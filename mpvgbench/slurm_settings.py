@@ -1,7 +1,8 @@
 """The `slurm:` section of a spec: validated resources and their mapping to submitit's parameters.
 
-Kept apart from :mod:`mpvgbench.executors.slurm` so that a spec can be validated on a machine
-without submitit's cluster plumbing (and so the mapping is unit-testable without a cluster).
+A spec holds it as its nested `slurm:` model (``Spec.slurm``); it imports neither submitit nor
+the executors, so a spec validates on any machine and the mapping is unit-testable without a
+cluster. :mod:`mpvgbench.executors.slurm` consumes it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+
+from mpvgbench.errors import SlurmError, first_validation_error
 
 # sbatch options that submitit sets itself or that a SlurmSettings field already covers: putting
 # them in additional_parameters would silently fight with those (or break log paths / requeue).
@@ -125,21 +128,11 @@ class SlurmSettings(BaseModel):
 
     @classmethod
     def parse(cls, data: Optional[Mapping[str, Any]]) -> SlurmSettings:
-        """Validate a spec's `slurm:` mapping; any problem is a one-line ValueError."""
-        data = dict(data or {})
-        unknown = sorted(set(data) - set(cls.model_fields))
-        if unknown:
-            raise ValueError(
-                f"slurm: unknown key(s) {', '.join(map(repr, unknown))}; "
-                f"allowed: {', '.join(cls.model_fields)}"
-            )
+        """Validate a `slurm:` mapping outside a spec; any problem is a one-line SlurmError."""
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(dict(data or {}))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            msg = str(first["msg"]).removeprefix("Value error, ")
-            raise ValueError(f"slurm.{where}: {msg}") from None
+            raise SlurmError(first_validation_error(exc, prefix="slurm", model=cls)) from None
 
     def submitit_parameters(self) -> dict[str, Any]:
         """Keyword arguments for ``submitit.AutoExecutor.update_parameters``."""

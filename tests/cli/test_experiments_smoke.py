@@ -90,8 +90,8 @@ def test_fig5_smoke_fills_the_fig5_report(tmp_path: Path) -> None:
     assert len(keys["fig5"]) == 2  # GAP (a), GAP + Last-LN PE (b)
     rendered = _cli("report", "--db", str(tmp_path / "results.db"), "--table", "fig5",
                     "--format", "json", cwd=tmp_path)
-    assert rendered.returncode == 0, rendered.stderr
-    rows = json.loads(rendered.stdout)["rows"]
+    assert rendered.exit_code == 0, rendered.output
+    rows = json.loads(rendered.output)["rows"]
     assert len(rows) == 2
     for row in rows:  # every Fig. 5 cell found its (smoke) run
         measured = [value for name, value in row.items() if name.endswith("measured")]

@@ -22,6 +22,16 @@ Count = Annotated[int, Strict(), Field(gt=0)]
 NonNegativeCount = Annotated[int, Strict(), Field(ge=0)]
 
 
+class ParamGroup(BaseModel):
+    """Parameters whose names match any of ``match`` (fnmatch globs, e.g. ``"blocks.*"``) train at
+    ``lr_scale`` x the recipe's lr; ``lr_scale: 0`` leaves them out of the optimizer (frozen)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    match: tuple[str, ...] = Field(min_length=1)
+    lr_scale: float = Field(1.0, ge=0)
+
+
 class Recipe(BaseModel):
     """Training hyper-parameters. Defaults are DeiT's ImageNet recipe (paper Table 7)."""
 
@@ -59,6 +69,12 @@ class Recipe(BaseModel):
     compile: bool = False  # torch.compile on CUDA; ignored on CPU
     max_steps_per_epoch: Optional[Count] = None  # smoke runs and benchmarks only
     eval_max_batches: Optional[Count] = None  # smoke runs only
+    # Added after v1 (their defaults reproduce the v1 behaviour, so v1 job keys stay):
+    # each parameter goes to the first group that matches its name; unmatched ones train at lr.
+    # null: one lr for every parameter (mpvgbench.optim.build_optimizer).
+    param_groups: Optional[tuple[ParamGroup, ...]] = None
+    decay_all_params: bool = False  # weight decay on norms, biases, PEs and tokens too
+    nesterov: Optional[bool] = None  # sgd only (ignored otherwise, like momentum); null: timm's "sgd" (Nesterov)
 
     @field_validator("train_crop_scale")
     @classmethod

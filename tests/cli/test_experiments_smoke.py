@@ -1,7 +1,7 @@
 """Every shipped spec's whole matrix builds, trains, stores and reports (`run --smoke`).
 
 Smoke runs map each cell to synthetic data at a small size for a few steps, so this proves on
-CPU that Tables 1, 2, 5 and 6 (and the quickstart) are runnable end to end: every model x method
+CPU that Tables 1, 2, 5 and 6, Fig. 5 (and the quickstart) are runnable end to end: every model x method
 of the paper constructs, trains, checkpoints, lands in the database and reaches the report.
 Specs share one database, as a user's would: Table 5's pos_0 row and Table 6's last row are
 Table 1's DeiT-Ti MPVG cell and must not be trained again.
@@ -82,3 +82,17 @@ def test_table2_and_quickstart_smoke(tmp_path: Path) -> None:
             assert parent.finished_at is not None and child.started_at is not None
             assert parent.finished_at <= child.started_at
     assert len(keys["quickstart"]) == 15
+
+
+@pytest.mark.slow
+def test_fig5_smoke_fills_the_fig5_report(tmp_path: Path) -> None:
+    keys = _smoke(["fig5"], tmp_path)
+    assert len(keys["fig5"]) == 2  # GAP (a), GAP + Last-LN PE (b)
+    rendered = _cli("report", "--db", str(tmp_path / "results.db"), "--table", "fig5",
+                    "--format", "json", cwd=tmp_path)
+    assert rendered.exit_code == 0, rendered.output
+    rows = json.loads(rendered.output)["rows"]
+    assert len(rows) == 2
+    for row in rows:  # every Fig. 5 cell found its (smoke) run
+        measured = [value for name, value in row.items() if name.endswith("measured")]
+        assert measured and all(value is not None for value in measured), row

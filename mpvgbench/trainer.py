@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from mpvgbench.checkpoint import LoopState, checkpoint_payload, restore_checkpoint
 from mpvgbench.config import TrainConfig
+from mpvgbench.optim import build_optimizer
 from mpvgbench.rundir import (
     PathLike,
     RunDir,
@@ -51,7 +52,6 @@ from mpvgbench.training_parts import (
     NonFiniteLossError,
     ShardSampler,
     build_mixup,
-    build_optimizer,
     build_scheduler,
     build_train_loss,
     build_train_sampler,
@@ -184,7 +184,7 @@ def _setup(
             f"({batch_size}); lower recipe.batch_size"
         )
 
-    optimizer = build_optimizer(model, recipe)
+    optimizer = build_optimizer(model, recipe, dev.type)  # before compile: groups match names
     ema = None
     if recipe.ema:
         from timm.utils import ModelEmaV3

@@ -200,24 +200,6 @@ def build_train_loss(recipe: Recipe) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    from timm.optim import create_optimizer_v2
-
-    # filter_bias_and_bn + the model's no_weight_decay() (pos embeddings, cls token, LN'
-    # parameters) keep weight decay off 1-d parameters and position embeddings, as in DeiT.
-    kwargs: dict[str, Any] = {}
-    if recipe.optimizer == "sgd":
-        kwargs["momentum"] = recipe.momentum
-    return create_optimizer_v2(
-        model,
-        opt=recipe.optimizer,
-        lr=recipe.scaled_lr(),
-        weight_decay=recipe.weight_decay,
-        filter_bias_and_bn=True,
-        **kwargs,
-    )
-
-
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int) -> Any:
     """A timm scheduler stepped once per *update* (``step_update``), or None for a constant lr.
 

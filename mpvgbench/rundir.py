@@ -361,12 +361,16 @@ def collect_env(device: Optional[str] = None, num_processes: int = 1) -> dict[st
             env["device"] = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     except Exception:
         pass
-    cwd = os.getcwd()
-    commit = _git(["rev-parse", "HEAD"], cwd)
-    if commit:
-        env["git_commit"] = commit
-        status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
-        env["git_dirty"] = None if status is None else bool(status)
+    # The user's working directory when it is a git repository (their experiment code), else
+    # the repository mpvgbench itself runs from (a clone installed with `pip install -e`).
+    for where in (os.getcwd(), str(Path(__file__).resolve().parent)):
+        commit = _git(["rev-parse", "HEAD"], where)
+        if commit:
+            env["git_commit"] = commit
+            status = _git(["status", "--porcelain", "--untracked-files=no"], where)
+            env["git_dirty"] = None if status is None else bool(status)
+            env["git_repo"] = _git(["rev-parse", "--show-toplevel"], where)
+            break
     return env
 
 

@@ -161,10 +161,19 @@ def test_job_files_roundtrip(tmp_path: Path) -> None:
 
 def test_collect_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = collect_env("cpu", 2)
-    assert set(env) == {"host", "torch", "timm", "python", "device", "git_commit", "git_dirty", "num_processes"}
+    assert {"host", "torch", "timm", "python", "device", "git_commit", "git_dirty", "num_processes"} <= set(env)
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["num_processes"] == 2
-    monkeypatch.chdir(tmp_path)  # not a repository
-    assert collect_env()["git_commit"] is None
+    import subprocess
+
+    package_repo = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                  capture_output=True, text=True).stdout.strip() or None
+    monkeypatch.chdir(tmp_path)  # not a repository: the commit of the repository mpvgbench runs from
+    assert collect_env()["git_commit"] == package_repo
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)  # the user's own repository wins
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty",
+                    "-m", "x"], cwd=tmp_path, check=True)
+    mine = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert collect_env()["git_commit"] == mine and collect_env()["git_dirty"] is False
     monkeypatch.setenv("PATH", "")  # no git binary at all: still no exception
     assert collect_env()["git_dirty"] is None
 

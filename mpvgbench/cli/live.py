@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from mpvgbench.cli.tables import fit_numbers, model_name, narrow_table, short_keys
@@ -178,13 +179,13 @@ class LiveView:
         # What every job shares goes to the title, so the table fits 80 columns.
         shared = [c for c in ("model", "method", "dataset", "seed") if len({r[c] for r in rows}) == 1]
         if rows and shared:
-            title += "  (" + " ".join(f"{c}={rows[0][c]}" for c in shared) + ")"
+            title += "  (" + " ".join(f"{c}={escape(rows[0][c])}" for c in shared) + ")"
         columns = [c for c in rows[0] if c not in shared] if rows else ["key", "status"]
         table = narrow_table(columns, title=title, right=("seed", "epoch", "loss", "top-1", "ETA"))
         fit_numbers(table, [[r[c] for c in columns] for r in rows])
         for r in rows:
             status = r["status"]
-            table.add_row(*(f"[{STATUS_STYLE.get(status, '')}]{status}[/]" if c == "status" else r[c]
+            table.add_row(*(f"[{STATUS_STYLE.get(status, '')}]{status}[/]" if c == "status" else escape(r[c])
                             for c in columns))
         return table
 

@@ -64,7 +64,7 @@ def models(params: bool) -> None:
     Example:
       mpvgbench models --params
     """
-    from mpvgbench.cli.tables import console, fit_numbers, narrow_table
+    from mpvgbench.cli.tables import add_plain_row, console, fit_numbers, narrow_table
     from mpvgbench.models import build_model, default_img_size, list_models, model_family
 
     methods = ("default", "lape", "pvg", "mpvg") if params else ()
@@ -79,7 +79,7 @@ def models(params: bool) -> None:
                          right=("img", *methods))
     fit_numbers(table, rows)
     for cells in rows:
-        table.add_row(*cells)
+        add_plain_row(table, cells)
     console().print(table)
 
 

@@ -372,7 +372,8 @@ def status(spec_path: Path | None, db: str | None, show_all: bool) -> None:
       mpvgbench status
       mpvgbench status experiments/table1.yaml --all
     """
-    from mpvgbench.cli.tables import console, fit_numbers, model_name, narrow_table, short_keys
+    from mpvgbench.cli.tables import (add_plain_row, console, fit_numbers, model_name, narrow_table,
+                                      shared_columns, short_keys)
     from mpvgbench.executors.local import owner_is_alive
 
     spec = load_optional_spec(spec_path)
@@ -398,12 +399,17 @@ def status(spec_path: Path | None, db: str | None, show_all: bool) -> None:
         state = row.status
         if state == "running" and row.executor == "local" and row.owner and not owner_is_alive(row.owner):
             state = "running (coordinator gone: rerun to resume)"
-        rows.append([keys[row.key], model_name(row.model), row.method_label, row.dataset, str(row.seed),
-                     state, str(row.attempts), _epoch_progress(row), row.executor or ""])
-    table = narrow_table(header, right=("seed", "att", "epoch"))
-    fit_numbers(table, rows)
-    for cells in rows:
-        table.add_row(*cells)
+        rows.append(dict(zip(header, [keys[row.key], model_name(row.model), row.method_label, row.dataset,
+                                      str(row.seed), state, str(row.attempts), _epoch_progress(row),
+                                      row.executor or "-"])))
+    shared = shared_columns(header, rows, ("model", "method", "dataset", "seed", "executor"))
+    if shared:
+        click.echo("all: " + ", ".join(f"{c} {rows[0][c]}" for c in shared))
+    columns = [c for c in header if c not in shared]
+    table = narrow_table(columns, right=("seed", "att", "epoch"))
+    fit_numbers(table, [[r[c] for c in columns] for r in rows])
+    for r in rows:
+        add_plain_row(table, [r[c] for c in columns])
     out = console()
     out.print(table)
     if not show_all and len(pending) > MAX_PENDING_SHOWN:

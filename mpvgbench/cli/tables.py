@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mpvgbench.paper import MODEL_NAMES
@@ -55,6 +56,19 @@ def fit_numbers(table: Table, rows: Sequence[Sequence[Any]]) -> None:
         words = [w for row in rows for w in str(row[index]).split()]
         if words:
             column.min_width = max(len(w) for w in words)
+
+
+def add_plain_row(table: Table, cells: Sequence[str]) -> None:
+    """A row of plain text: ``mpvg[last_ln_pe=5]`` is a method label, not rich markup."""
+    table.add_row(*(escape(str(cell)) for cell in cells))
+
+
+def shared_columns(columns: Sequence[str], rows: Sequence[dict[str, str]], candidates: Iterable[str]) -> list[str]:
+    """Columns (of ``candidates``) that hold one value in every row of a multi-row table: shown
+    once above the table instead of in every row, so the table fits 80 columns."""
+    if len(rows) < 2:
+        return []
+    return [c for c in candidates if c in columns and len({row[c] for row in rows}) == 1]
 
 
 def console() -> Console:

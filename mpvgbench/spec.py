@@ -111,8 +111,8 @@ class DataSection(_Section):
 class ExecutorSection(_Section):
     name: Literal["local", "slurm"] = "local"
     workers: PositiveInt = 1  # jobs at once (local) / array parallelism (slurm)
-    nproc_per_node: PositiveInt = 1  # local: processes (GPUs) per job; > 1 runs DDP under torchrun
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    nproc_per_node: PositiveInt = 1  # local: processes (GPUs) per job; > 1 runs DDP under torchrun
 
 
 class ResultsSection(_Section):

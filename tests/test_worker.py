@@ -50,6 +50,7 @@ def run_worker(run_dir: Path, **extra: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_rerun_matches_uninterrupted(tmp_path: Path) -> None:
     # 10 steps of 64 digits per epoch: ~0.4 s an epoch on one core, long enough to land inside
     config = make_config(max_steps_per_epoch=10)
@@ -197,6 +198,7 @@ def test_single_task_needs_no_process_group(monkeypatch: pytest.MonkeyPatch) -> 
     assert worker.setup_distributed("auto") is False
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_via_torchrun(tmp_path: Path) -> None:
     """2 gloo processes through torchrun's env vars: same files, same shapes as 1 process."""
     config = make_config(epochs=2, warmup_epochs=0, max_steps_per_epoch=2, eval_max_batches=2)

@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mpvgbench.methods import PRESETS, PEMethod  # noqa: E402
 from mpvgbench.paper import DATASET_NAMES, MODEL_NAMES  # noqa: E402
@@ -147,9 +148,13 @@ def collect_curves(store: Store, spec: Optional[str] = None) -> list[Panel]:
 
 
 def _colours(labels: Sequence[str]) -> dict[str, Any]:
-    # one colour per method across every panel, so a method reads the same everywhere
+    # A preset keeps its colour in every panel and every figure (curves, correlation): its index
+    # among the presets; other methods take the colours after them.
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return {label: cycle[i % len(cycle)] for i, label in enumerate(labels)}
+    presets = list(PRESETS)
+    others = sorted(label for label in labels if label not in presets)
+    return {label: cycle[(presets.index(label) if label in presets else len(presets) + others.index(label))
+                         % len(cycle)] for label in labels}
 
 
 def _draw_band(ax: Axes, band: SeedBand, colour: Any, label: str, marker: Optional[str] = None) -> None:
@@ -189,6 +194,7 @@ def curves_figure(panels: Sequence[Panel]) -> Figure:
                                marker="o" if len(band.epochs) < 15 else None)
             ax.set_title(f"{panel.title}: {name}", fontsize=9)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=7)
             if not ax.lines:

@@ -147,14 +147,18 @@ def collect_curves(store: Store, spec: Optional[str] = None) -> list[Panel]:
 # ---------------------------------------------------------------------------------- figures
 
 
+#: a fixed tab10 colour per preset, so a method reads the same in every panel and figure; the
+#: quickstart's five methods get five clearly different ones (MPVG red)
+PRESET_COLOURS: dict[str, int] = {"default": 0, "gap": 1, "lape": 2, "mpvg": 3, "pvg": 4,
+                                  "gap_lastln": 5, "lape_gap": 6, "pvg_cls": 8}
+
+
 def _colours(labels: Sequence[str]) -> dict[str, Any]:
-    # A preset keeps its colour in every panel and every figure (curves, correlation): its index
-    # among the presets; other methods take the colours after them.
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    presets = list(PRESETS)
-    others = sorted(label for label in labels if label not in presets)
-    return {label: cycle[(presets.index(label) if label in presets else len(presets) + others.index(label))
-                         % len(cycle)] for label in labels}
+    spare = [i for i in range(len(cycle)) if i not in PRESET_COLOURS.values()]  # grey, cyan
+    others = sorted(label for label in labels if label not in PRESET_COLOURS)
+    index = {**PRESET_COLOURS, **{label: spare[i % len(spare)] for i, label in enumerate(others)}}
+    return {label: cycle[index[label] % len(cycle)] for label in labels}
 
 
 def _draw_band(ax: Axes, band: SeedBand, colour: Any, label: str, marker: Optional[str] = None) -> None:

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mpvgbench.curves import (
-    collect_curves, correlation_analyses, correlation_figure, curves_figure, figure_png,
+    collect_curves, correlation_analyses, correlation_figure, curves_figure, figure_png, method_order,
 )
 from mpvgbench.paper import TABLES
 from mpvgbench.report import Measured, ReportTable, build_table
 from mpvgbench.store import Store
+from mpvgbench.store_schema import RunRow
 
 __all__ = ["MAX_FIGURES", "build_html", "measured_tables", "png_data_uri", "table_html"]
 
@@ -139,10 +140,26 @@ def analysis_pngs(store: Store, analysis_dirs: Sequence[Path], *,
     return unique
 
 
-def _figure_caption(path: Path, runs: dict[str, str]) -> str:
+def _figure_caption(path: Path, runs: dict[str, RunRow]) -> str:
     # analyze writes <out>/<key>/<figure>.png: name the run, not only its hash
-    key = path.parent.name
-    return f"{runs[key]} ({key[:8]}): {path.stem}" if key in runs else str(path)
+    run = runs.get(path.parent.name)
+    if run is None:
+        return str(path)
+    return f"{run.model} / {run.method_label} / {run.dataset} seed {run.seed} ({run.key[:8]}): {path.stem}"
+
+
+def _figure_order(paths: Sequence[Path], runs: dict[str, RunRow]) -> list[Path]:
+    """Figures of known runs grouped like the tables (model, dataset, method, seed), then the rest."""
+    rank = {m: i for i, m in enumerate(method_order([r.method for r in runs.values()]))}
+
+    def key(item: tuple[int, Path]) -> tuple[Any, ...]:
+        position, path = item
+        run = runs.get(path.parent.name)
+        if run is None:
+            return (1, position)
+        return (0, run.model, run.dataset, rank[run.method], run.seed, run.key, path.stem)
+
+    return [path for _, path in sorted(enumerate(paths), key=key)]
 
 
 # ---------------------------------------------------------------------------------- the page
@@ -173,8 +190,8 @@ def build_html(store: Store, *, metric: str = "final", spec: Optional[str] = Non
         analysis_parts.append(_figure(figure_png(correlation_figure(correlations)), "correlation by method",
                                       f"token/PE correlation per layer of {len(correlations)} analysed run(s), "
                                       "one line per method (mean over seeds, band min..max)"))
-    runs = {r.key: f"{r.model} / {r.method_label} / {r.dataset} seed {r.seed}" for r in store.runs()}
-    pngs = analysis_pngs(store, analysis_dirs, skip_top_correlation=bool(correlations))
+    runs = {r.key: r for r in store.runs()}
+    pngs = _figure_order(analysis_pngs(store, analysis_dirs, skip_top_correlation=bool(correlations)), runs)
     embedded = 0
     for path in pngs:
         if embedded >= MAX_FIGURES:

@@ -75,19 +75,21 @@ def filled(tmp_path: Path) -> Iterator[Store]:
 
 
 def analysis_dir(store: Store, root: Path) -> Path:
-    """What `mpvgbench analyze --out root` leaves: correlation numbers in the store, per-run PNGs."""
+    """What `mpvgbench analyze --out root` leaves: correlation numbers in the store, per-run PNGs
+    (heatmaps of the DeiT-Ti mpvg and default seed-0 runs)."""
     import matplotlib.pyplot as plt
 
-    key = next(r.key for r in store.runs(status="finished") if r.method_label == "mpvg" and r.seed == 0
-               and r.model == "deit_tiny")
+    deit = {r.method_label: r.key for r in store.runs(status="finished") if r.seed == 0 and r.model == "deit_tiny"}
     fig, ax = plt.subplots(figsize=(2, 1))
     ax.plot([0, 1], [0, 1])
-    (root / key).mkdir(parents=True)
-    (root / key / "heatmaps.png").write_bytes(figure_png(fig))
+    png = figure_png(fig)
+    for method in ("mpvg", "default"):
+        (root / deit[method]).mkdir(parents=True)
+        (root / deit[method] / "heatmaps.png").write_bytes(png)
     (root / "correlation.png").write_bytes(PNG + b"old figure labelled by hash")
     (root / "notes.png").write_bytes(b"not a png")  # skipped, not embedded
-    store.add_analysis(key, {"pe_correlation": [0.5, 0.25], "pe_correlation_note": None,
-                             "pe_figures": {"heatmaps": str(root / key / "heatmaps.png")}})
+    store.add_analysis(deit["mpvg"], {"pe_correlation": [0.5, 0.25], "pe_correlation_note": None,
+                                      "pe_figures": {"heatmaps": str(root / deit["mpvg"] / "heatmaps.png")}})
     return root
 
 
@@ -111,11 +113,12 @@ def test_page_holds_tables_curves_and_analysis(filled: Store, tmp_path: Path) ->
     assert any(c.startswith("Table 1") for c in page.captions)
     pngs = decoded_pngs(page)
     assert all(p.startswith(PNG) for p in pngs)
-    # curves, correlation by method, the per-run heatmap once (found via the store and the
-    # folder), not the old correlation.png, not the file that is no PNG
-    assert len(pngs) == 3
+    # curves, correlation by method, the two per-run heatmaps (mpvg's once, though both the
+    # store and the folder name it), not the old correlation.png, not the file that is no PNG
+    assert len(pngs) == 4
     assert 'alt="training curves"' in text and 'alt="correlation by method"' in text
-    assert "deit_tiny / mpvg / imagenet seed 0" in text
+    # figures grouped by method like the tables (default before mpvg), named by run, not hash
+    assert 0 < text.index("deit_tiny / default / imagenet seed 0") < text.index("deit_tiny / mpvg / imagenet seed 0")
 
 
 def test_png_data_uri_rejects_other_bytes() -> None:
@@ -158,7 +161,6 @@ def chromium(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
 
 
 @pytest.mark.browser
-@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_headless_chromium_renders_tables_and_images(filled: Store, tmp_path: Path) -> None:
     folder = analysis_dir(filled, tmp_path / "analysis")
@@ -170,7 +172,7 @@ def test_headless_chromium_renders_tables_and_images(filled: Store, tmp_path: Pa
     assert "Final Top-1 (%) measured" in page.headers and "Top-1 (%) paper" in page.headers
     assert MPVG_DEIT in page.cells
     pngs = decoded_pngs(page)
-    assert len(pngs) == 3 and all(p.startswith(PNG) for p in pngs)
+    assert len(pngs) == 4 and all(p.startswith(PNG) for p in pngs)
     shot = tmp_path / "report.png"
     done = chromium(f"--screenshot={shot}", "--window-size=1280,2400", "--hide-scrollbars", html_path.as_uri())
     assert done.returncode == 0 and shot.read_bytes().startswith(PNG), done.stderr[-2000:]

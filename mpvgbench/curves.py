@@ -169,11 +169,18 @@ def _draw_band(ax: Axes, band: SeedBand, colour: Any, label: str, marker: Option
 
 
 def figure_png(fig: Figure) -> bytes:
-    """The figure as PNG bytes (closed afterwards)."""
+    """The figure as a 256-colour PNG (closed afterwards): line plots need no more colours, and
+    the file is about 3x smaller (it is embedded as base64 in the HTML report and in docs/)."""
+    from PIL import Image
+
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=DPI, bbox_inches="tight", format="png")
     plt.close(fig)
-    return buffer.getvalue()
+    buffer.seek(0)
+    out = io.BytesIO()
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 def curves_figure(panels: Sequence[Panel]) -> Figure:

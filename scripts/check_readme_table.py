@@ -86,17 +86,18 @@ def _close(a: str, b: str, tolerance: float) -> bool:
         stds[0] is None or abs(float(stds[0]) - float(stds[1])) <= tolerance)
 
 
-def run_quickstart(python: str = sys.executable) -> str:
-    """The quickstart run into a temporary folder; returns its markdown report."""
+def run_quickstart(spec: Path = SPEC, python: str = sys.executable) -> str:
+    """``spec`` (the quickstart) run into a temporary folder; returns its markdown report."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("MPVGBENCH_DB", None)
     with tempfile.TemporaryDirectory(prefix="mpvgbench-readme-") as work:
         db, runs = Path(work) / "results.db", Path(work) / "runs"
-        subprocess.run([python, "-m", "mpvgbench", "run", str(SPEC), "--db", str(db), "--runs-dir", str(runs)],
-                       check=True, env=env, cwd=work, stdout=sys.stderr)
-        done = subprocess.run([python, "-m", "mpvgbench", "report", "--db", str(db), "--spec", str(SPEC),
-                               "--format", "markdown"], check=True, env=env, cwd=work,
-                              capture_output=True, text=True)
+        for command in (["run", str(spec), "--runs-dir", str(runs)], ["report", "--spec", str(spec), "--format", "markdown"]):
+            done = subprocess.run([python, "-m", "mpvgbench", *command, "--db", str(db)], env=env, cwd=work,
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"mpvgbench {command[0]} failed (exit {done.returncode}):\n"
+                                 f"{(done.stdout + done.stderr)[-3000:]}")
         return done.stdout
 
 

@@ -83,3 +83,14 @@ def test_the_real_readme_has_a_quickstart_table() -> None:
 def test_readme_table_is_what_the_quickstart_produces() -> None:
     """15 real CPU runs (~2-4 min on 2 cores): the README's numbers are reproducible."""
     assert checker.main([]) == 0
+
+
+def test_run_quickstart_runs_a_spec_and_returns_its_table(tmp_path: Path) -> None:
+    """The checker's plumbing on a one-job spec (a few training steps)."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("name: tiny\nmodels: [vit_micro]\nmethods: [mpvg]\ndatasets: [digits]\nseeds: [0]\n"
+                    "recipe: {epochs: 1, max_steps_per_epoch: 2, eval_max_batches: 1}\n"
+                    "data: {num_workers: 0}\nexecutor: {name: local, workers: 1, device: cpu}\n")
+    lines = checker.table_lines(checker.run_quickstart(spec))
+    assert lines[0] == "| Dataset | Model | mpvg |" and lines[2].startswith("| digits | vit_micro | ")
+    assert lines[2].endswith("(n=1) |")

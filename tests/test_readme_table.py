@@ -85,6 +85,7 @@ def test_readme_table_is_what_the_quickstart_produces() -> None:
     assert checker.main([]) == 0
 
 
+@pytest.mark.slow
 def test_run_quickstart_runs_a_spec_and_returns_its_table(tmp_path: Path) -> None:
     """The checker's plumbing on a one-job spec (a few training steps)."""
     spec = tmp_path / "tiny.yaml"

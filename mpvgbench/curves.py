@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -227,11 +227,12 @@ def plot_curves(panels: Sequence[Panel], path: PathLike) -> Path:
 # ---------------------------------------------------------------------- correlation (Fig. 4)
 
 
-def correlation_analyses(store: Store, keys: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
+def correlation_analyses(store: Store, keys: Optional[Collection[str]] = None) -> list[dict[str, Any]]:
     """The stored ``pe_correlation`` of analysed runs as the dicts ``plot_correlation_by_method``
     takes (``key``, ``model``, ``method``, ``dataset``, ``correlation``, ``correlation_note``)."""
     stored = store.analysis()
-    wanted = [k for k in stored if keys is None or k in keys]
+    only = None if keys is None else set(keys)
+    wanted = [k for k in stored if only is None or k in only]
     out = []
     for run in store.runs(keys=wanted) if wanted else []:
         values = stored[run.key]

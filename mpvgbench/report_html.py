@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import html
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -115,14 +115,14 @@ def _readable_png(path: Path) -> Optional[bytes]:
     return data if data.startswith(PNG_SIGNATURE) else None
 
 
-def analysis_pngs(store: Store, analysis_dirs: Sequence[Path], *,
+def analysis_pngs(store: Store, analysis_dirs: Sequence[Path], *, keys: Optional[Collection[str]] = None,
                   skip_top_correlation: bool = False) -> list[Path]:
-    """PNGs of ``mpvgbench analyze``: those the database names (``pe_figures``), then every
-    ``*.png`` under ``analysis_dirs`` (without their ``correlation.png`` if
-    ``skip_top_correlation``); de-duplicated, in a stable order."""
+    """PNGs of ``mpvgbench analyze``: those the database names (``pe_figures``; of the runs
+    ``keys`` if given), then every ``*.png`` under ``analysis_dirs`` (without their
+    ``correlation.png`` if ``skip_top_correlation``); de-duplicated, in a stable order."""
     found: list[Path] = []
-    for values in store.analysis().values():
-        figures = values.get("pe_figures")
+    for key, values in store.analysis().items():
+        figures = values.get("pe_figures") if keys is None or key in keys else None
         if isinstance(figures, dict):
             found += [Path(p) for p in figures.values() if isinstance(p, str)]
     for folder in analysis_dirs:
@@ -185,13 +185,14 @@ def build_html(store: Store, *, metric: str = "final", spec: Optional[str] = Non
     sections.append(_section("curves", "Training curves", curves))
 
     analysis_parts: list[str] = []
-    correlations = correlation_analyses(store)
+    runs = {r.key: r for r in store.runs(spec_name=spec)}
+    correlations = correlation_analyses(store, list(runs) if spec else None)
     if correlations:
         analysis_parts.append(_figure(figure_png(correlation_figure(correlations)), "correlation by method",
                                       f"token/PE correlation per layer of {len(correlations)} analysed run(s), "
                                       "one line per method (mean over seeds, band min..max)"))
-    runs = {r.key: r for r in store.runs()}
-    pngs = _figure_order(analysis_pngs(store, analysis_dirs, skip_top_correlation=bool(correlations)), runs)
+    pngs = _figure_order(analysis_pngs(store, analysis_dirs, keys=set(runs) if spec else None,
+                                       skip_top_correlation=bool(correlations)), runs)
     embedded = 0
     for path in pngs:
         if embedded >= MAX_FIGURES:

@@ -127,6 +127,13 @@ def test_png_data_uri_rejects_other_bytes() -> None:
         png_data_uri(b"GIF89a")
 
 
+def test_spec_restricts_tables_curves_and_stored_figures(filled: Store, tmp_path: Path) -> None:
+    analysis_dir(filled, tmp_path / "analysis")
+    text = build_html(filled, spec="another")  # no run of the store belongs to it
+    assert parse(text).images == [] and "No analysis yet" in text and "spec another" in text
+    assert len(parse(build_html(filled, spec="curves")).images) == 3  # curves, correlation, heatmap
+
+
 def test_empty_store_still_renders(tmp_path: Path) -> None:
     with Store(tmp_path / "empty.db") as store:
         text = build_html(store)

@@ -11,23 +11,39 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, Strict, field_validator
 
 from mpvgbench.methods import PEMethod, resolve_method
+
+
+# Counts are whole numbers, never booleans (``epochs: true`` is not one epoch); no value is
+# infinite or NaN (``lr: .inf`` validates as a float but trains nothing).
+Count = Annotated[int, Strict(), Field(gt=0)]
+NonNegativeCount = Annotated[int, Strict(), Field(ge=0)]
+
+
+class ParamGroup(BaseModel):
+    """Parameters whose names match any of ``match`` (fnmatch globs, e.g. ``"blocks.*"``) train at
+    ``lr_scale`` x the recipe's lr; ``lr_scale: 0`` leaves them out of the optimizer (frozen)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    match: tuple[str, ...] = Field(min_length=1)
+    lr_scale: float = Field(1.0, ge=0)
 
 
 class Recipe(BaseModel):
     """Training hyper-parameters. Defaults are DeiT's ImageNet recipe (paper Table 7)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    epochs: PositiveInt = 300
-    cooldown_epochs: int = Field(0, ge=0)
-    batch_size: PositiveInt = 1024  # global batch, over all processes
+    epochs: Count = 300
+    cooldown_epochs: NonNegativeCount = 0
+    batch_size: Count = 1024  # global batch, over all processes
     lr: PositiveFloat = 5e-4
-    lr_base_batch: Optional[PositiveInt] = 512  # lr is scaled by batch_size / lr_base_batch; null: no scaling
+    lr_base_batch: Optional[Count] = 512  # lr is scaled by batch_size / lr_base_batch; null: no scaling
     min_lr: float = Field(1e-5, ge=0)
-    warmup_epochs: int = Field(5, ge=0)
+    warmup_epochs: NonNegativeCount = 5
     warmup_lr: float = Field(1e-6, ge=0)
     optimizer: Literal["adamw", "sgd", "adam", "lamb"] = "adamw"
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -51,8 +67,22 @@ class Recipe(BaseModel):
     ema_decay: float = Field(0.99996, gt=0, lt=1)
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     compile: bool = False  # torch.compile on CUDA; ignored on CPU
-    max_steps_per_epoch: Optional[PositiveInt] = None  # smoke runs and benchmarks only
-    eval_max_batches: Optional[PositiveInt] = None  # smoke runs only
+    max_steps_per_epoch: Optional[Count] = None  # smoke runs and benchmarks only
+    eval_max_batches: Optional[Count] = None  # smoke runs only
+    # Added after v1 (their defaults reproduce the v1 behaviour, so v1 job keys stay):
+    # each parameter goes to the first group that matches its name; unmatched ones train at lr.
+    # null: one lr for every parameter (mpvgbench.optim.build_optimizer).
+    param_groups: Optional[tuple[ParamGroup, ...]] = None
+    decay_all_params: bool = False  # weight decay on norms, biases, PEs and tokens too
+    nesterov: Optional[bool] = None  # sgd only (ignored otherwise, like momentum); null: timm's "sgd" (Nesterov)
+
+    @field_validator("train_crop_scale")
+    @classmethod
+    def _crop_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"train_crop_scale must be two area fractions 0 < min <= max <= 1, got {list(value)}")
+        return value
 
     @property
     def total_epochs(self) -> int:
@@ -67,14 +97,14 @@ class Recipe(BaseModel):
 class TrainConfig(BaseModel):
     """Everything that determines one trained model. Its hash is the job key."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: str  # short name from mpvgbench.catalog
     method: Annotated[PEMethod, BeforeValidator(resolve_method)]  # stored as its five knobs
     dataset: str  # name from mpvgbench.data.DATASETS
-    img_size: PositiveInt
-    num_classes: PositiveInt
-    seed: int = 0
+    img_size: Count
+    num_classes: Count
+    seed: NonNegativeCount = 0
     recipe: Recipe = Recipe()
     init_from: Optional[str] = None  # job key of a finished run whose weights start this one (fine-tuning)
 

@@ -18,7 +18,6 @@ this module stays cheap (``run --dry-run``).
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -40,7 +39,7 @@ from mpvgbench.errors import DataError  # noqa: E402 - re-exported: a data probl
 
 __all__ = [
     "DATASETS", "DataError", "build_datasets", "dataset_info", "default_num_workers", "input_channels",
-    "DigitsDataset", "Cifar100Dataset", "SyntheticDataset",
+    "DigitsDataset", "SyntheticDataset", "cifar100",
 ]
 
 
@@ -91,10 +90,8 @@ def build_datasets(
     val_tf = None if train_transform_only else _transform(config, is_training=False)
     root = _require_root(name, data_root)
     if name == "cifar100":
-        if download:
-            _download_cifar100(root)
-        train = Cifar100Dataset(root, "train", train_tf)
-        val = None if val_tf is None else Cifar100Dataset(root, "test", val_tf)
+        train = cifar100(root, "train", train_tf, download=download)  # fetches + verifies once
+        val = None if val_tf is None else cifar100(root, "test", val_tf)
     else:  # imagenet, imagefolder
         train = _image_folder(name, root, "train", train_tf)
         val = None if val_tf is None else _image_folder(name, root, "val", val_tf)
@@ -225,79 +222,23 @@ def _digits_arrays() -> tuple[Any, Any, Any, Any]:
 # --------------------------------------------------------------------------- cifar100
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """CIFAR's files are pickles: load them without letting them name arbitrary callables."""
+def cifar100(root: Path, split: str, transform: Optional[Callable] = None, *, download: bool = False) -> Any:
+    """torchvision's CIFAR100 (fine labels) under ``<root>/cifar-100-python``.
 
-    ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
-
-
-def _load_cifar_pickle(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            data = _NumpyOnlyUnpickler(handle, encoding="latin1").load()
-    except FileNotFoundError:
-        raise DataError(
-            f"data.roots.cifar100: missing {path}; expected torchvision's cifar-100-python/ "
-            "layout (or set data.download: true)"
-        ) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-        raise DataError(f"data.roots.cifar100: {path} is not a CIFAR pickle: {exc}") from None
-    if not isinstance(data, dict):
-        raise DataError(f"data.roots.cifar100: {path} is not a CIFAR pickle (not a dict)")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
-
-
-class Cifar100Dataset:
-    """CIFAR-100 read from ``<root>/cifar-100-python`` (fine labels), PIL images -> transform."""
-
-    def __init__(self, root: str | Path, split: str, transform: Optional[Callable] = None) -> None:
-        import numpy as np
-
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        base = Path(root) / "cifar-100-python"
-        entry = _load_cifar_pickle(base / split)
-        meta = _load_cifar_pickle(base / "meta")
-        try:
-            data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            self.labels = [int(v) for v in entry["fine_labels"]]
-            self.classes = [str(c) for c in meta["fine_label_names"]]
-        except (KeyError, ValueError) as exc:
-            raise DataError(f"data.roots.cifar100: {base / split}: bad content ({exc})") from None
-        if len(self.labels) != len(data):
-            raise DataError(f"data.roots.cifar100: {base / split}: labels and images differ in count")
-        self.data = data.transpose(0, 2, 3, 1)  # HWC
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        from PIL import Image
-
-        image = Image.fromarray(self.data[index])
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, self.labels[index]
-
-
-def _download_cifar100(root: Path) -> None:
-    if (root / "cifar-100-python" / "train").is_file():
-        return
+    torchvision checks every file's md5 before unpickling it, so a damaged or foreign file is
+    refused before it could run anything; its RuntimeError becomes a one-line DataError.
+    """
     from torchvision.datasets import CIFAR100
 
-    CIFAR100(str(root), train=True, download=True)  # fetches and verifies the archive (md5)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    try:
+        return CIFAR100(str(root), train=split == "train", transform=transform, download=download)
+    except RuntimeError:
+        raise DataError(
+            f"data.roots.cifar100: {Path(root) / 'cifar-100-python'} is missing or has damaged files "
+            "(md5 check); expected torchvision's cifar-100-python/ layout (or set data.download: true)"
+        ) from None
 
 
 # -------------------------------------------------------------------------- synthetic

@@ -19,10 +19,13 @@ from typing import Any, Iterable, NamedTuple, Optional
 
 from mpvgbench.catalog import model_info
 from mpvgbench.config import Recipe, TrainConfig, config_key
-from mpvgbench.errors import MpvgbenchError
+from mpvgbench.errors import MpvgbenchError, SpecError
 from mpvgbench.methods import PEMethod
 from mpvgbench.recipes import SMOKE_NUM_CLASSES, default_img_size, default_recipe, smoke_recipe
 from mpvgbench.spec import AXES, CELL_KEYS, InitFrom, Spec, recipe_overrides
+
+
+MAX_JOBS = 100_000  # cells one spec may expand to
 
 
 @dataclass(frozen=True)
@@ -33,25 +36,12 @@ class Job:
     depends_on: Optional[str] = None  # key of the run whose weights this one starts from
     parent_only: bool = False  # True: in the matrix only because another job starts from it
 
-    @property
-    def model(self) -> str:
-        return self.config.model
-
-    @property
-    def method(self) -> PEMethod:
-        return self.config.method
-
-    @property
-    def method_label(self) -> str:
-        return self.config.method.label
-
-    @property
-    def dataset(self) -> str:
-        return self.config.dataset
-
-    @property
-    def seed(self) -> int:
-        return self.config.seed
+    # The cell, read from the config (one source of truth): job.model, job.method, ...
+    model = property(lambda self: self.config.model, doc="short model name")
+    method = property(lambda self: self.config.method, doc="the PEMethod")
+    method_label = property(lambda self: self.config.method.label, doc="the method's label")
+    dataset = property(lambda self: self.config.dataset, doc="dataset name")
+    seed = property(lambda self: self.config.seed, doc="seed")
 
     @property
     def cell(self) -> tuple[str, str, str, int]:
@@ -85,6 +75,13 @@ def cells(spec: Spec) -> list[Cell]:
         group = group_of.get(axis, (axis,))
         emitted.update(group)
         units.append((group, list(zip(*(axis_values[a] for a in group)))))
+    size = 1
+    for _, values in units:
+        size *= len(values)
+    if size > MAX_JOBS:  # bounded before anything is built: a typo in seeds is not 39 s and 2 GB
+        raise spec.error("seeds" if len(spec.seeds) > 1000 else "models",
+                         f"the axes multiply to {size:,} cells; the limit is {MAX_JOBS:,} per spec: "
+                         "split the spec or use zip/include")
     position = {axis: i for i, axis in enumerate(AXES)}
     out: dict[Cell, None] = {}
     for combo in itertools.product(*(values for _, values in units)):
@@ -269,6 +266,54 @@ class _Builder:
         )
 
 
+def select(jobs: list[Job], patterns: Iterable[str]) -> list[Job]:
+    """``run --only``: the jobs whose cell matches any pattern ``axis=v1|v2,axis=v``, plus the
+    runs they start from (init_from). Axes: model, method, dataset, seed."""
+    parsed = [_parse_pattern(p) for p in patterns]
+    if not parsed:
+        return jobs
+    kept = {job.key for job in jobs if not job.parent_only and any(_matches(job, p) for p in parsed)}
+    if not kept:
+        raise SpecError(f"--only {' '.join(patterns)}: no cell of the spec matches; "
+                        "`mpvgbench run SPEC --dry-run` lists the cells")
+    by_key = {job.key: job for job in jobs}
+    for key in list(kept):
+        parent = by_key[key].depends_on
+        while parent is not None and parent in by_key and parent not in kept:
+            kept.add(parent)
+            parent = by_key[parent].depends_on
+    return [job for job in jobs if job.key in kept]
+
+
+def _parse_pattern(text: str) -> dict[str, set[Any]]:
+    from mpvgbench.methods import resolve_method
+    from mpvgbench.recipes import dataset_info
+
+    pattern: dict[str, set[Any]] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        axis, sep, values = item.partition("=")
+        if not sep or axis not in CELL_KEYS or not values:
+            raise SpecError(f"--only {text!r}: expected AXIS=VALUE[|VALUE] with AXIS one of "
+                            f"{', '.join(CELL_KEYS)}, e.g. model=deit_tiny,method=mpvg")
+        try:
+            if axis == "model":
+                pattern[axis] = {model_info(v).name for v in values.split("|")}
+            elif axis == "method":
+                pattern[axis] = {resolve_method(v) for v in values.split("|")}
+            elif axis == "dataset":
+                pattern[axis] = {v for v in values.split("|") if dataset_info(v)}
+            else:
+                pattern[axis] = {int(v) for v in values.split("|")}
+        except ValueError as exc:
+            raise SpecError(f"--only {text!r}: {exc}") from None
+    return pattern
+
+
+def _matches(job: Job, pattern: dict[str, set[Any]]) -> bool:
+    cell = {"model": job.model, "method": job.method, "dataset": job.dataset, "seed": job.seed}
+    return all(cell[axis] in values for axis, values in pattern.items())
+
+
 def summarize(jobs: Iterable[Job]) -> dict[str, int]:
     """Counts per axis, for ``run --dry-run``."""
     jobs = list(jobs)
@@ -281,4 +326,4 @@ def summarize(jobs: Iterable[Job]) -> dict[str, int]:
     }
 
 
-__all__ = ["Cell", "Job", "CELL_KEYS", "cells", "check_cells", "expand", "summarize"]
+__all__ = ["Cell", "Job", "select", "CELL_KEYS", "cells", "check_cells", "expand", "summarize"]

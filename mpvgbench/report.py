@@ -19,7 +19,7 @@ import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from typing import Any, Iterable, Literal, Optional, Union
 
 from mpvgbench.errors import MpvgbenchError
 from mpvgbench.methods import PRESETS, PEMethod
@@ -196,26 +196,54 @@ def _pivot(index: _Index, which: str) -> ReportTable:
 
 # --------------------------------------------------------------------------------- rendering
 
-def to_rich(table: ReportTable) -> Any:
+def to_rich(table: ReportTable, width: Optional[int] = None) -> Any:
     """A ``rich.table.Table``, Δ in green/red. Text is escaped: labels like
-    ``mpvg[last_ln_pe=5]`` are not rich markup."""
+    ``mpvg[last_ln_pe=5]`` are not rich markup.
+
+    ``width``: the terminal's. When the table would not fit, label columns that hold one value
+    in every row (Table 3's model and backbone) move into the title, and headers wrap; numbers
+    never fold and nothing is cut with an ellipsis.
+    """
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.measure import Measurement
+
+    full = _rich_table(table, range(len(table.columns)), table.title)
+    if width is None:
+        return full
+    console = Console(width=10_000)
+    if Measurement.get(console, console.options, full).maximum <= width:
+        return full
+    constant = [i for i, col in enumerate(table.columns) if col.kind == "label" and len(table.rows) > 1
+                and len({table.cell_text(col, row[i]) for row in table.rows}) == 1]
+    kept = [i for i in range(len(table.columns)) if i not in constant]
+    moved = ", ".join(f"{table.columns[i].name} {table.cell_text(table.columns[i], table.rows[0][i])}"
+                      for i in constant)
+    return _rich_table(table, kept, f"{table.title}" + (f" ({moved})" if moved else ""))
+
+
+def _rich_table(table: ReportTable, indexes: Iterable[int], title: str) -> Any:
     from rich.markup import escape
     from rich.table import Table
 
-    rich_table = Table(title=escape(table.title), caption=escape("\n".join(table.notes)) or None,
+    indexes = list(indexes)
+    rich_table = Table(title=escape(title), caption=escape("\n".join(table.notes)) or None,
                        caption_justify="left")
-    for col in table.columns:
-        # On a narrow terminal the numbers wrap ("80.28 ± 7.26" / "(n=3)"); labels never shrink.
+    texts_by_row = [[table.cell_text(table.columns[i], row[i]) for i in indexes] for row in table.rows]
+    for position, i in enumerate(indexes):
+        col = table.columns[i]
+        words = [w for texts in texts_by_row for w in texts[position].split()]
+        # Headers wrap at spaces; a value folds only between its words ("80.28 ± 7.26" / "(n=3)").
         rich_table.add_column(escape(col.name), justify="left" if col.kind == "label" else "right",
-                              no_wrap=col.kind == "label")
-    for row in table.rows:
-        texts = []
-        for col, value in zip(table.columns, row):
-            text = escape(table.cell_text(col, value))
+                              overflow="fold", min_width=max(map(len, words), default=1))
+    for row, texts in zip(table.rows, texts_by_row):
+        cells = []
+        for position, i in enumerate(indexes):
+            col, value, text = table.columns[i], row[i], escape(texts[position])
             if col.kind == "diff" and value is not None:
                 text = f"[{'green' if value >= 0 else 'red'}]{text}[/]"
-            texts.append(text)
-        rich_table.add_row(*texts)
+            cells.append(text)
+        rich_table.add_row(*cells)
     return rich_table
 
 

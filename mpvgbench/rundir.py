@@ -28,50 +28,33 @@ PathLike = Union[str, "os.PathLike[str]"]  # includes RunDir
 from mpvgbench.errors import RunDirError  # noqa: E402 - re-exported
 
 
+# The files of a run directory (docs/architecture.md), by the RunDir attribute that names them.
+RUN_FILES: dict[str, str] = {
+    "config": "config.json", "job": "job.json", "checkpoint": "checkpoint.pt",
+    "metrics": "metrics.jsonl", "progress": "progress.json", "result": "result.json",
+    "error": "error.json", "stdout": "stdout.log", "stderr": "stderr.log",
+}
+
 @dataclass(frozen=True)
 class RunDir:
     """Paths of one run directory, ``<runs_root>/<key>/``."""
 
     path: Path
 
+    config: Path
+    job: Path
+    checkpoint: Path
+    metrics: Path
+    progress: Path
+    result: Path
+    error: Path
+    stdout: Path
+    stderr: Path
+
     def __init__(self, path: PathLike) -> None:
         object.__setattr__(self, "path", Path(path))
-
-    @property
-    def config(self) -> Path:
-        return self.path / "config.json"
-
-    @property
-    def job(self) -> Path:
-        return self.path / "job.json"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / "checkpoint.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def progress(self) -> Path:
-        return self.path / "progress.json"
-
-    @property
-    def result(self) -> Path:
-        return self.path / "result.json"
-
-    @property
-    def error(self) -> Path:
-        return self.path / "error.json"
-
-    @property
-    def stdout(self) -> Path:
-        return self.path / "stdout.log"
-
-    @property
-    def stderr(self) -> Path:
-        return self.path / "stderr.log"
+        for attribute, name in RUN_FILES.items():
+            object.__setattr__(self, attribute, self.path / name)
 
     def __str__(self) -> str:
         return str(self.path)
@@ -142,6 +125,30 @@ def atomic_torch_save(path: PathLike, obj: Any) -> None:
         torch.save(obj, f)
 
 
+def retire_stale_error(run_dir: PathLike) -> None:
+    """Move an earlier attempt's error.json aside (to error.json.prev): this attempt decides
+    anew, and nobody may read the old record as this attempt's outcome. The one place that does
+    it (executors before launch, the worker at start)."""
+    rd = RunDir(run_dir)
+    try:
+        os.replace(rd.error, rd.path / "error.json.prev")
+    except FileNotFoundError:
+        pass
+
+
+def remove_leftover_tmp_files(run_dir: PathLike) -> list[Path]:
+    """Delete the temp files (``.<name>.*.tmp``) of atomic writes that a kill interrupted; only
+    the process that owns the run directory may call this (a live writer's file would vanish)."""
+    removed = []
+    for tmp in RunDir(run_dir).path.glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def write_job_files(
     run_dir: PathLike,
     config: Any,
@@ -176,13 +183,18 @@ def read_json(path: PathLike, *, missing_ok: bool = False) -> Optional[dict[str,
         if missing_ok:
             return None
         raise RunDirError(f"run dir {path.parent}: {path.name} is missing") from None
+    return _json_object(text, path, path.name)
+
+
+def _json_object(text: str, path: Path, what: str) -> dict[str, Any]:
+    """``text`` as a JSON object, or a RunDirError naming ``what`` (a file or one of its lines)."""
     try:
         obj = json.loads(text)
         if not isinstance(obj, dict):
             raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     except ValueError as exc:
         raise RunDirError(
-            f"run dir {path.parent}: {path.name} is corrupted ({_one_line(exc)}); "
+            f"run dir {path.parent}: {what} is corrupted ({_one_line(exc)}); "
             f"delete it{_fix_for(path.name)}"
         ) from None
     return obj
@@ -205,21 +217,8 @@ def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
         return []
-    rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError(f"expected a JSON object, got {type(row).__name__}")
-        except ValueError as exc:
-            raise RunDirError(
-                f"run dir {path.parent}: {path.name} line {i} is corrupted ({_one_line(exc)}); "
-                f"delete it{_fix_for(path.name)}"
-            ) from None
-        rows.append(row)
-    return rows
+    return [_json_object(line, path, f"{path.name} line {i}")
+            for i, line in enumerate(lines, 1) if line.strip()]
 
 
 def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> Optional[dict[str, Any]]:
@@ -238,11 +237,25 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> Optional[dict[
         if not isinstance(ckpt, dict) or "model" not in ckpt:
             raise ValueError("not an mpvgbench checkpoint (no 'model' entry)")
     except Exception as exc:  # zip/pickle/EOF errors all mean the same thing to the user
+        if is_interruption(exc):
+            raise  # a time-out signal landed during the load: the file is fine
         raise RunDirError(
             f"run dir {path.parent}: {path.name} is corrupted ({type(exc).__name__}: "
             f"{_one_line(exc)}); delete it to restart the run from scratch"
         ) from None
     return ckpt
+
+
+def is_interruption(exc: BaseException) -> bool:
+    """An exception raised into the process from outside (a signal handler: submitit's
+    ``UncompletedJobError`` on a last time-out, KeyboardInterrupt, SystemExit), not by the work."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return True
+    try:
+        from submitit.core.utils import UncompletedJobError
+    except ImportError:  # pragma: no cover - submitit is a dependency
+        return False
+    return isinstance(exc, UncompletedJobError)
 
 
 def read_config(run_dir: PathLike) -> Any:
@@ -264,6 +277,16 @@ def read_config(run_dir: PathLike) -> Any:
         ) from None
 
 
+# Operational job.json settings (never part of the job key), their defaults, and what they mean:
+# amp/compile: auto|on|off (trainer.train); checkpoints every N steps and/or M minutes.
+JOB_OPERATIONAL_DEFAULTS: dict[str, Any] = {
+    "amp": "auto",
+    "compile": "auto",
+    "checkpoint_every_steps": None,
+    "checkpoint_every_min": 10.0,
+}
+
+
 def read_job(run_dir: PathLike) -> dict[str, Any]:
     """job.json with defaults filled in: key, data_root, device, num_workers."""
     rd = RunDir(run_dir)
@@ -272,10 +295,15 @@ def read_job(run_dir: PathLike) -> dict[str, Any]:
     job.setdefault("data_root", None)
     job.setdefault("device", "auto")
     job.setdefault("num_workers", 0)
+    for name, default in JOB_OPERATIONAL_DEFAULTS.items():
+        job.setdefault(name, default)
     if job["device"] not in ("auto", "cpu", "cuda") and not str(job["device"]).startswith("cuda:"):
         raise RunDirError(
             f"run dir {rd.path}: job.json has device {job['device']!r}; use auto, cpu or cuda"
         )
+    for name in ("amp", "compile"):
+        if job[name] not in ("auto", "on", "off"):
+            raise RunDirError(f"run dir {rd.path}: job.json has {name} {job[name]!r}; use auto, on or off")
     return job
 
 
@@ -333,12 +361,16 @@ def collect_env(device: Optional[str] = None, num_processes: int = 1) -> dict[st
             env["device"] = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     except Exception:
         pass
-    cwd = os.getcwd()
-    commit = _git(["rev-parse", "HEAD"], cwd)
-    if commit:
-        env["git_commit"] = commit
-        status = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
-        env["git_dirty"] = None if status is None else bool(status)
+    # The user's working directory when it is a git repository (their experiment code), else
+    # the repository mpvgbench itself runs from (a clone installed with `pip install -e`).
+    for where in (os.getcwd(), str(Path(__file__).resolve().parent)):
+        commit = _git(["rev-parse", "HEAD"], where)
+        if commit:
+            env["git_commit"] = commit
+            status = _git(["status", "--porcelain", "--untracked-files=no"], where)
+            env["git_dirty"] = None if status is None else bool(status)
+            env["git_repo"] = _git(["rev-parse", "--show-toplevel"], where)
+            break
     return env
 
 
@@ -350,6 +382,9 @@ __all__ = [
     "atomic_write_jsonl",
     "collect_env",
     "is_finished",
+    "is_interruption",
+    "remove_leftover_tmp_files",
+    "retire_stale_error",
     "read_checkpoint",
     "read_config",
     "read_job",

@@ -34,8 +34,9 @@ job key. ``init_from: {dataset: D}`` applies to a model's cells on other dataset
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -110,6 +111,7 @@ class DataSection(_Section):
 class ExecutorSection(_Section):
     name: Literal["local", "slurm"] = "local"
     workers: PositiveInt = 1  # jobs at once (local) / array parallelism (slurm)
+    nproc_per_node: PositiveInt = 1  # local: processes (GPUs) per job; > 1 runs DDP under torchrun
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -222,6 +224,13 @@ class Spec(_Section):
                 shown = ", ".join(f"{a} has {n}" for a, n in lengths.items())
                 raise FieldError(f"zip[{g}]", f"zipped axes need equal lengths; {shown}")
         used = set(self.datasets) | {c.dataset for c in self.include if c.dataset}
+        for name, override in self.dataset_overrides.items():
+            known = dataset_info(name).num_classes
+            if override.num_classes is not None and known is not None and override.num_classes < known:
+                raise FieldError(
+                    f"dataset_overrides.{name}.num_classes",
+                    f"{name} has {known} classes; {override.num_classes} would put labels out of "
+                    f"range mid-training; remove the override or set it to at least {known}")
         for name in sorted(used):
             if dataset_info(name).num_classes is None and self.num_classes_for(name) is None:
                 raise FieldError(
@@ -256,8 +265,47 @@ class Spec(_Section):
 # ---------------------------------------------------------------------------- loading
 
 
+MAX_YAML_DEPTH = 64  # a spec nests a handful of levels
+MAX_YAML_VALUES = 200_000  # values after alias expansion: a 10k-job spec needs a few thousand
+
+
 class _SafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also refuses duplicate mapping keys."""
+    """``yaml.SafeLoader`` that refuses duplicate mapping keys, explicit tags and deep nesting."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        tag = getattr(event, "tag", None)
+        if tag is not None and tag != "!" and not isinstance(event, yaml.AliasEvent):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the tag {tag} is not allowed (YAML tags are not allowed in specs)",
+                event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values ``node`` becomes once every alias is expanded (shared nodes memoised:
+    linear in the document, however large the expansion)."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    memo[id(node)] = 1  # a cycle (an alias to an enclosing anchor) counts once, then is refused below
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = size
+    return size
 
 
 def _construct_mapping(loader: _SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
@@ -280,6 +328,54 @@ _SafeLoader.add_constructor(
 )
 
 
+def read_yaml(text: str, source: str) -> Any:
+    """Parse spec text; bounded in depth and in size after alias expansion (a 600-byte
+    "billion laughs" would otherwise take minutes and gigabytes downstream)."""
+    loader = _SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_VALUES:
+            raise SpecError(f"{source}: the YAML expands to over {MAX_YAML_VALUES:,} values "
+                            "(nested aliases); write the spec out without them")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{source}: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise SpecError(f"{source}: malformed YAML: nested too deeply (or an alias refers to "
+                        "its own enclosing value)") from None
+    finally:
+        loader.dispose()
+
+
+def apply_overrides(data: Any, overrides: Sequence[str], source: str) -> Any:
+    """``--set recipe.epochs=1 --set seeds=[0]``: dotted paths into the spec, values as YAML."""
+    if not overrides:
+        return data
+    if not isinstance(data, Mapping):
+        return data  # parse_spec names the problem
+    data = copy.deepcopy(dict(data))
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        parts = path.strip().split(".")
+        if not sep or not all(parts):
+            raise SpecError(f"--set {item!r}: expected FIELD.PATH=VALUE, e.g. recipe.epochs=1")
+        value = read_yaml(text, f"--set {path}")
+        target = data
+        for depth, part in enumerate(parts[:-1]):
+            child = target.get(part)
+            if child is None:
+                child = target[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise SpecError(f"--set {item!r}: {where} is not a mapping in {source}")
+            target = child
+        target[parts[-1]] = value
+    return data
+
+
 def parse_spec(data: Any, source: str = "<spec>") -> Spec:
     """Validate already-parsed YAML/JSON data into a Spec (``SpecError`` on any problem)."""
     if not isinstance(data, Mapping):
@@ -293,8 +389,11 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
     return spec
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read, parse and validate a spec file; every problem is a one-line ``SpecError``."""
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
+    """Read, parse and validate a spec file; every problem is a one-line ``SpecError``.
+
+    ``overrides``: ``FIELD.PATH=VALUE`` strings applied before validation (``run --set``); they
+    become part of the spec and so of the job keys they change."""
     source = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -310,10 +409,7 @@ def load_spec(path: str | Path) -> Spec:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"{source}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        data = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{source}: {_yaml_problem(exc)}") from None
+    data = apply_overrides(read_yaml(text, source), overrides, source)
     return parse_spec(data, source)
 
 

@@ -44,7 +44,7 @@ ENV_DB = "MPVGBENCH_DB"
 PathOrUrl = Union[str, "os.PathLike[str]", None]
 
 
-from mpvgbench.errors import StoreError  # noqa: E402 - re-exported
+from mpvgbench.errors import RunDirError, StoreError  # noqa: E402 - re-exported
 
 
 class JobLike(Protocol):
@@ -112,26 +112,33 @@ class Store:
         return S.sqlite_engine(url)
 
     def _fail(self, exc: BaseException) -> StoreError:
+        text = _one_line(exc)
+        if self.is_sqlite and any(w in text for w in ("malformed", "corrupt")):
+            return StoreError(
+                f"results database {self.where} is damaged ({text}); move it aside (or restore a "
+                "backup) and rerun: finished run directories are adopted again from the runs dir")
         return StoreError(
-            f"results database {self.where}: {_one_line(exc)}; "
+            f"results database {self.where}: {text}; "
             "check the --db path, its permissions and the database server"
         )
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
-        try:
-            with self._engine.begin() as conn:
-                yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            raise self._fail(exc) from None
+        with self._one_line_errors(), self._engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
+        with self._one_line_errors(), self._reader.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _one_line_errors(self) -> Iterator[None]:
+        """Driver and database failures (locked, unreachable, damaged) as one StoreError line."""
         try:
-            with self._reader.connect() as conn:
-                yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            yield
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DatabaseError) as exc:
             raise self._fail(exc) from None
 
     def _schema_version(self, conn: Connection) -> Optional[int]:
@@ -333,8 +340,22 @@ class Store:
 
         rd = rundir.RunDir(Path(run_dir).absolute())
         key = rd.path.name
-        result = rundir.read_result(rd.path)
-        error = rundir.read_json(rd.error, missing_ok=True) if result is None else None
+        try:
+            result = rundir.read_result(rd.path)
+            problem = None if result is None else S.result_problem(result)
+        except RunDirError as exc:
+            result, problem = None, str(exc)
+        if problem is not None:
+            # Damaged or forged: never a result. Recorded as a failure that names the file; the
+            # next attempt (--retry-failed) sets the file aside and trains again.
+            result = None
+            error: Optional[dict[str, Any]] = {
+                "error": f"{rd.result} is not a valid result ({problem}); rerun with --retry-failed to retrain",
+                "kind": "exception"}
+            error_mtime = time.time()
+        else:
+            error = rundir.read_json(rd.error, missing_ok=True) if result is None else None
+            error_mtime = rd.error.stat().st_mtime if error is not None else 0.0
         metric_rows = S.metric_rows(key, rundir.read_jsonl(rd.metrics))
         if result is not None and result.get("key", key) != key:
             raise StoreError(f"{rd.result} is for run {result['key']}, not {key}; "
@@ -364,7 +385,7 @@ class Store:
                        update=[*S.RESULT_FIELDS, "extra"])
             elif error is not None and (created or status in ("running", "failed")):
                 values.update(S.failed_values(error.get("error"), error.get("traceback_tail"),
-                                              error.get("kind"), rd.error.stat().st_mtime))
+                                              error.get("kind"), error_mtime))
             conn.execute(sa.update(S.runs).where(r.key == key).values(**values))
             return str(values.get("status", status))
 

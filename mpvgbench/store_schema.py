@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-from mpvgbench.errors import MpvgbenchError
+from mpvgbench.errors import MpvgbenchError, short_repr
 from mpvgbench.methods import PEMethod
 
 if TYPE_CHECKING:
@@ -138,8 +138,8 @@ RESULT_FIELDS: tuple[str, ...] = ("final_top1", "best_top1", "final_top5", "best
 
 
 @dataclass(frozen=True)
-class RunRow:
-    """One row of ``runs`` plus the specs it belongs to."""
+class RunIdentity:
+    """What names a run: its key and its cell."""
 
     key: str
     model: str
@@ -147,6 +147,12 @@ class RunRow:
     method: PEMethod
     dataset: str
     seed: int
+
+
+@dataclass(frozen=True)
+class RunRow(RunIdentity):
+    """One row of ``runs`` plus the specs it belongs to."""
+
     config: dict[str, Any]
     variant: str
     status: str
@@ -173,15 +179,9 @@ class RunRow:
 
 
 @dataclass(frozen=True)
-class ResultRow:
+class ResultRow(RunIdentity):
     """A finished run's identity and final numbers: one row of the report's input."""
 
-    key: str
-    model: str
-    method_label: str
-    method: PEMethod
-    dataset: str
-    seed: int
     variant: str  # runs of one cell with the same variant differ only by seed
     final_top1: Optional[float]
     best_top1: Optional[float]
@@ -354,6 +354,32 @@ def result_row(key: str, result: Mapping[str, Any]) -> dict[str, Any]:
     row["epochs"] = None if row["epochs"] is None else int(row["epochs"])
     extra = {k: v for k, v in result.items() if k not in RESULT_FIELDS and k != "key"}
     return {"key": key, **row, "extra": json_safe(extra)}
+
+
+def result_problem(result: Any) -> Optional[str]:
+    """Why a result.json cannot count as a result (None when it can): a schema check, so that
+    ``{}``, NaN or 1e308 accuracies, or a non-object ``env`` never become a finished run."""
+    if not isinstance(result, Mapping):
+        return f"expected a JSON object, got {type(result).__name__}"
+    for name in ("final_top1", "best_top1", "final_top5", "best_top5"):
+        value = result.get(name)
+        if value is None and name in ("final_top1", "best_top1"):
+            return f"{name} is missing"
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or not 0 <= value <= 100):
+            return f"{name} must be a percentage in [0, 100], got {short_repr(value)}"
+    epochs = result.get("epochs")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
+                               or not 0 <= epochs <= 1_000_000):
+        return f"epochs must be a whole number of epochs, got {short_repr(epochs)}"
+    wall = result.get("wall_time_s")
+    if wall is not None and (isinstance(wall, bool) or not isinstance(wall, (int, float))
+                             or not math.isfinite(wall) or wall < 0):
+        return f"wall_time_s must be a duration in seconds, got {short_repr(wall)}"
+    env = result.get("env")
+    if env is not None and not isinstance(env, Mapping):
+        return f"env must be an object, got {type(env).__name__}"
+    return None
 
 
 def finished_values(result: Mapping[str, Any], mtime: float) -> dict[str, Any]:

@@ -1,64 +1,77 @@
 """Train one job: ``train(config, run_dir, ...) -> result dict`` (single process or DDP).
 
-A readable, nanoGPT-style loop assembled from timm parts (see ``training_parts.py``). It writes
-the run directory described in docs/architecture.md, checkpoints at the end of every epoch and
-resumes from ``checkpoint.pt`` when one exists. Resumption is exact on CPU: epoch-boundary
-checkpoints plus per-epoch seeding (``training_parts`` docstring) make a run that was killed and
-resumed produce the same metrics as one that never stopped.
+Reads top to bottom like nanoGPT: ``_setup`` builds data, model, optimiser, scheduler and EMA
+from timm parts (``training_parts.py``); the epoch loop runs ``_train_step`` per batch, evaluates,
+and saves a checkpoint (``checkpoint.py`` defines what one holds) at the end of every epoch and,
+operationally, every N steps / M minutes or on request (``request_checkpoint``, e.g. from a
+Slurm pre-timeout signal). A run resumed from any of its checkpoints produces the same metrics
+as one that never stopped (on CPU; CUDA kernels may not be deterministic).
+
+Precision and compilation are operational (not part of the job key): ``amp`` and ``compile``
+take ``auto``/``on``/``off``. ``auto`` keeps CPU runs fp32 and eager (today's CPU numbers) and
+on CUDA uses bf16 autocast (``recipe.amp``) and ``torch.compile``; ``on`` applies either on CPU
+too, so CI exercises the GPU code path.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
-import torch.distributed as torch_dist
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from mpvgbench.checkpoint import LoopState, checkpoint_payload, restore_checkpoint
 from mpvgbench.config import TrainConfig
+from mpvgbench.optim import build_optimizer
 from mpvgbench.rundir import (
     PathLike,
     RunDir,
-    RunDirError,
     atomic_torch_save,
     atomic_write_json,
     atomic_write_jsonl,
     collect_env,
     read_checkpoint,
+    remove_leftover_tmp_files,
+)
+from mpvgbench.trainer_bookkeeping import (
+    CheckpointClock,
+    Heartbeat,
+    LossLog,
+    ProgressCallback,
+    checkpoint_requested,
+    request_checkpoint,
 )
 from mpvgbench.training_parts import (
     DistInfo,
     NonFiniteLossError,
     ShardSampler,
     build_mixup,
-    build_optimizer,
     build_scheduler,
     build_train_loss,
     build_train_sampler,
     derive_seed,
     dist_info,
     evaluate,
-    get_rng_state,
     load_init_weights,
     resolve_device,
     seed_everything,
     set_rng_state,
 )
 
-ProgressCallback = Callable[[dict[str, Any]], None]
 ModelFactory = Callable[..., nn.Module]
-DatasetFactory = Callable[[TrainConfig, Optional[str]], tuple[Any, Any]]
+SWITCH = ("auto", "on", "off")
 
-CHECKPOINT_FORMAT = 1
-
-__all__ = ["NonFiniteLossError", "train"]
+__all__ = ["NonFiniteLossError", "build_model_for_config", "request_checkpoint", "train"]
 
 
-def _default_model_factory(config: TrainConfig, **kwargs: Any) -> nn.Module:
+def build_model_for_config(config: TrainConfig, **kwargs: Any) -> nn.Module:
+    """``models.build_model`` for a config, with the input channels of its dataset."""
     from mpvgbench.data import DATASETS, input_channels
     from mpvgbench.models import build_model
 
@@ -69,80 +82,58 @@ def _default_model_factory(config: TrainConfig, **kwargs: Any) -> nn.Module:
     )
 
 
-def _default_dataset_factory(config: TrainConfig, data_root: Optional[str], download: bool = False) -> tuple[Any, Any]:
-    from mpvgbench.data import build_datasets
-
-    return build_datasets(config, data_root, download=download)
+_default_model_factory = build_model_for_config  # the name analyze.py imports
 
 
-class _LossLog:
-    """Per-step losses kept on the device and synchronised every ``every`` steps.
-
-    One ``.tolist()`` per flush instead of one ``.item()`` per step keeps the GPU queue full;
-    the non-finite check still names the exact step. Under DDP the flush all-reduces the losses,
-    so every rank sees the same mean losses and stops at the same step (no rank is left waiting
-    in a collective). Flushes happen on step counts only, never on wall time, for that reason.
-    """
-
-    def __init__(self, every: int, dist: DistInfo) -> None:
-        self.every, self.dist = every, dist
-        self.pending: list[torch.Tensor] = []
-        self.first_pending_step = 1
-        self.total, self.count = 0.0, 0
-        self.last: Optional[float] = None
-
-    def add(self, loss: torch.Tensor, step: int, epoch: int) -> None:
-        if not self.pending:
-            self.first_pending_step = step
-        self.pending.append(loss.detach().float())
-        if len(self.pending) >= self.every:
-            self.flush(epoch)
-
-    def flush(self, epoch: int) -> None:
-        if not self.pending:
-            return
-        losses = torch.stack(self.pending)
-        if self.dist.enabled:
-            torch_dist.all_reduce(losses)
-            losses /= self.dist.world_size
-        values = losses.tolist()
-        for i, value in enumerate(values):
-            if not math.isfinite(value):
-                raise NonFiniteLossError(epoch, self.first_pending_step + i, value)
-        self.pending.clear()
-        self.total += sum(values)
-        self.count += len(values)
-        self.last = values[-1]
-
-    @property
-    def mean(self) -> float:
-        return self.total / max(self.count, 1)
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Tag an exception with the phase it escaped from (``checkpoint load``, ``eval``...), so
+    error.json can say where a time-out or failure landed."""
+    try:
+        yield
+    except BaseException as exc:
+        if getattr(exc, "mpvgbench_phase", None) is None:
+            try:
+                exc.mpvgbench_phase = name  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
+        raise
 
 
-def train(
-    config: TrainConfig,
-    run_dir: PathLike,
-    *,
-    data_root: Optional[str] = None,
-    download: bool = False,
-    device: str = "auto",
-    num_workers: int = 0,
-    progress_callback: Optional[ProgressCallback] = None,
-    progress_interval_s: float = 5.0,
-    model_factory: Optional[ModelFactory] = None,
-    dataset_factory: Optional[DatasetFactory] = None,
-) -> dict[str, Any]:
-    """Train ``config`` into ``run_dir`` (resuming from its checkpoint.pt) and return result.json.
+@dataclass
+class _Parts:
+    """Everything ``_setup`` builds; ``model`` is the bare module (checkpoints, eval, EMA),
+    ``train_model`` the one that runs the training forward (DDP and/or compiled)."""
 
-    ``progress_callback`` is called after every optimisation step with the progress dict
-    (``epoch``/``step`` 1-based; ``loss`` is the latest synchronised loss). ``model_factory`` and
-    ``dataset_factory`` default to ``models.build_model`` and ``data.build_datasets``; they exist
-    for tests.
-    """
-    session_start = time.time()
-    rd = RunDir(run_dir)
-    rd.path.mkdir(parents=True, exist_ok=True)
-    recipe, key = config.recipe, config.key()
+    model: nn.Module
+    train_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: Optional[nn.Module]
+    criterion: nn.Module
+    mixup: Optional[Callable[..., Any]]
+    train_loader: DataLoader
+    val_loader: DataLoader
+    train_sampler: Any
+    loader_gen: torch.Generator
+    steps_per_epoch: int
+    device: torch.device
+    amp: bool
+    compiled: bool
+    dist: DistInfo
+
+
+def _resolve_switch(name: str, value: str, auto: bool) -> bool:
+    if value not in SWITCH:
+        raise ValueError(f"{name}={value!r}; use auto, on or off")
+    return auto if value == "auto" else value == "on"
+
+
+def _setup(
+    config: TrainConfig, data_root: Optional[str], download: bool, device: str, num_workers: int,
+    amp: str, compile: str, model_factory: Optional[ModelFactory],
+) -> _Parts:
+    recipe = config.recipe
     dist = dist_info()
     dev = resolve_device(device, dist)
     if recipe.batch_size % dist.world_size:
@@ -154,19 +145,20 @@ def train(
     mixup = build_mixup(recipe, config.num_classes)
     if mixup is not None and batch_size % 2:
         raise ValueError(f"mixup/cutmix need an even per-process batch, got {batch_size}")
-    amp = dev.type == "cuda" and recipe.amp
+    use_amp = _resolve_switch("amp", amp, auto=dev.type == "cuda" and recipe.amp)
+    use_compile = _resolve_switch("compile", compile, auto=dev.type == "cuda")
     # No torch.use_deterministic_algorithms: the CPU kernels used here are deterministic
     # already, and in torch 2.x the call imports torch._inductor (~6 s), which is not cheap.
     if dev.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls outside bf16 autocast
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed shapes (drop_last): tune conv algos once
 
-    # ---------------------------------------------------------------- data, model, optimisation
+    from mpvgbench.data import build_datasets
+
     seed_everything(config.seed)  # model init is a function of the seed alone
-    if dataset_factory is None:
-        train_ds, val_ds = _default_dataset_factory(config, data_root, download=download)
-    else:
-        train_ds, val_ds = dataset_factory(config, data_root)
-    raw_model = (model_factory or _default_model_factory)(
+    train_ds, val_ds = build_datasets(config, data_root, download=download)
+    model = (model_factory or build_model_for_config)(
         config, drop_rate=recipe.drop, drop_path_rate=recipe.drop_path
     ).to(dev)
 
@@ -192,162 +184,204 @@ def train(
             f"({batch_size}); lower recipe.batch_size"
         )
 
-    optimizer = build_optimizer(raw_model, recipe)
-    scheduler = build_scheduler(optimizer, recipe, steps_per_epoch)
-    criterion = build_train_loss(recipe)
+    optimizer = build_optimizer(model, recipe, dev.type)  # before compile: groups match names
     ema = None
     if recipe.ema:
         from timm.utils import ModelEmaV3
 
-        ema = ModelEmaV3(raw_model, decay=recipe.ema_decay)
+        ema = ModelEmaV3(model, decay=recipe.ema_decay)
+    train_model: nn.Module = model
+    if dist.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+    if use_compile:  # a wrapper: ``model`` stays bare, so checkpoints have no _orig_mod. prefix
+        train_model = torch.compile(train_model)  # type: ignore[assignment]
+    return _Parts(
+        model=model, train_model=train_model, optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, recipe, steps_per_epoch), ema=ema,
+        criterion=build_train_loss(recipe), mixup=mixup, train_loader=train_loader,
+        val_loader=val_loader, train_sampler=train_sampler, loader_gen=loader_gen,
+        steps_per_epoch=steps_per_epoch, device=dev, amp=use_amp, compiled=use_compile, dist=dist,
+    )
 
-    # ------------------------------------------------------------------------------- resume
-    start_epoch, num_updates, prior_wall = 0, 0, 0.0
-    rows: list[dict[str, Any]] = []
-    best: dict[str, float] = {}
-    ckpt = read_checkpoint(rd.checkpoint)  # every rank reads it (shared filesystem)
-    if ckpt is not None:
-        if ckpt.get("key") != key:
-            raise RunDirError(
-                f"run dir {rd.path}: checkpoint.pt belongs to run {ckpt.get('key')}, not {key}; "
-                "delete it to restart the run from scratch"
-            )
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.load_state_dict(ckpt["ema"])
-            if ckpt.get("ema_sr_generator") is not None and hasattr(ema, "_sr_generator"):
-                ema._sr_generator.set_state(ckpt["ema_sr_generator"])
-        set_rng_state(ckpt["rng"])  # re-seeded per epoch anyway; restored for completeness
-        start_epoch, num_updates = int(ckpt["epoch"]), int(ckpt["num_updates"])
-        rows, best, prior_wall = list(ckpt["metrics"]), dict(ckpt["best"]), float(ckpt["wall_time_s"])
-    elif config.init_from:
-        load_init_weights(raw_model, config.init_from, rd.path)
+
+def _train_step(p: _Parts, x: torch.Tensor, y: torch.Tensor, grad_clip: Optional[float],
+                num_updates: int) -> torch.Tensor:
+    """One optimisation step; ``num_updates`` counts this one (1-based) for the lr schedule."""
+    x, y = x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
+    if p.mixup is not None:
+        x, y = p.mixup(x, y)
+    with torch.autocast(p.device.type, dtype=torch.bfloat16, enabled=p.amp):
+        loss = p.criterion(p.train_model(x), y)
+    p.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(p.model.parameters(), grad_clip)
+    p.optimizer.step()
+    if p.scheduler is not None:
+        p.scheduler.step_update(num_updates)
+    if p.ema is not None:
+        p.ema.update(p.model, step=num_updates)
+    return loss
+
+
+def _evaluate_epoch(p: _Parts, max_batches: Optional[int]) -> dict[str, float]:
+    metrics = evaluate(p.model, p.val_loader, p.device, amp=p.amp, max_batches=max_batches, dist=p.dist)
+    if p.ema is not None:
+        ema_metrics = evaluate(p.ema.module, p.val_loader, p.device, amp=p.amp, max_batches=max_batches, dist=p.dist)
+        metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
+    return metrics
+
+
+def train(
+    config: TrainConfig,
+    run_dir: PathLike,
+    *,
+    data_root: Optional[str] = None,
+    download: bool = False,
+    device: str = "auto",
+    num_workers: int = 0,
+    amp: str = "auto",
+    compile: str = "auto",
+    checkpoint_every_steps: Optional[int] = None,
+    checkpoint_every_min: Optional[float] = 10.0,
+    on_requested_checkpoint: Optional[Callable[[], None]] = None,
+    progress_callback: Optional[ProgressCallback] = None,
+    progress_interval_s: float = 5.0,
+    model_factory: Optional[ModelFactory] = None,
+) -> dict[str, Any]:
+    """Train ``config`` into ``run_dir`` (resuming from its checkpoint.pt) and return result.json.
+
+    ``progress_callback`` is called after every optimisation step (after a checkpoint due at
+    that step) with the progress dict (``epoch``/``step`` 1-based; ``loss`` the latest
+    synchronised loss). ``model_factory`` defaults to :func:`build_model_for_config` (tests).
+    """
+    session_start = time.time()
+    rd = RunDir(run_dir)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    recipe, key = config.recipe, config.key()
+    p = _setup(config, data_root, download, device, num_workers, amp, compile, model_factory)
+    dist = p.dist
+    if dist.is_main:
+        remove_leftover_tmp_files(rd)  # temp files of a save that a kill interrupted
+
+    # ---------------------------------------------------------------- resume or initialise
+    state, resume_rng = LoopState(), None
+    with phase("checkpoint load"):
+        ckpt = read_checkpoint(rd.checkpoint)  # every rank reads it (shared filesystem)
+        if ckpt is not None:
+            state = restore_checkpoint(ckpt, key, rd.checkpoint, model=p.model, optimizer=p.optimizer,
+                                       scheduler=p.scheduler, ema=p.ema)
+            resume_rng = ckpt["rng"] if state.step else None
+        elif config.init_from:
+            load_init_weights(p.model, config.init_from, rd.path)
+        del ckpt
+    prior_wall = state.wall_time_s
     if dist.is_main:
         # The checkpoint holds the metrics of the epochs it covers: rewriting metrics.jsonl from
         # it drops lines of an epoch that finished after the checkpoint's (never duplicated).
-        atomic_write_jsonl(rd.metrics, rows)
+        atomic_write_jsonl(rd.metrics, state.rows)
 
-    model: nn.Module = raw_model
-    if dist.enabled:
-        model = nn.parallel.DistributedDataParallel(
-            raw_model, device_ids=[dev.index] if dev.type == "cuda" else None
-        )
-    if recipe.compile and dev.type == "cuda":
-        model = torch.compile(model)  # type: ignore[assignment]
+    def save_checkpoint() -> None:
+        state.wall_time_s = prior_wall + time.time() - session_start
+        if dist.is_main:
+            with phase("checkpoint save"):
+                atomic_torch_save(rd.checkpoint, checkpoint_payload(
+                    key, state, model=p.model, optimizer=p.optimizer, scheduler=p.scheduler,
+                    ema=p.ema, world_size=dist.world_size))
+        clock.reset()
+        if checkpoint_requested.is_set():
+            checkpoint_requested.clear()
+            if on_requested_checkpoint is not None:
+                on_requested_checkpoint()
 
-    total_epochs = recipe.total_epochs
-    last_progress_write = 0.0
+    sync_every = 1 if p.device.type == "cpu" else 10
+    clock = CheckpointClock(checkpoint_every_steps, checkpoint_every_min, dist, p.device, sync_every)
+    heartbeat = Heartbeat(rd, recipe.total_epochs, p.steps_per_epoch, dist.is_main,
+                           progress_interval_s, progress_callback)
 
-    def report(epoch: int, step: int, loss: Optional[float], force: bool = False) -> None:
-        nonlocal last_progress_write
-        progress = {
-            "epoch": epoch, "epochs": total_epochs, "step": step,
-            "steps_per_epoch": steps_per_epoch, "loss": loss, "time": time.time(),
-        }
-        if dist.is_main and (force or time.monotonic() - last_progress_write >= progress_interval_s):
-            atomic_write_json(rd.progress, progress)
-            last_progress_write = time.monotonic()
-        if progress_callback is not None:
-            progress_callback(progress)
-
-    # -------------------------------------------------------------------------------- epochs
-    for epoch in range(start_epoch, total_epochs):
+    # ---------------------------------------------------------------------------- epochs
+    for epoch in range(state.epoch, recipe.total_epochs):
         ep = epoch + 1  # 1-based in every file and message
         epoch_start = time.time()
-        shuffle_seed = derive_seed(config.seed, epoch)
+        # Everything random in the epoch is a function of (seed, epoch, rank): see training_parts.
         seed_everything(derive_seed(config.seed, epoch, dist.rank))
-        train_sampler.set_epoch(shuffle_seed)  # type: ignore[attr-defined]
-        loader_gen.manual_seed(derive_seed(config.seed, epoch, dist.rank, 1))
-        model.train()
-        log = _LossLog(every=1 if dev.type == "cpu" else 10, dist=dist)
-        report(ep, 0, None, force=True)
-        for step, (x, y) in enumerate(itertools.islice(train_loader, steps_per_epoch), 1):
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            if mixup is not None:
-                x, y = mixup(x, y)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                loss = criterion(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.grad_clip is not None:
-                nn.utils.clip_grad_norm_(raw_model.parameters(), recipe.grad_clip)
-            optimizer.step()
-            num_updates += 1
-            if scheduler is not None:
-                scheduler.step_update(num_updates)
-            if ema is not None:
-                ema.update(raw_model, step=num_updates)
+        p.train_sampler.set_epoch(derive_seed(config.seed, epoch))
+        p.loader_gen.manual_seed(derive_seed(config.seed, epoch, dist.rank, 1))
+        p.model.train()
+        p.train_model.train()
+        log = LossLog(sync_every, dist, state.epoch_loss_sum, state.epoch_loss_count)
+        heartbeat(ep, state.step, None, force=True)
+        batches = iter(p.train_loader)
+        if state.step:  # mid-epoch resume: replay the consumed batches, then the saved RNGs
+            for _ in range(state.step):
+                next(batches)
+            set_rng_state(resume_rng)
+        step_start = time.time()
+        for step in range(state.step + 1, p.steps_per_epoch + 1):
+            x, y = next(batches)
+            state.num_updates += 1
+            loss = _train_step(p, x, y, recipe.grad_clip, state.num_updates)
             log.add(loss, step, ep)
-            report(ep, step, log.last)
+            if step < p.steps_per_epoch and clock.due():
+                log.flush(ep)
+                state.step, state.epoch_loss_sum, state.epoch_loss_count = step, log.total, log.count
+                state.epoch_train_s += time.time() - step_start
+                step_start = time.time()
+                save_checkpoint()
+            heartbeat(ep, step, log.last)
+        del batches  # stops loader workers before eval
         log.flush(ep)
-        train_time = time.time() - epoch_start
+        train_time = state.epoch_train_s + time.time() - step_start
 
-        metrics = evaluate(raw_model, val_loader, dev, amp=amp, max_batches=recipe.eval_max_batches, dist=dist)
+        with phase("eval"):
+            metrics = _evaluate_epoch(p, recipe.eval_max_batches)
         row: dict[str, Any] = {"epoch": ep, "train_loss": log.mean, **metrics}
-        if ema is not None:
-            ema_metrics = evaluate(
-                ema.module, val_loader, dev, amp=amp, max_batches=recipe.eval_max_batches, dist=dist
-            )
-            row.update({f"ema_{k}": v for k, v in ema_metrics.items()})
-        row["lr"] = optimizer.param_groups[0]["lr"]
+        row["lr"] = p.optimizer.param_groups[0]["lr"]
         row["epoch_time_s"] = time.time() - epoch_start
-        row["images_per_s"] = steps_per_epoch * recipe.batch_size / max(train_time, 1e-9)
-        rows.append(row)
+        row["images_per_s"] = p.steps_per_epoch * recipe.batch_size / max(train_time, 1e-9)
+        state.rows.append(row)
         for name in ("top1", "top5", "ema_top1", "ema_top5"):
             if name in row:
-                best[name] = max(best.get(name, -math.inf), row[name])
-
+                state.best[name] = max(state.best.get(name, -math.inf), row[name])
+        state.epoch, state.step = ep, 0
+        state.epoch_loss_sum, state.epoch_loss_count, state.epoch_train_s = 0.0, 0, 0.0
         if dist.is_main:
             # metrics first, checkpoint second: a kill in between leaves metrics one epoch ahead,
             # which the resume rewrites from the checkpoint; the reverse order would lose a line.
-            atomic_write_jsonl(rd.metrics, rows)
-            state = {
-                "format": CHECKPOINT_FORMAT,
-                "key": key,
-                "epoch": ep,
-                "num_updates": num_updates,
-                "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "ema": ema.state_dict() if ema is not None else None,
-                # private RNG of bf16 stochastic rounding (timm >= 1.0.2x); absent -> None
-                "ema_sr_generator": (
-                    ema._sr_generator.get_state() if hasattr(ema, "_sr_generator") else None
-                ),
-                "scaler": None,  # bf16 autocast needs no GradScaler
-                "rng": get_rng_state(),
-                "metrics": rows,
-                "best": best,
-                "wall_time_s": prior_wall + time.time() - session_start,
-                "world_size": dist.world_size,
-            }
-            atomic_torch_save(rd.checkpoint, state)
-        report(ep, steps_per_epoch, log.last, force=True)
+            atomic_write_jsonl(rd.metrics, state.rows)
+        save_checkpoint()
+        heartbeat(ep, p.steps_per_epoch, log.last, force=True)
 
-    # -------------------------------------------------------------------------------- result
-    final = rows[-1] if rows else {}
+    # ---------------------------------------------------------------------------- result
+    checkpoint_requested.clear()  # nothing left to save; a later train() starts unasked
+    return _write_result(rd, key, state, prior_wall + time.time() - session_start, p)
+
+
+def _write_result(rd: RunDir, key: str, state: LoopState, wall_time_s: float, p: _Parts) -> dict[str, Any]:
+    final, best = (state.rows[-1] if state.rows else {}), state.best
     result: dict[str, Any] = {
         "key": key,
         "final_top1": final.get("top1"),
         "best_top1": best.get("top1"),
         "final_top5": final.get("top5"),
         "best_top5": best.get("top5"),
-        "epochs": len(rows),
-        "wall_time_s": prior_wall + time.time() - session_start,
-        "env": collect_env(str(dev), dist.world_size),
+        "epochs": len(state.rows),
+        "wall_time_s": wall_time_s,
+        "env": collect_env(str(p.device), p.dist.world_size),
     }
-    if ema is not None:
-        result.update(
-            {
-                "ema_final_top1": final.get("ema_top1"),
-                "ema_best_top1": best.get("ema_top1"),
-                "ema_final_top5": final.get("ema_top5"),
-                "ema_best_top5": best.get("ema_top5"),
-            }
-        )
-    if dist.is_main:
+    result["env"].update({
+        "amp": p.amp, "compiled": p.compiled,
+        "threads": torch.get_num_threads(), "loader_workers": p.train_loader.num_workers,
+    })
+    if p.ema is not None:
+        result.update({
+            "ema_final_top1": final.get("ema_top1"),
+            "ema_best_top1": best.get("ema_top1"),
+            "ema_final_top5": final.get("ema_top5"),
+            "ema_best_top5": best.get("ema_top5"),
+        })
+    if p.dist.is_main:
         atomic_write_json(rd.result, result)
     return result

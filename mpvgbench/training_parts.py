@@ -9,7 +9,8 @@ straight loop. Reproducibility model (what makes resume exact):
   (``numpy``), drop-path (``torch``) and DataLoader worker seeds are therefore a function of the
   epoch alone, not of what ran before it. A run resumed from the checkpoint written at the end of
   epoch ``e`` replays epoch ``e + 1`` bit for bit (on CPU; CUDA kernels may not be deterministic).
-* Checkpoints are written only at epoch boundaries, so there is no mid-epoch state to restore.
+* A mid-epoch checkpoint also holds the RNG states of its step boundary; the resumed epoch
+  replays its data order and restores them after the consumed batches (``checkpoint.py``).
 """
 
 from __future__ import annotations
@@ -197,24 +198,6 @@ def build_train_loss(recipe: Recipe) -> nn.Module:
     if recipe.label_smoothing > 0:
         return LabelSmoothingCrossEntropy(smoothing=recipe.label_smoothing)
     return nn.CrossEntropyLoss()
-
-
-def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    from timm.optim import create_optimizer_v2
-
-    # filter_bias_and_bn + the model's no_weight_decay() (pos embeddings, cls token, LN'
-    # parameters) keep weight decay off 1-d parameters and position embeddings, as in DeiT.
-    kwargs: dict[str, Any] = {}
-    if recipe.optimizer == "sgd":
-        kwargs["momentum"] = recipe.momentum
-    return create_optimizer_v2(
-        model,
-        opt=recipe.optimizer,
-        lr=recipe.scaled_lr(),
-        weight_decay=recipe.weight_decay,
-        filter_bias_and_bn=True,
-        **kwargs,
-    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int) -> Any:

@@ -4,22 +4,49 @@ It reads ``config.json`` + ``job.json``, joins a process group when it is one of
 (torchrun's env vars, or ``submitit.JobEnvironment`` under Slurm), calls ``trainer.train`` (which
 resumes from ``checkpoint.pt``), and leaves ``result.json`` (exit 0) or ``error.json`` (exit 1).
 ``run_job`` is the same thing as a function; :class:`CheckpointableJob` wraps it for submitit so
-a preempted/timed-out Slurm job is requeued and resumes from its last epoch.
+a preempted/timed-out Slurm job is requeued and resumes from its last checkpoint, which the
+requeue signal first gets written at a step boundary (``_defer_requeue_signal``).
+
+At start the worker arms PR_SET_PDEATHSIG when an executor passed its pid
+(``die_with_parent``) and applies the job's thread plan (``mpvgbench.threads``). error.json
+``kind``: nonfinite, oom, infra (retrying may succeed: lost peers, a full disk), timeout
+(submitit's last time-out, wherever it landed) or exception.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import signal
 import sys
+import threading
 import traceback
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import submitit
 
-from mpvgbench.rundir import RunDir, atomic_write_json, read_config, read_job, read_json
+from mpvgbench.rundir import (
+    RunDir,
+    atomic_write_json,
+    is_interruption,
+    read_config,
+    read_job,
+    read_json,
+    retire_stale_error,
+)
+from mpvgbench.threads import ThreadPlan, apply_thread_plan, plan_threads
 from mpvgbench.training_parts import NonFiniteLossError
 
-ERROR_KINDS = ("exception", "nonfinite", "oom", "infra")
+ERROR_KINDS = ("exception", "nonfinite", "oom", "infra", "timeout")
+
+# The local executor puts its pid here; the worker then asks the kernel to kill it when that
+# process dies (see die_with_parent).
+PARENT_PID_ENV = "MPVGBENCH_PARENT_PID"
+PR_SET_PDEATHSIG = 1
+# How long a requeue signal waits for the trainer's next step boundary (where it checkpoints)
+# before submitit's handler runs anyway; submitit signals 90 s before the time limit.
+REQUEUE_GRACE_S = 45.0
 
 # How often progress.json (the heartbeat) is rewritten; an operational knob, so an env var
 # rather than part of job.json or the config.
@@ -92,6 +119,10 @@ def classify_error(exc: BaseException, phase: str = "train") -> str:
 
     if isinstance(exc, NonFiniteLossError):
         return "nonfinite"
+    if isinstance(exc, submitit.core.utils.UncompletedJobError):
+        return "timeout"  # submitit's last time-out: Slurm stops the job, no requeue left
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "infra"  # a full disk or quota, e.g. while saving a checkpoint: not the training
     oom_types: tuple[type[BaseException], ...] = (MemoryError,)
     if hasattr(torch, "OutOfMemoryError"):
         oom_types += (torch.OutOfMemoryError,)
@@ -127,10 +158,17 @@ def error_record(key: Optional[str], exc: BaseException, run_dir: RunDir, phase:
         except ValueError:
             progress = {}
         epoch, step = progress.get("epoch"), progress.get("step")
+    kind = classify_error(exc, phase)
+    where = getattr(exc, "mpvgbench_phase", None)  # set by trainer.phase: load, save, eval
+    message = _one_line(exc)
+    if kind == "timeout":
+        message = f"Slurm time limit reached{f' during {where}' if where else ''}: {message}"
+    elif where:
+        message = f"during {where}: {message}"
     return {
         "key": key,
-        "kind": classify_error(exc, phase),
-        "error": _one_line(exc),
+        "kind": kind,
+        "error": message,
         "traceback_tail": "\n".join(tb.rstrip().splitlines()[-20:]),
         "epoch": epoch,
         "step": step,
@@ -142,22 +180,26 @@ def error_record(key: Optional[str], exc: BaseException, run_dir: RunDir, phase:
 
 def run_job(run_dir: str) -> dict[str, Any]:
     """Train the job in ``run_dir``; return result.json's dict or write error.json and re-raise."""
-    import torch.distributed as dist
-
     rd = RunDir(run_dir)
     phase = "setup"  # an OSError before training proper (unreadable dir, no port) is "infra"
     key: Optional[str] = rd.path.name  # the directory is named by the key; job.json confirms it
     owns_group = False
     rank = int(os.environ.get("RANK", "0"))
+    dist: Any = None
     try:
         job = read_job(rd)
         key = job.get("key")
+        # before torch's first import where possible: OpenMP reads its env var once, at load
+        threads = plan_threads(int(job["num_workers"]))
+        apply_thread_plan(threads)
+        import torch.distributed as dist
+
         config = read_config(rd)
         owns_group = setup_distributed(job["device"])
         if dist.is_available() and dist.is_initialized():
             rank = dist.get_rank()
-        if rank == 0 and rd.error.exists():
-            rd.error.unlink()  # a stale failure of an earlier attempt; this attempt decides anew
+        if rank == 0:
+            retire_stale_error(rd)
         phase = "train"
         from mpvgbench.trainer import train
 
@@ -167,7 +209,12 @@ def run_job(run_dir: str) -> dict[str, Any]:
             data_root=job["data_root"],
             download=bool(job.get("download", False)),
             device=job["device"],
-            num_workers=int(job["num_workers"]),
+            num_workers=threads.loader_workers,
+            amp=job["amp"],
+            compile=job["compile"],
+            checkpoint_every_steps=job["checkpoint_every_steps"],
+            checkpoint_every_min=job["checkpoint_every_min"],
+            on_requested_checkpoint=_defer_requeue_signal(),
             progress_interval_s=float(os.environ.get(PROGRESS_INTERVAL_ENV, "5")),
         )
     except BaseException as exc:
@@ -185,8 +232,74 @@ def run_job(run_dir: str) -> dict[str, Any]:
                 pass
         raise
     finally:
-        if owns_group and dist.is_initialized():
+        if owns_group and dist is not None and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _defer_requeue_signal() -> Optional[Callable[[], None]]:
+    """Under submitit: let its requeue signal (SIGUSR2) first get a checkpoint written.
+
+    submitit's own handler requeues (or, on the last time-out, raises UncompletedJobError) at
+    whatever line the signal lands on, losing the steps since the last checkpoint. Ours asks the
+    trainer for a checkpoint at its next step boundary (``trainer.request_checkpoint``) and
+    returns; the trainer then calls the function returned here, which runs submitit's handler.
+    Should no step boundary come within REQUEUE_GRACE_S (a long eval), the signal is re-sent to
+    this process with submitit's handler back in place, so the job is still requeued in time.
+    Returns None (nothing to do) outside submitit.
+    """
+    if _submitit_env() is None:
+        return None
+    try:
+        sig = submitit.JobEnvironment._usr_sig()
+    except (AttributeError, RuntimeError):
+        sig = signal.SIGUSR2
+    original = signal.getsignal(sig)
+    if not callable(original):
+        return None
+    received: list[tuple[int, Any]] = []
+    timers: list[threading.Timer] = []
+
+    from mpvgbench.trainer_bookkeeping import request_checkpoint  # not inside the handler
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append((signum, frame))
+        signal.signal(sig, original)  # a second signal goes straight to submitit
+        request_checkpoint()
+        timer = threading.Timer(REQUEUE_GRACE_S, os.kill, (os.getpid(), sig))
+        timer.daemon = True
+        timer.start()
+        timers.append(timer)
+
+    def after_checkpoint() -> None:
+        for timer in timers:
+            timer.cancel()
+        if received:
+            signum, frame = received[-1]
+            original(signum, frame)  # requeue and exit, or UncompletedJobError
+
+    signal.signal(sig, on_signal)
+    return after_checkpoint
+
+
+def die_with_parent(environ: "os._Environ[str]" = os.environ) -> None:
+    """Ask the kernel to SIGKILL this worker when the executor that started it dies.
+
+    The executor passes its pid in MPVGBENCH_PARENT_PID. Done here, in the worker itself, rather
+    than in a ``preexec_fn`` between fork and exec, which is unsafe in a process with threads.
+    If the parent is already gone (it died before prctl), the worker exits at once: nobody would
+    collect its result and a successor may be training the same run directory.
+    """
+    parent = environ.pop(PARENT_PID_ENV, None)  # not inherited by whatever this process starts
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):
+        print(f"mpvgbench.worker: its executor (pid {parent}) is gone; exiting", file=sys.stderr)
+        os._exit(3)
 
 
 _REQUEUED = False  # set once submitit asked this process for a checkpoint (timeout, preemption)
@@ -210,6 +323,7 @@ class CheckpointableJob(submitit.helpers.Checkpointable):
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    die_with_parent()
     if len(args) != 1 or args[0] in ("-h", "--help"):
         print("usage: python -m mpvgbench.worker RUN_DIR", file=sys.stderr)
         return 2

@@ -19,6 +19,14 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    echo "[setup] installing $TORCH from $TORCH_INDEX_URL"
+else
+    # Say it before the download starts: the default is the build that installs everywhere.
+    echo "[setup] installing $TORCH from PyPI: the CUDA build (about 6 GB with its CUDA libraries;"
+    echo "[setup] it runs on CPU-only machines too). For the CPU-only build (about 1 GB), on a machine"
+    echo "[setup] that reaches the PyTorch index: TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/setup.sh"
+fi
 # shellcheck disable=SC2086
 "${PIP[@]}" install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} $TORCH
 "${PIP[@]}" install -e '.[test]'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import subprocess
 import sys
@@ -95,7 +96,10 @@ def test_synthetic_is_deterministic_and_sized_by_the_config() -> None:
 # ---------------------------------------------------------------------------- cifar100
 
 
-def write_cifar(root: Path, n_train: int = 6, n_test: int = 4) -> Path:
+def write_cifar(root: Path, monkeypatch: pytest.MonkeyPatch, n_train: int = 6, n_test: int = 4) -> Path:
+    """Tiny CIFAR-100 pickles in torchvision's layout; torchvision is told their md5 sums."""
+    from torchvision.datasets import CIFAR100
+
     base = root / "cifar-100-python"
     base.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -110,11 +114,15 @@ def write_cifar(root: Path, n_train: int = 6, n_test: int = 4) -> Path:
         (base / split).write_bytes(pickle.dumps(entry, protocol=2))
     meta = {"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": [f"s{i}" for i in range(20)]}
     (base / "meta").write_bytes(pickle.dumps(meta))
+    md5 = {name: hashlib.md5((base / name).read_bytes()).hexdigest() for name in ("train", "test", "meta")}
+    monkeypatch.setattr(CIFAR100, "train_list", [["train", md5["train"]]])
+    monkeypatch.setattr(CIFAR100, "test_list", [["test", md5["test"]]])
+    monkeypatch.setattr(CIFAR100, "meta", {"filename": "meta", "key": "fine_label_names", "md5": md5["meta"]})
     return root
 
 
-def test_cifar100_reads_torchvision_layout(tmp_path: Path) -> None:
-    root = write_cifar(tmp_path / "c100")
+def test_cifar100_reads_torchvision_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = write_cifar(tmp_path / "c100", monkeypatch)
     cfg = config("cifar100")
     train, val = build_datasets(cfg, str(root))
     assert (len(train), len(val)) == (6, 4) and len(train.classes) == 100
@@ -125,16 +133,27 @@ def test_cifar100_reads_torchvision_layout(tmp_path: Path) -> None:
     assert build_datasets(big, root)[0][2][0].shape == (3, 224, 224)
 
 
-def test_cifar100_refuses_pickles_that_name_callables(tmp_path: Path) -> None:
-    root = write_cifar(tmp_path / "c100")
+def test_cifar100_refuses_files_that_fail_their_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a foreign pickle is never unpickled: torchvision checks the md5 first
+    root = write_cifar(tmp_path / "c100", monkeypatch)
 
     class Evil:
         def __reduce__(self) -> Any:
             return (print, ("pwned",))
 
     (root / "cifar-100-python" / "train").write_bytes(pickle.dumps({"data": Evil()}))
-    with pytest.raises(DataError, match="refusing to load builtins.print"):
+    with pytest.raises(DataError, match=r"data.roots.cifar100: .*cifar-100-python is missing or has damaged files"):
         build_datasets(config("cifar100"), root)
+
+
+def test_cifar100_download_is_wired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.datasets import CIFAR100
+
+    calls: list[str] = []
+    monkeypatch.setattr(CIFAR100, "download", lambda self: calls.append(self.root))
+    root = write_cifar(tmp_path / "c100", monkeypatch)
+    build_datasets(config("cifar100"), root, download=True)
+    assert calls == [str(root)]  # once: the test split does not fetch again
 
 
 @pytest.mark.parametrize("how", ["unset", "missing", "empty"])

@@ -32,7 +32,10 @@ def test_shipped_spec_keys_are_pinned(name: str) -> None:
 def test_payload_is_the_sorted_compact_dump() -> None:
     config = TrainConfig(model="deit_tiny", method="mpvg", dataset="imagenet", img_size=224,
                          num_classes=1000, seed=3, recipe=Recipe(lr=1e-05, randaugment=None))
-    dumped = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    data = config.model_dump(mode="json")
+    for name in ("param_groups", "decay_all_params", "nesterov"):  # post-v1 recipe fields at default
+        del data["recipe"][name]
+    dumped = json.dumps(data, sort_keys=True, separators=(",", ":"))
     assert config_payload(config) == dumped
 
 
@@ -59,3 +62,13 @@ def test_method_is_a_typed_object_and_round_trips() -> None:
     assert config.method == PRESETS["mpvg"].__class__(pool="avg", layerwise_from=1, last_ln_pe=2)
     again = TrainConfig.model_validate_json(config.model_dump_json())
     assert again == config and again.key() == config.key()
+
+
+def test_param_groups_enter_the_key_when_set() -> None:
+    from mpvgbench.config import ParamGroup
+
+    base = TrainConfig(model="vit_micro", method="pvg", dataset="digits", img_size=8, num_classes=10)
+    grouped = base.model_copy(update={"recipe": base.recipe.model_copy(
+        update={"param_groups": (ParamGroup(match=("head.*",), lr_scale=1.0),)})})
+    assert '"param_groups":[{"lr_scale":1.0,"match":["head.*"]}]' in config_payload(grouped)
+    assert config_key(grouped) != config_key(base)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,21 +160,19 @@ def bulk_insert_finished(store: Store, n: int) -> None:
         conn.execute(sa.insert(S.run_specs), links)
 
 
-def test_report_over_10000_runs_is_fast(tmp_path: Path) -> None:
+def test_report_over_10000_runs(tmp_path: Path) -> None:
+    """Every run is counted once (speed: benchmarks/bench_cli.py)."""
     path = tmp_path / "big.db"
     with Store(path) as store:
         bulk_insert_finished(store, 10_000)
-    start = time.perf_counter()
     with Store(path) as store:  # end to end: open, one query, group, render
         table = build_table(store, 1)
         text = render(table, "table")
         pivot = build_table(store, None, spec="big")
         render(pivot, "markdown")
-    elapsed = time.perf_counter() - start
     assert row_of(table, "DeiT-Ti", "MPVG")["Final Top-1 (%) measured"].n > 100
     assert sum(v.n for row in pivot.rows for v in row[2:]) == 10_000
     assert "DeiT-Ti" in text
-    assert elapsed < 4.0, f"two reports over 10,000 runs took {elapsed:.2f} s"
 
 
 def test_method_labels_with_brackets_survive_rich(store: Store, tmp_path: Path) -> None:

@@ -140,9 +140,14 @@ def test_job_files_roundtrip(tmp_path: Path) -> None:
     rd = write_job_files(tmp_path / "run", config, data_root="/data", device="cpu", num_workers=2)
     assert read_config(rd.path) == config
     job = read_job(rd.path)
-    assert job == {"key": config.key(), "data_root": "/data", "device": "cpu", "num_workers": 2}
+    assert job == {"key": config.key(), "data_root": "/data", "device": "cpu", "num_workers": 2,
+                   "amp": "auto", "compile": "auto", "checkpoint_every_steps": None,
+                   "checkpoint_every_min": 10.0}
     assert json.loads(rd.config.read_text()) == config.model_dump(mode="json")
 
+    rd.job.write_text(json.dumps({"key": "k", "compile": "yes"}))
+    with pytest.raises(RunDirError, match="job.json has compile 'yes'; use auto, on or off"):
+        read_job(rd.path)
     rd.job.write_text(json.dumps({"key": "k", "device": "tpu"}))
     with pytest.raises(RunDirError, match="device 'tpu'"):
         read_job(rd.path)
@@ -156,9 +161,33 @@ def test_job_files_roundtrip(tmp_path: Path) -> None:
 
 def test_collect_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = collect_env("cpu", 2)
-    assert set(env) == {"host", "torch", "timm", "python", "device", "git_commit", "git_dirty", "num_processes"}
+    assert {"host", "torch", "timm", "python", "device", "git_commit", "git_dirty", "num_processes"} <= set(env)
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["num_processes"] == 2
-    monkeypatch.chdir(tmp_path)  # not a repository
-    assert collect_env()["git_commit"] is None
+    import subprocess
+
+    package_repo = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                  capture_output=True, text=True).stdout.strip() or None
+    monkeypatch.chdir(tmp_path)  # not a repository: the commit of the repository mpvgbench runs from
+    assert collect_env()["git_commit"] == package_repo
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)  # the user's own repository wins
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty",
+                    "-m", "x"], cwd=tmp_path, check=True)
+    mine = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert collect_env()["git_commit"] == mine and collect_env()["git_dirty"] is False
     monkeypatch.setenv("PATH", "")  # no git binary at all: still no exception
     assert collect_env()["git_dirty"] is None
+
+
+def test_retire_stale_error_and_leftover_tmp_files(tmp_path: Path) -> None:
+    from mpvgbench.rundir import remove_leftover_tmp_files, retire_stale_error
+
+    (tmp_path / "error.json").write_text('{"kind": "oom"}')
+    retire_stale_error(tmp_path)
+    assert not (tmp_path / "error.json").exists()
+    assert json.loads((tmp_path / "error.json.prev").read_text()) == {"kind": "oom"}
+    retire_stale_error(tmp_path)  # nothing to retire: no error
+    (tmp_path / ".checkpoint.pt.ab12cd.tmp").write_bytes(b"half")
+    (tmp_path / "checkpoint.pt").write_bytes(b"whole")
+    assert [p.name for p in remove_leftover_tmp_files(tmp_path)] == [".checkpoint.pt.ab12cd.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] and (tmp_path / "checkpoint.pt").exists()
+    assert not list(tmp_path.glob("*.tmp"))

@@ -138,10 +138,10 @@ class NaNAfter(nn.Module):
 
 
 def test_nonfinite_loss_names_epoch_and_step(tmp_path: Path) -> None:
-    from mpvgbench.trainer import _default_model_factory
+    from mpvgbench.trainer import build_model_for_config
 
     def factory(config: TrainConfig, **kw: Any) -> nn.Module:
-        return NaNAfter(_default_model_factory(config, **kw), n=4 + 3)  # 4 steps per epoch
+        return NaNAfter(build_model_for_config(config, **kw), n=4 + 3)  # 4 steps per epoch
 
     with pytest.raises(NonFiniteLossError) as err:
         train(make_config(), tmp_path, device="cpu", model_factory=factory)

@@ -50,6 +50,9 @@ def logs(key: str, stream: str, tail_lines: int | None, db: str | None) -> None:
         paths += [Path(row.run_dir) / "stdout.log", Path(row.run_dir) / "stderr.log"]
     wanted = [p for p in paths if stream == "both" or p.name.endswith(("out", "stdout.log") if stream == "stdout" else ("err", "stderr.log"))]
     found = [p for p in wanted if p.exists()]
+    if not found and row.run_dir and not Path(row.run_dir).is_dir():
+        raise UserError(f"run {full_key}'s directory {row.run_dir} is gone (deleted or moved), and its "
+                        f"logs with it (status: {row.status}); `mpvgbench run SPEC --force` retrains it")
     if not found:
         raise UserError(f"run {full_key} has no logs yet (status: {row.status})")
     for path in found:

@@ -70,9 +70,11 @@ def report(table_number: str | None, fmt: str, metric: str, spec_path: Path | No
         return
     table = build_table(store, table_id, metric=metric, spec=spec_name)
     if fmt == "table" and output is None:
-        from rich.console import Console
+        from mpvgbench.cli.tables import console
+        from mpvgbench.report import to_rich
 
-        Console().print(render(table, "table"))
+        out = console()
+        out.print(to_rich(table, width=out.width))
         return
     text = render(table, fmt)
     if output is not None:
@@ -117,23 +119,23 @@ def models(params: bool) -> None:
     Example:
       mpvgbench models --params
     """
-    from rich.console import Console
-    from rich.table import Table
-
+    from mpvgbench.cli.tables import add_plain_row, console, fit_numbers, narrow_table
     from mpvgbench.models import build_model, default_img_size, list_models, model_family
 
-    table = Table(title="models (timm names: mpvg_*)")
-    columns = ["name", "family", "img_size"] + (["default", "lape", "pvg", "mpvg"] if params else [])
-    for column in columns:
-        table.add_column(column, justify="right" if column in ("default", "lape", "pvg", "mpvg", "img_size") else "left")
+    methods = ("default", "lape", "pvg", "mpvg") if params else ()
+    rows = []
     for name in list_models():
         cells = [name, model_family(name), str(default_img_size(name))]
-        if params:
-            for method in ("default", "lape", "pvg", "mpvg"):
-                model = build_model(name, method)
-                cells.append(f"{sum(p.numel() for p in model.parameters()):,}")
-        table.add_row(*cells)
-    Console().print(table)
+        for method in methods:
+            model = build_model(name, method)
+            cells.append(f"{sum(p.numel() for p in model.parameters()):,}")
+        rows.append(cells)
+    table = narrow_table(["name", "family", "img", *methods], title="models (timm names: mpvg_*)",
+                         right=("img", *methods))
+    fit_numbers(table, rows)
+    for cells in rows:
+        add_plain_row(table, cells)
+    console().print(table)
 
 
 @cli.command()

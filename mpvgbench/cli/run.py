@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from mpvgbench.cli.common import DEFAULT_DB, DEFAULT_RUNS_DIR, cli, db_option, open_store, resolve_runs_root, user_errors
+from mpvgbench.cli.common import (DEFAULT_DB, DEFAULT_RUNS_DIR, UserError, cli, db_option, open_store,
+                                   resolve_runs_root, user_errors)
 
 if TYPE_CHECKING:
     from mpvgbench.matrix import Job
@@ -22,8 +25,9 @@ if TYPE_CHECKING:
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
 @db_option
 @click.option("--runs-dir", default=None, help=f"Where run directories go (default ./{DEFAULT_RUNS_DIR}).")
-@click.option("--executor", "executor_name", type=click.Choice(["local", "slurm"]), default=None,
-              help="Override the spec's executor.")
+@click.option("--executor", "executor_name", type=click.Choice(["local", "slurm", "debug"]), default=None,
+              help="Override the spec's executor; debug: train each job inside this process, one "
+                   "after another (breakpoints work; no isolation).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local jobs at once (one GPU each when GPUs exist).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Device for local jobs.")
 @click.option("--dry-run", is_flag=True, help="Print the matrix (key, cell, new/done/failed) and run nothing.")
@@ -33,10 +37,23 @@ if TYPE_CHECKING:
 @click.option("--fail-fast", is_flag=True, help="Stop everything at the first failed job.")
 @click.option("--wait", is_flag=True, help="Slurm: follow the submitted jobs until they end.")
 @click.option("--download", is_flag=True, help="Allow torchvision to download CIFAR-100 into its root.")
+@click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="torch.compile the training step (auto: on CUDA only). Never part of the job key.")
+@click.option("--amp", "amp_mode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="bf16 autocast (auto: the recipe's setting on CUDA, fp32 on CPU).")
+@click.option("--checkpoint-every-min", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Also checkpoint mid-epoch this often (a killed or requeued job resumes exactly).")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="Override a spec field (YAML value), e.g. --set recipe.epochs=1 --set 'seeds=[0]'. "
+                   "Overrides change the job keys of the runs they change. Repeatable.")
+@click.option("--only", "only", multiple=True, metavar="AXIS=V[|V],...",
+              help="Run only the cells that match, e.g. --only model=deit_tiny,method=mpvg "
+                   "(axes: model, method, dataset, seed). Repeatable: a cell matching any is kept.")
 @user_errors
 def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: str | None,
         workers: int | None, device: str | None, dry_run: bool, smoke: bool, force: bool,
-        retry_failed: bool, fail_fast: bool, wait: bool, download: bool) -> None:
+        retry_failed: bool, fail_fast: bool, wait: bool, download: bool, compile_mode: str,
+        amp_mode: str, checkpoint_every_min: float, overrides: tuple[str, ...], only: tuple[str, ...]) -> None:
     """Expand SPEC into jobs and run the ones not yet finished.
 
     \b
@@ -44,40 +61,59 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
       mpvgbench run experiments/quickstart.yaml --workers 2
       mpvgbench run experiments/table1.yaml --dry-run
       mpvgbench run experiments/table1.yaml --smoke
+      mpvgbench run experiments/quickstart.yaml --set recipe.epochs=1 --set 'seeds=[0]'
+      mpvgbench run experiments/table1.yaml --only model=deit_tiny,method=mpvg --dry-run
       mpvgbench run experiments/table1.yaml --executor slurm
+
+    \b
+    --smoke runs every cell on synthetic data, small, for a few steps, on the CPU when no GPU
+    is here, into its own database and runs dir (.smoke/), keeping no checkpoints: it checks
+    the pipeline, never touches real results.
     """
     from mpvgbench.data import default_num_workers
     from mpvgbench.executors.base import RunContext
-    from mpvgbench.matrix import expand
+    from mpvgbench.matrix import expand, select
     from mpvgbench.spec import load_spec
 
-    spec = load_spec(spec_path)
-    jobs = expand(spec, smoke=smoke)
+    spec = load_spec(spec_path, overrides)
+    jobs = select(expand(spec, smoke=smoke), only)
+    if smoke:
+        db = db or str(SMOKE_DIR / "results.db")
+        runs_dir = runs_dir or str(SMOKE_DIR / "runs")
     if dry_run:
         _print_matrix(jobs, db, spec)
         return
     name = executor_name or spec.executor.name
     # Every input is checked before the database is written or a job starts (docs/reliability.md).
-    check_data_roots(spec, jobs, local=name == "local", download=download or spec.data.download)
+    check_data_roots(spec, jobs, local=name != "slurm", download=download or spec.data.download)
+    device = preflight_device(device or spec.executor.device, local=name != "slurm", smoke=smoke)
     runs_root = resolve_runs_root(runs_dir, spec).resolve()
+    check_writable_dir(runs_root, "runs dir", "pass --runs-dir DIR or set results.runs_dir in the spec")
     store = open_store(db, spec)
     states = store.statuses([job.key for job in jobs])
     resumed = ("pending", "running", "failed", "cancelled") if retry_failed and not force else ("pending", "running")
     check_run_dirs([job for job in jobs if states.get(job.key, "pending") in resumed], runs_root)
+    check_init_from(store, jobs)
     store.register_jobs(jobs, spec.name)
     states = store.statuses([job.key for job in jobs])
+    adopt_finished_run_dirs(store, [job for job in jobs if states.get(job.key) == "pending"], runs_root)
+    states = store.statuses([job.key for job in jobs])
     if force:
-        # --force retrains from scratch: resuming would only re-read a finished run's last checkpoint
-        for key in store.reset([job.key for job in jobs if states.get(job.key) in ("finished", "failed", "cancelled")]):
+        # --force retrains from scratch: resuming would only re-read a finished run's last
+        # checkpoint. Files first, then the database: killed in between, the rows still say
+        # finished, so the next --force clears again (the other order lost the force).
+        ended = [job.key for job in jobs if states.get(job.key) in ("finished", "failed", "cancelled")]
+        for key in ended:
             clear_training_state(runs_root / key)
+        store.reset(ended)
     elif retry_failed:
         store.reset([job.key for job in jobs if states.get(job.key) in ("failed", "cancelled")])
     states = store.statuses([job.key for job in jobs])
     todo = [job for job in jobs if states.get(job.key) in ("pending", "running")]
-    done = sum(states.get(job.key) == "finished" for job in jobs)
-    failed = sum(states.get(job.key) in ("failed", "cancelled") for job in jobs)
-    click.echo(f"{spec.name}: {len(jobs)} jobs, {done} finished, {failed} failed"
-               f"{' (rerun with --retry-failed)' if failed else ''}, {len(todo)} to run")
+    counts = Counter(states.get(job.key) for job in jobs)
+    ended = f"{counts['failed']} failed" + (f", {counts['cancelled']} cancelled" if counts["cancelled"] else "")
+    retry = " (rerun with --retry-failed)" if counts["failed"] or counts["cancelled"] else ""
+    click.echo(f"{spec.name}: {len(jobs)} jobs, {counts['finished']} finished, {ended}{retry}, {len(todo)} to run")
     if not todo:
         return
 
@@ -85,21 +121,90 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
     ctx = RunContext(
         runs_root=runs_root,
         data_roots={d: root for d in {job.dataset for job in todo} if (root := spec.data_root(d))},
-        device=device or exec_settings.device,
+        device=device,
         num_workers=(spec.data.num_workers if spec.data.num_workers is not None
                      else max(default_num_workers(job.dataset) for job in todo)),
         fail_fast=fail_fast,
         download=download or spec.data.download,
+        amp=amp_mode,
+        compile=compile_mode,
+        checkpoint_every_min=checkpoint_every_min,
     )
     previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        _launch(name, spec, jobs, todo, store, ctx, workers, wait)
+        _launch(name, spec, jobs, todo, store, ctx, workers, wait, smoke=smoke)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
 
 
+def check_init_from(store: Store, jobs: Sequence[Job]) -> None:
+    """A fine-tune whose ``init_from`` key is neither in this matrix nor in the database would
+    wait forever: one line instead, before anything is stored."""
+    keys = {job.key for job in jobs}
+    wanted = sorted({job.depends_on for job in jobs if job.depends_on and job.depends_on not in keys})
+    if not wanted:
+        return
+    missing = sorted(set(wanted) - set(store.statuses(wanted)))
+    if missing:
+        raise UserError(f"init_from run {missing[0]} is not in the database {store.where} nor in this "
+                        "spec; train it first (its spec, same --db) or fix init_from")
+
+
+def adopt_finished_run_dirs(store: Store, jobs: Sequence[Job], runs_root: Path) -> None:
+    """Record runs whose directory already holds a valid result.json (a new database next to an
+    old runs dir; a coordinator killed between the result and its recording): read the files,
+    start no worker, train nothing twice."""
+    from mpvgbench.store_schema import result_problem
+    from mpvgbench.rundir import RunDirError, read_result
+
+    for job in jobs:
+        run_dir = runs_root / job.key
+        try:
+            if result_problem(read_result(run_dir)) is None:
+                store.ingest_run_dir(run_dir)
+        except (RunDirError, OSError):
+            continue  # damaged: the executor sets it aside and trains the job
+
+
+STALE_AFTER_S = 120.0  # RunContext.stale_after_s: a claim this quiet belongs to nobody
+SMOKE_DIR = Path(".smoke")  # run --smoke's own database and run dirs, never the real ones
+
+
+def preflight_device(device: str, *, local: bool, smoke: bool) -> str:
+    """Fail before any job starts when every job would fail the same way: CUDA asked, none here.
+    A smoke run checks the pipeline, not the hardware: it falls back to the CPU and says so."""
+    if device != "cuda" or not local:
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return device
+    if smoke:
+        click.echo("smoke: no CUDA device here, running on the CPU (a smoke run checks the "
+                   "pipeline, not the hardware)", err=True)
+        return "cpu"
+    raise UserError("device 'cuda' requested (executor.device or --device) but torch sees no CUDA "
+                    "device here; use --device cpu, or --smoke to check the pipeline on CPU")
+
+
+def check_writable_dir(path: Path, what: str, fix: str) -> None:
+    """One line, before anything is stored, when ``path`` cannot hold run directories."""
+    import os
+
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent  # nothing is created before the inputs are known to be good
+    problem = None
+    if not existing.is_dir():
+        problem = "not a directory" if existing == path else f"{existing} is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = "not writable" if existing == path else f"{existing} is not writable"
+    if problem:
+        raise UserError(f"{what} {path} cannot hold run directories ({problem}); {fix}")
+
+
 def _launch(name: str, spec: Spec, jobs: Sequence[Job], todo: Sequence[Job], store: Store, ctx: Any,
-            workers: int | None, wait: bool) -> None:
+            workers: int | None, wait: bool, *, smoke: bool = False) -> None:
     exec_settings = spec.executor
     if name == "slurm":
         from mpvgbench.executors.slurm import SlurmExecutor
@@ -114,16 +219,40 @@ def _launch(name: str, spec: Spec, jobs: Sequence[Job], todo: Sequence[Job], sto
         return
 
     from mpvgbench.executors.local import LocalExecutor
-    from mpvgbench.live import LiveView
+    from mpvgbench.cli.live import LiveView
 
-    with LiveView(todo) as view:
-        executor = LocalExecutor(workers=workers or exec_settings.workers, on_event=view.handle)
-        summary = executor.launch(todo, store, ctx)
+    if name == "debug":
+        from mpvgbench.executors.inprocess import InProcessExecutor
+
+        # No live view: its refresh thread would write into the job's redirected output.
+        summary = InProcessExecutor(on_event=_echo_event).launch(todo, store, ctx)
+    else:
+        with LiveView(todo) as view:
+            executor = LocalExecutor(workers=workers or exec_settings.workers, on_event=view.handle,
+                                     processes_per_job=exec_settings.nproc_per_node)
+            summary = executor.launch(todo, store, ctx)
     for message in summary.messages:
         click.echo(message)
     _print_summary(store, jobs)
+    if smoke:
+        _drop_smoke_checkpoints(store, jobs, ctx.runs_root)
     if summary.failed:
         sys.exit(1)
+
+
+def _drop_smoke_checkpoints(store: Store, jobs: Sequence[Job], runs_root: Path) -> None:
+    """A finished smoke run keeps its metrics and result, not its weights (GBs for DeiT-B)."""
+    states = store.statuses([job.key for job in jobs])
+    if all(states.get(job.key) == "finished" for job in jobs):
+        for job in jobs:
+            (runs_root / job.key / "checkpoint.pt").unlink(missing_ok=True)
+        click.echo(f"smoke results: mpvgbench report --db {store.where}", err=True)
+
+
+def _echo_event(event: str, job: Job, info: dict[str, Any]) -> None:
+    if event in ("started", "finished", "failed", "retry", "skipped"):
+        click.echo(f"[{event}] {job.key} {job.model} {job.method_label} {job.dataset} seed={job.seed}",
+                   err=event != "finished")
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
@@ -203,6 +332,8 @@ TRAINING_STATE = ("checkpoint.pt", "result.json", "metrics.jsonl", "progress.jso
 def clear_training_state(run_dir: Path) -> None:
     for name in TRAINING_STATE:
         (run_dir / name).unlink(missing_ok=True)
+    for leftover in run_dir.glob(".*.tmp"):  # a checkpoint being written when a run was killed
+        leftover.unlink(missing_ok=True)
 
 
 def _print_matrix(jobs: Sequence[Job], db: str | None, spec: Spec) -> None:
@@ -241,29 +372,71 @@ def status(spec_path: Path | None, db: str | None, show_all: bool) -> None:
       mpvgbench status
       mpvgbench status experiments/table1.yaml --all
     """
-    from rich.console import Console
-    from rich.table import Table
+    from mpvgbench.cli.tables import (add_plain_row, console, fit_numbers, model_name, narrow_table,
+                                      shared_columns, short_keys)
+    from mpvgbench.executors.local import owner_is_alive
 
     spec = load_optional_spec(spec_path)
     store = open_store(db, spec, must_exist=True)
     reconcile_runs(store, spec)
     runs = store.runs(spec_name=spec.name if spec else None)
-    counts: dict[str, int] = {}
-    for row in runs:
-        counts[row.status] = counts.get(row.status, 0) + 1
-    table = Table(title=", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs")
-    for column in ("key", "model", "method", "dataset", "seed", "status", "attempts", "executor", "error"):
-        table.add_column(column)
-    from mpvgbench.executors.local import owner_is_alive
+    counts = Counter(row.status for row in runs)
+    active = counts["running"] + counts["pending"]
+    summary = ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]) or "no runs"
+    click.echo(f"{summary}{'' if active else '; nothing running'}")
+    shown = [row for row in runs if show_all or row.status != "finished"]
+    pending = [row for row in shown if row.status == "pending"]
+    if not show_all and len(pending) > MAX_PENDING_SHOWN:
+        # A 100k-job matrix is mostly pending rows: list the ones that say something.
+        keep = {row.key for row in pending[:MAX_PENDING_SHOWN]}
+        shown = [row for row in shown if row.status != "pending" or row.key in keep]
+    if not shown:
+        return
+    keys = short_keys(row.key for row in shown)
+    header = ["key", "model", "method", "dataset", "seed", "state", "att", "epoch", "executor"]
+    rows = []
+    for row in shown:
+        state = row.status
+        if state == "running" and row.executor == "local" and row.owner and not owner_is_alive(row.owner):
+            state = "running (coordinator gone: rerun to resume)"
+        rows.append(dict(zip(header, [keys[row.key], model_name(row.model), row.method_label, row.dataset,
+                                      str(row.seed), state, str(row.attempts), _epoch_progress(row),
+                                      row.executor or "-"])))
+    shared = shared_columns(header, rows, ("model", "method", "dataset", "seed", "executor"))
+    if shared:
+        click.echo("all: " + ", ".join(f"{c} {rows[0][c]}" for c in shared))
+    columns = [c for c in header if c not in shared]
+    table = narrow_table(columns, right=("seed", "att", "epoch"))
+    fit_numbers(table, [[r[c] for c in columns] for r in rows])
+    for r in rows:
+        add_plain_row(table, [r[c] for c in columns])
+    out = console()
+    out.print(table)
+    if not show_all and len(pending) > MAX_PENDING_SHOWN:
+        click.echo(f"... and {len(pending) - MAX_PENDING_SHOWN} more pending (mpvgbench status --all)")
+    for row in shown:
+        if row.error:
+            click.echo(f"{keys[row.key]}: {row.error}")
 
-    for row in runs:
-        if show_all or row.status != "finished":
-            state = row.status
-            if state == "running" and row.executor == "local" and row.owner and not owner_is_alive(row.owner):
-                state = "running (coordinator gone: rerun to resume)"
-            table.add_row(row.key, row.model, row.method_label, row.dataset, str(row.seed), state,
-                          str(row.attempts), row.executor or "", (row.error or "")[:60])
-    Console().print(table)
+
+STATUS_ORDER = ("running", "pending", "finished", "failed", "cancelled")
+MAX_PENDING_SHOWN = 20
+
+
+def _epoch_progress(row: Any) -> str:
+    """``n/N``: epochs finished of the run's total (progress.json while it trains)."""
+    recipe = (row.config or {}).get("recipe", {})
+    total = int(recipe.get("epochs", 0)) + int(recipe.get("cooldown_epochs", 0))
+    if row.status == "finished":
+        return f"{total}/{total}"
+    done = 0
+    if row.run_dir:  # one line per finished epoch; a file being replaced reads as none yet
+        try:
+            with open(Path(row.run_dir) / "metrics.jsonl", "rb") as metrics:
+                done = sum(1 for line in metrics if line.strip())
+        except OSError:
+            pass
+    return f"{done}/{total}" if total else ""
 
 
 def load_optional_spec(spec_path: Path | None) -> Spec | None:
@@ -276,9 +449,14 @@ def load_optional_spec(spec_path: Path | None) -> Spec | None:
 
 def reconcile_runs(store: Store, spec: Spec | None) -> None:
     """Bring running runs up to date: ingest finished run dirs; ask Slurm about the rest."""
+    from mpvgbench.executors.local import owner_is_alive
+
     running = store.runs(spec_name=spec.name if spec else None, status="running")
     for row in running:
-        if row.run_dir:
+        # The coordinator owns recording: a reader that ingested a live coordinator's run would
+        # make it believe it lost its claim (issue: status during run). Only orphans are adopted.
+        stale = row.heartbeat_at is None or time.time() - row.heartbeat_at > STALE_AFTER_S
+        if row.run_dir and row.executor != "slurm" and (stale or not (row.owner and owner_is_alive(row.owner))):
             store.ingest_run_dir(Path(row.run_dir))
     slurm_rows = [r for r in store.runs(spec_name=spec.name if spec else None, status="running") if r.executor == "slurm"]
     if slurm_rows:

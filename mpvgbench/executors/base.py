@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 if TYPE_CHECKING:
     from mpvgbench.matrix import Job
@@ -34,6 +34,9 @@ class RunContext:
     max_infra_retries: int = 1  # automatic retries for infrastructure failures only
     fail_fast: bool = False
     download: bool = False
+    amp: str = "auto"  # auto | on | off: bf16 autocast (auto: the recipe's on CUDA, fp32 on CPU)
+    compile: str = "auto"  # auto | on | off: torch.compile (auto: on CUDA only)
+    checkpoint_every_min: Optional[float] = 10.0  # mid-epoch checkpoints (exact resume)
 
     def run_dir(self, key: str) -> Path:
         # The directory name is the job key (hex), never a spec value: nothing in a spec can
@@ -43,20 +46,35 @@ class RunContext:
 
 
 def new_owner_id() -> str:
-    """Identifies one coordinating process in the store's claims."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """Identifies one coordinating process in the store's claims: ``host:pid:nonce@start``.
+
+    ``start`` is the process's start time (clock ticks since boot, /proc/PID/stat): a later
+    process that reuses the pid has another, so a dead coordinator's claims are not mistaken
+    for a live one's (``executors.local.owner_is_alive``).
+    """
+    start = process_start_time(os.getpid())
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}@{start or 0}"
+
+
+def process_start_time(pid: int) -> Optional[int]:
+    """The start time of ``pid`` in clock ticks since boot (Linux), None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rpartition(")")[2].split()[19])  # field 22 of stat(5)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def prepare_run_dir(job: Job, ctx: RunContext) -> Path:
     """Write config.json and job.json (the worker's whole input) into the job's run directory."""
-    from mpvgbench.rundir import atomic_write_json
+    from mpvgbench.rundir import atomic_write_json, retire_stale_error
 
     run_dir = ctx.run_dir(job.key)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / "error.json").exists():
-        # An earlier attempt's failure (--retry-failed): this attempt decides anew, and the
-        # coordinator must not ingest the old record as this attempt's outcome.
-        os.replace(run_dir / "error.json", run_dir / "error.json.prev")
+    retire_stale_error(run_dir)  # --retry-failed: the old record is not this attempt's outcome
+    if (run_dir / "result.json").exists() and not _valid_result(run_dir):
+        # A damaged result.json never counts; set aside, the worker trains (or resumes) again.
+        os.replace(run_dir / "result.json", run_dir / "result.json.invalid")
     atomic_write_json(run_dir / "config.json", job.config.model_dump(mode="json"))
     atomic_write_json(
         run_dir / "job.json",
@@ -66,9 +84,33 @@ def prepare_run_dir(job: Job, ctx: RunContext) -> Path:
             "device": ctx.device,
             "num_workers": ctx.num_workers,
             "download": ctx.download,
+            "amp": ctx.amp,
+            "compile": ctx.compile,
+            "checkpoint_every_min": ctx.checkpoint_every_min,
         },
     )
     return run_dir
+
+
+def write_attempt_header(run_dir: Path, attempt: int, executor: str) -> None:
+    """A line in both logs before each attempt, so attempts appended to one log stay apart."""
+    import datetime
+
+    stamp = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    line = f"===== mpvgbench attempt {attempt} · {stamp} · host {socket.gethostname()} · executor {executor} =====\n"
+    for name in ("stdout.log", "stderr.log"):
+        with open(run_dir / name, "a") as log:
+            log.write(line)
+
+
+def _valid_result(run_dir: Path) -> bool:
+    from mpvgbench.rundir import RunDirError, read_result
+    from mpvgbench.store_schema import result_problem
+
+    try:
+        return result_problem(read_result(run_dir)) is None
+    except RunDirError:
+        return False
 
 
 @dataclass

@@ -3,14 +3,15 @@
 Subprocesses rather than threads because a job must be killable at any moment without taking
 the coordinator (and the database) with it, and because `CUDA_VISIBLE_DEVICES` pins a GPU per
 process. Workers die with the coordinator (PR_SET_PDEATHSIG), so a killed `mpvgbench run`
-never leaves an orphan training the same run directory as its successor.
+never leaves an orphan training the same run directory as its successor: the worker sets that
+up itself from MPVGBENCH_PARENT_PID (``worker.die_with_parent``), since a ``preexec_fn`` is
+unsafe in a process with threads. Each job gets an equal share of this machine's CPUs in
+MPVGBENCH_CPUS, from which the worker plans its threads (``mpvgbench.threads``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TextIO
 
 from mpvgbench.errors import MpvgbenchError
-from mpvgbench.executors.base import Executor, LaunchSummary, RunContext, new_owner_id, prepare_run_dir
+from mpvgbench.executors.base import (Executor, LaunchSummary, RunContext, new_owner_id, prepare_run_dir,
+                                      process_start_time, write_attempt_header)
+from mpvgbench.threads import CPUS_ENV, job_cpus
 
 if TYPE_CHECKING:
     from mpvgbench.matrix import Job
@@ -31,18 +34,10 @@ HEARTBEAT_EVERY_S = 10.0
 POLL_EVERY_S = 0.2
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: workers may outlive a killed coordinator
-        pass
-
-
 def owner_is_alive(owner: str) -> bool:
     """False only when ``owner`` (host:pid:nonce) is a coordinator on this host whose pid is gone."""
     host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
+    pid_text, _, nonce = rest.partition(":")
     if host != socket.gethostname() or not pid_text.isdigit():
         return True  # another machine's coordinator: only its heartbeat can tell
     try:
@@ -51,11 +46,23 @@ def owner_is_alive(owner: str) -> bool:
         return False
     except PermissionError:
         return True
+    started = nonce.partition("@")[2]
+    if started.isdigit() and int(started) and process_start_time(int(pid_text)) not in (None, int(started)):
+        return False  # the pid was reused by a process that started later
     try:  # a killed process its parent has not reaped yet is a zombie: dead all the same
         stat = Path(f"/proc/{int(pid_text)}/stat").read_text()
         return stat.rpartition(")")[2].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def worker_is_training(run_dir: Path, within_s: float) -> bool:
+    """True when the run's worker reported progress within ``within_s`` seconds: a claim whose
+    coordinator went quiet (stopped, hung) is not taken over while its worker still trains."""
+    try:
+        return time.time() - (run_dir / "progress.json").stat().st_mtime < within_s
+    except OSError:
+        return False
 
 
 def visible_gpus() -> list[str]:
@@ -69,6 +76,26 @@ def visible_gpus() -> list[str]:
         return [str(i) for i in range(torch.cuda.device_count())]
     except Exception:  # noqa: BLE001 - no CUDA runtime at all
         return []
+
+
+def take_gpus(free: list[str], count: int, exactly: str | None = None) -> str | None:
+    """Remove ``count`` GPU ids from ``free`` (or the ids of ``exactly``); their
+    CUDA_VISIBLE_DEVICES value, or None when no GPUs are handed out."""
+    if exactly is not None:
+        for gpu in exactly.split(","):
+            free.remove(gpu)
+        return exactly
+    if not free:
+        return None
+    assert len(free) >= count, (free, count)  # launch() starts no more jobs than GPUs allow
+    taken, free[:] = free[:count], free[count:]
+    return ",".join(taken)
+
+
+def give_back_gpus(free: list[str], gpus: str | None) -> None:
+    """A job that ended, however it ended (finished, failed, killed), frees its GPUs."""
+    if gpus is not None:
+        free.extend(gpus.split(","))
 
 
 @dataclass
@@ -89,10 +116,14 @@ class LocalExecutor(Executor):
 
     name: ClassVar[str] = "local"
 
-    def __init__(self, workers: int = 1, on_event: JobEvent | None = None) -> None:
+    def __init__(self, workers: int = 1, on_event: JobEvent | None = None, processes_per_job: int = 1) -> None:
         if workers < 1:
             raise MpvgbenchError(f"--workers must be >= 1, got {workers}")
+        if processes_per_job < 1:
+            raise MpvgbenchError(f"executor.nproc_per_node must be >= 1, got {processes_per_job}")
         self.workers = workers
+        # > 1: each job is a one-node DDP run under torchrun, one process (and one GPU) per rank
+        self.processes_per_job = processes_per_job
         self.on_event = on_event or (lambda event, job, info: None)
 
     def options(self) -> dict[str, Any]:
@@ -103,7 +134,11 @@ class LocalExecutor(Executor):
         summary = LaunchSummary()
         queue = list(jobs)
         free_gpus = visible_gpus() if ctx.device != "cpu" else []  # cpu: no torch import here
-        slots = min(self.workers, len(free_gpus)) if free_gpus and ctx.device != "cpu" else self.workers
+        per_job = self.processes_per_job
+        if free_gpus and len(free_gpus) < per_job:
+            raise MpvgbenchError(f"each job needs {per_job} GPUs (executor.nproc_per_node) but "
+                                 f"{len(free_gpus)} are visible; lower nproc_per_node or use more GPUs")
+        slots = min(self.workers, len(free_gpus) // per_job) if free_gpus else self.workers
         running: dict[str, RunningJob] = {}
         last_heartbeat = time.monotonic()
         stop = False
@@ -117,7 +152,7 @@ class LocalExecutor(Executor):
                         summary.skipped.append(job.key)
                         self.on_event("skipped", job, {"reason": "claimed by another run"})
                         continue
-                    gpu = free_gpus.pop(0) if free_gpus and ctx.device != "cpu" else None
+                    gpu = take_gpus(free_gpus, per_job)
                     running[job.key] = self._start(job, ctx, gpu, store, owner)
                     summary.launched.append(job.key)
                 if queue and not running and not stop:
@@ -134,13 +169,11 @@ class LocalExecutor(Executor):
                     del running[key]
                     for handle in entry.logs:
                         handle.close()
-                    if entry.gpu is not None:
-                        free_gpus.append(entry.gpu)
+                    give_back_gpus(free_gpus, entry.gpu)
                     outcome = self._finish(entry, store, owner, ctx)
                     if outcome == "retry":
                         running[key] = self._start(entry.job, ctx, entry.gpu, store, owner, entry.attempt + 1)
-                        if entry.gpu is not None:
-                            free_gpus.remove(entry.gpu)
+                        take_gpus(free_gpus, per_job, exactly=entry.gpu)
                         continue
                     (summary.finished if outcome == "finished" else summary.failed).append(key)
                     if outcome != "finished" and ctx.fail_fast:
@@ -185,6 +218,10 @@ class LocalExecutor(Executor):
         return None
 
     def _claim(self, job: Job, store: Store, owner: str, ctx: RunContext) -> bool:
+        if worker_is_training(ctx.run_dir(job.key), ctx.stale_after_s):
+            (row,) = store.runs(keys=[job.key]) or (None,)
+            if row is not None and row.status == "running":
+                return False  # fenced by the worker's liveness, not only the coordinator's
         if store.claim(job.key, owner, stale_after_s=ctx.stale_after_s):
             return True
         # A coordinator on this host that was killed (kill -9, a closed laptop lid) leaves its
@@ -196,6 +233,9 @@ class LocalExecutor(Executor):
 
     def worker_argv(self, run_dir: Path) -> list[str]:
         """The worker's command line (a seam for tests of the executor's bookkeeping)."""
+        if self.processes_per_job > 1:  # one-node DDP: the worker reads RANK/WORLD_SIZE from torchrun
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={self.processes_per_job}", "-m", "mpvgbench.worker", str(run_dir)]
         return [sys.executable, "-m", "mpvgbench.worker", str(run_dir)]
 
     def _start(
@@ -209,10 +249,11 @@ class LocalExecutor(Executor):
             env["CUDA_VISIBLE_DEVICES"] = gpu
         elif ctx.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
-        if gpu is None and "OMP_NUM_THREADS" not in os.environ:
-            # CPU jobs share the cores: N jobs with all threads each oversubscribe the machine
-            # (measured here: 2 jobs x 2 threads ran 30x slower than 2 x 1 thread).
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
+        # Concurrent jobs share the cores: N jobs with all threads each oversubscribe the
+        # machine (measured here: 2 jobs x 2 threads ran 30x slower than 2 x 1 thread).
+        env[CPUS_ENV] = str(max(1, job_cpus()[0] // self.workers))
+        env["MPVGBENCH_PARENT_PID"] = str(os.getpid())  # worker.PARENT_PID_ENV: it dies with us
+        write_attempt_header(run_dir, attempt, self.name)
         out = open(run_dir / "stdout.log", "a")  # noqa: SIM115 - closed when the job ends
         err = open(run_dir / "stderr.log", "a")  # noqa: SIM115
         process = subprocess.Popen(
@@ -221,7 +262,6 @@ class LocalExecutor(Executor):
             stderr=err,
             stdin=subprocess.DEVNULL,
             env=env,
-            preexec_fn=_die_with_parent,
         )
         self.on_event("started", job, {"run_dir": run_dir, "gpu": gpu, "attempt": attempt})
         return RunningJob(job, run_dir, process, gpu, [out, err], attempt)
@@ -233,7 +273,15 @@ class LocalExecutor(Executor):
             self.on_event("finished", entry.job, {"run_dir": entry.run_dir})
             return "finished"
         if status == "failed":
-            self.on_event("failed", entry.job, store.failure(entry.job.key))
+            failure = store.failure(entry.job.key)
+            if failure and failure.get("kind") == "infra" and entry.attempt <= ctx.max_infra_retries:
+                # The machine failed the job (a full disk, a lost port), not the job itself.
+                store.reset([entry.job.key])
+                if not store.claim(entry.job.key, owner, stale_after_s=ctx.stale_after_s):
+                    return "failed"  # taken by another coordinator meanwhile
+                self.on_event("retry", entry.job, {"attempt": entry.attempt, **failure})
+                return "retry"
+            self.on_event("failed", entry.job, failure or {})
             return "failed"
         # No result.json and no error.json: the worker died without a word (killed, segfault).
         # That is an infrastructure failure, the only kind that is retried automatically.
@@ -263,8 +311,7 @@ class LocalExecutor(Executor):
                 entry.process.wait()
             for handle in entry.logs:
                 handle.close()
-            if entry.gpu is not None:
-                free_gpus.append(entry.gpu)
+            give_back_gpus(free_gpus, entry.gpu)
             self.on_event("cancelled", entry.job, {"run_dir": entry.run_dir})
         return lost
 

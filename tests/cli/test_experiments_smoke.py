@@ -1,31 +1,34 @@
 """Every shipped spec's whole matrix builds, trains, stores and reports (`run --smoke`).
 
 Smoke runs map each cell to synthetic data at a small size for a few steps, so this proves on
-CPU that Tables 1, 2, 5 and 6 (and the quickstart) are runnable end to end: every model x method
+CPU that Tables 1, 2, 5 and 6, Fig. 5 (and the quickstart) are runnable end to end: every model x method
 of the paper constructs, trains, checkpoints, lands in the database and reaches the report.
 Specs share one database, as a user's would: Table 5's pos_0 row and Table 6's last row are
 Table 1's DeiT-Ti MPVG cell and must not be trained again.
+
+The jobs run in this process (``--executor debug``): the subprocess boundary is tested elsewhere
+(tests/cli/test_reliability.py, tests/test_worker.py), and ~50 worker processes each importing
+torch and timm were most of this file's time.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 
 from mpvgbench.matrix import expand
 from mpvgbench.spec import load_spec
 from mpvgbench.store import Store
+from tests.cli.conftest import invoke
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mpvgbench", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=1200)
+def _cli(*args: str, cwd: Path) -> Result:
+    return invoke(*args)
 
 
 def _smoke(spec_names: list[str], tmp_path: Path) -> dict[str, list[str]]:
@@ -34,8 +37,8 @@ def _smoke(spec_names: list[str], tmp_path: Path) -> dict[str, list[str]]:
     for name in spec_names:
         spec_path = EXPERIMENTS / f"{name}.yaml"
         done = _cli("run", str(spec_path), "--smoke", "--db", str(db), "--runs-dir", str(runs),
-                    "--device", "cpu", "--workers", "1", cwd=tmp_path)
-        assert done.returncode == 0, f"{name}: {done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+                    "--device", "cpu", "--executor", "debug", cwd=tmp_path)
+        assert done.exit_code == 0, f"{name}: {done.output[-3000:]}"
         keys[name] = [job.key for job in expand(load_spec(spec_path), smoke=True)]
         with Store(str(db)) as store:
             states = store.statuses(keys[name])
@@ -54,14 +57,14 @@ def test_table1_table5_table6_smoke_share_cells(tmp_path: Path) -> None:
         (row,) = store.runs(keys=sorted(shared))
         assert row.attempts == 1 and set(row.specs) >= {"table1", "table5", "table6"}
     report = _cli("report", "--db", str(tmp_path / "results.db"), "--format", "json", cwd=tmp_path)
-    assert report.returncode == 0, report.stderr
-    rows = json.loads(report.stdout)["rows"]
+    assert report.exit_code == 0, report.output
+    rows = json.loads(report.output)["rows"]
     models = {row["Model"] for row in rows}
     assert models == {"DeiT-Ti", "DeiT-S", "DeiT-B", "Swin-Ti", "CeiT-Ti", "T2T-ViT-7"}
     for table in ("1", "5", "6"):
         rendered = _cli("report", "--db", str(tmp_path / "results.db"), "--table", table,
                         "--format", "csv", cwd=tmp_path)
-        assert rendered.returncode == 0, rendered.stderr
+        assert rendered.exit_code == 0, rendered.output
 
 
 @pytest.mark.slow
@@ -79,3 +82,17 @@ def test_table2_and_quickstart_smoke(tmp_path: Path) -> None:
             assert parent.finished_at is not None and child.started_at is not None
             assert parent.finished_at <= child.started_at
     assert len(keys["quickstart"]) == 15
+
+
+@pytest.mark.slow
+def test_fig5_smoke_fills_the_fig5_report(tmp_path: Path) -> None:
+    keys = _smoke(["fig5"], tmp_path)
+    assert len(keys["fig5"]) == 2  # GAP (a), GAP + Last-LN PE (b)
+    rendered = _cli("report", "--db", str(tmp_path / "results.db"), "--table", "fig5",
+                    "--format", "json", cwd=tmp_path)
+    assert rendered.exit_code == 0, rendered.output
+    rows = json.loads(rendered.output)["rows"]
+    assert len(rows) == 2
+    for row in rows:  # every Fig. 5 cell found its (smoke) run
+        measured = [value for name, value in row.items() if name.endswith("measured")]
+        assert measured and all(value is not None for value in measured), row

@@ -7,6 +7,7 @@ CliRunner) it prints one line per state change so logs stay readable.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
+
+from mpvgbench.cli.tables import fit_numbers, model_name, narrow_table, short_keys
 
 if TYPE_CHECKING:
     from mpvgbench.matrix import Job
@@ -38,6 +42,27 @@ class JobLine:
     loss: str = ""
     top1: str = ""
     note: str = ""
+    started: float | None = None  # time.monotonic() when its worker started
+    ended: float | None = None
+    fraction: float = 0.0  # of the run's total steps, from progress.json
+
+    def elapsed(self, now: float) -> float | None:
+        return None if self.started is None else (self.ended or now) - self.started
+
+    def eta(self, now: float) -> float | None:
+        """Seconds left at the pace so far (None before the first progress report)."""
+        elapsed = self.elapsed(now)
+        if self.status != "running" or elapsed is None or self.fraction <= 0:
+            return None
+        return elapsed * (1 - self.fraction) / self.fraction
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -63,6 +88,7 @@ class LiveView:
         self.lines = {job.key: JobLine(job) for job in jobs}
         self.interactive = self.console.is_terminal
         self._live: Live | None = None
+        self._started = time.monotonic()
 
     def __enter__(self) -> LiveView:
         if self.interactive:
@@ -80,6 +106,10 @@ class LiveView:
             self._update_progress(line, Path(info["run_dir"]))
             return
         line.status = {"started": "running"}.get(event, event)
+        if event == "started":
+            line.started, line.ended = time.monotonic(), None
+        elif event in ("finished", "failed", "cancelled"):
+            line.ended = time.monotonic()
         full_note = ""
         if event == "failed":
             full_note = str(info.get("error", ""))
@@ -96,32 +126,67 @@ class LiveView:
 
     def _update_progress(self, line: JobLine, run_dir: Path) -> None:
         progress = _read_json(run_dir / "progress.json")
+        total = line.job.config.recipe.total_epochs
         if progress:
-            steps = progress.get("steps_per_epoch")
-            step = f" {progress.get('step', 0)}/{steps}" if steps else ""
-            line.epoch = f"{progress.get('epoch', 0)}{step}"
+            try:
+                epoch, step = int(progress.get("epoch", 0)), int(progress.get("step", 0))
+                steps = int(progress.get("steps_per_epoch") or 0)
+            except (TypeError, ValueError):
+                return  # a damaged progress file only costs the live view its numbers
+            line.epoch = f"{epoch}/{total}"
+            if steps:
+                line.fraction = min(1.0, (epoch + step / steps) / max(total, 1))
             if progress.get("loss") is not None:
                 line.loss = f"{float(progress['loss']):.4f}"
         metrics = _last_metrics(run_dir)
         if metrics and metrics.get("top1") is not None:
             line.top1 = f"{float(metrics['top1']):.2f}"
 
+    def matrix_eta(self, now: float) -> float | None:
+        """Seconds until the matrix is done: the mean job time so far, over the jobs still to
+        run, spread over the jobs that run at once."""
+        lines = list(self.lines.values())
+        durations = [l.elapsed(now) or 0.0 for l in lines if l.status == "finished"]
+        projected = [(l.elapsed(now) or 0.0) / l.fraction for l in lines if l.status == "running" and l.fraction > 0]
+        per_job = (sum(durations) + sum(projected)) / len(durations + projected) if durations + projected else None
+        running = [l for l in lines if l.status == "running"]
+        queued = sum(l.status == "queued" for l in lines)
+        if per_job is None or not running:
+            return None
+        left_running = sum(l.eta(now) or per_job for l in running)
+        return (left_running + queued * per_job) / len(running)
+
     def render(self) -> Table:
+        now = time.monotonic()
         counts: dict[str, int] = {}
         for line in self.lines.values():
             counts[line.status] = counts.get(line.status, 0) + 1
         title = "  ".join(f"{status}: {n}" for status, n in sorted(counts.items()))
-        table = Table(title=title, expand=False)
-        for column in ("key", "model", "method", "dataset", "seed", "status", "epoch", "loss", "top-1", "note"):
-            table.add_column(column, no_wrap=column != "note")
+        title += f"  elapsed {format_duration(now - self._started)}"
+        eta = self.matrix_eta(now)
+        if eta is not None:
+            title += f"  ETA {format_duration(eta)}"
         shown = sorted(self.lines.values(), key=lambda l: ("running", "failed", "retry").count(l.status) == 0)
+        keys = short_keys(self.lines)
+        rows = []
         for line in shown[:40]:  # a terminal holds no more; the counts in the title cover the rest
             job = line.job
-            table.add_row(
-                job.key, job.model, job.method_label, job.dataset, str(job.seed),
-                f"[{STATUS_STYLE.get(line.status, '')}]{line.status}[/]",
-                line.epoch, line.loss, line.top1, line.note,
-            )
+            rows.append({
+                "key": keys[job.key], "model": model_name(job.model), "method": job.method_label,
+                "dataset": job.dataset, "seed": str(job.seed), "status": line.status, "epoch": line.epoch,
+                "loss": line.loss, "top-1": line.top1, "ETA": format_duration(line.eta(now)),
+            })
+        # What every job shares goes to the title, so the table fits 80 columns.
+        shared = [c for c in ("model", "method", "dataset", "seed") if len({r[c] for r in rows}) == 1]
+        if rows and shared:
+            title += "  (" + " ".join(f"{c}={escape(rows[0][c])}" for c in shared) + ")"
+        columns = [c for c in rows[0] if c not in shared] if rows else ["key", "status"]
+        table = narrow_table(columns, title=title, right=("seed", "epoch", "loss", "top-1", "ETA"))
+        fit_numbers(table, [[r[c] for c in columns] for r in rows])
+        for r in rows:
+            status = r["status"]
+            table.add_row(*(f"[{STATUS_STYLE.get(status, '')}]{status}[/]" if c == "status" else escape(r[c])
+                            for c in columns))
         return table
 
 

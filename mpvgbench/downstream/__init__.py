@@ -1,0 +1,8 @@
+"""Dense-prediction transfer (paper Tables 3 and 4): ViT-Adapter-Ti with Mask R-CNN and UperNet.
+
+Self-contained building blocks: multi-scale deformable attention (:mod:`.msda`), the adapter
+around our DeiT (:mod:`.adapter`), the heads (:mod:`.upernet`, :mod:`.detection`), data and
+metrics (:mod:`.data`, :mod:`.metrics`), optimiser groups and schedules (:mod:`.optim`) and
+step functions (:mod:`.steps`). See
+``docs/downstream.md`` for every choice and every difference from MMDetection / MMSegmentation.
+"""

@@ -1,0 +1,118 @@
+"""One training step and the evaluation loops for detection and segmentation.
+
+The step functions take an optional optimizer: without one they return the losses with their
+graph (the caller backpropagates ``losses["loss"]``, e.g. under its own GradScaler / DDP
+no_sync); with one they zero the gradients, backpropagate, step, and return detached losses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from mpvgbench.downstream.data import CocoInstances
+from mpvgbench.downstream.metrics import ConfusionMatrix, coco_evaluate, detections_to_coco
+from mpvgbench.downstream.upernet import UperNetSegmenter
+
+__all__ = [
+    "detection_step",
+    "evaluate_detection",
+    "evaluate_segmentation",
+    "segmentation_step",
+    "slide_inference",
+]
+
+
+def _finish(losses: dict[str, Tensor], optimizer: torch.optim.Optimizer | None) -> dict[str, Tensor]:
+    losses = dict(losses)
+    losses["loss"] = sum(losses.values())  # type: ignore[assignment]
+    if optimizer is None:
+        return losses
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    optimizer.step()
+    return {k: v.detach() for k, v in losses.items()}
+
+
+def detection_step(
+    model: nn.Module,
+    images: Sequence[Tensor],
+    targets: Sequence[dict[str, Tensor]],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> dict[str, Tensor]:
+    """Mask R-CNN losses (``loss_classifier``, ``loss_box_reg``, ``loss_mask``,
+    ``loss_objectness``, ``loss_rpn_box_reg``) and their sum ``loss``."""
+    model.train()
+    keys = ("boxes", "labels", "masks")
+    return _finish(model(list(images), [{k: t[k] for k in keys} for t in targets]), optimizer)
+
+
+def segmentation_step(
+    model: UperNetSegmenter,
+    images: Tensor,
+    labels: Tensor,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> dict[str, Tensor]:
+    """UperNet losses (``loss_seg``, ``loss_aux`` already x0.4) and their sum ``loss``."""
+    model.train()
+    return _finish(model.losses(images, labels), optimizer)
+
+
+@torch.no_grad()
+def slide_inference(model: UperNetSegmenter, img: Tensor, crop: int = 512, stride: int = 341) -> Tensor:
+    """MMSeg's ``mode='slide'``: logits of overlapping ``crop`` windows (``stride`` apart, the
+    last one flush with the border) averaged per pixel. ``img (B, 3, H, W)`` -> ``(B, K, H, W)``."""
+    b, _, h, w = img.shape
+    rows = max(h - crop + stride - 1, 0) // stride + 1
+    cols = max(w - crop + stride - 1, 0) // stride + 1
+    logits = img.new_zeros((b, model.num_classes, h, w))
+    count = img.new_zeros((1, 1, h, w))
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * stride + crop, h), min(c * stride + crop, w)
+            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+            logits[:, :, y1:y2, x1:x2] += model.predict_logits(img[:, :, y1:y2, x1:x2])
+            count[:, :, y1:y2, x1:x2] += 1
+    assert (count > 0).all()
+    return logits / count
+
+
+@torch.no_grad()
+def evaluate_segmentation(
+    model: UperNetSegmenter, dataset: Dataset, crop: int = 512, stride: int = 341
+) -> dict[str, float]:
+    """mIoU and aAcc (percent) over the whole dataset from one confusion matrix. The dataset
+    yields ``(image, label)`` with the image resized for the model (SegmentationTestTransform)
+    and the label at its original size; logits are resized to the label before the argmax."""
+    model.eval()
+    matrix = ConfusionMatrix(model.num_classes, model.ignore_index)
+    for i in range(len(dataset)):  # type: ignore[arg-type]
+        image, label = dataset[i]
+        logits = slide_inference(model, image[None], crop, stride)
+        logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+        matrix.update(logits.argmax(1)[0], label)
+    return {"mIoU": matrix.miou(), "aAcc": matrix.pixel_accuracy()}
+
+
+@torch.no_grad()
+def evaluate_detection(model: nn.Module, dataset: CocoInstances) -> dict[str, float]:
+    """COCO AP box / mask (fractions) over ``dataset``; predictions made on the transformed image
+    are mapped back to the original image size (boxes scaled, mask probabilities resized)."""
+    model.eval()
+    results = []
+    for i in range(len(dataset)):
+        image, target = dataset[i]
+        image_id = int(target["image_id"])
+        info = dataset.coco.imgs[image_id]
+        (out,) = model([image])
+        sy, sx = info["height"] / image.shape[1], info["width"] / image.shape[2]
+        out = dict(out)
+        out["boxes"] = out["boxes"] * torch.tensor([sx, sy, sx, sy])
+        if "masks" in out and out["masks"].shape[0]:
+            out["masks"] = F.interpolate(out["masks"], size=(info["height"], info["width"]), mode="bilinear", align_corners=False)
+        results.extend(detections_to_coco([out], [image_id], dataset.label_to_cat_id))
+    return coco_evaluate(dataset.coco, results)

@@ -269,7 +269,7 @@ CASES: list[Case] = [
     cmd_case("table_zero", ["report", "--table", "0"], "no paper table '0'", "choose one of 1, 2, 3, 4, 5, 6, fig5"),
     cmd_case("table_seven", ["report", "--table", "7"], "no paper table '7'", "choose one of 1, 2, 3, 4, 5, 6, fig5"),
     cmd_case("table_not_a_number", ["report", "--table", "first"], "no paper table 'first'", "choose one of"),
-    cmd_case("format_unknown", ["report", "--format", "xml"], "Invalid value for '--format': 'xml' is not one of 'table', 'markdown', 'latex', 'csv', 'json'", usage=True),
+    cmd_case("format_unknown", ["report", "--format", "xml"], "Invalid value for '--format': 'xml' is not one of 'table', 'markdown', 'latex', 'csv', 'json', 'html'", usage=True),
     cmd_case("metric_unknown", ["report", "--metric", "worst"], "Invalid value for '--metric'", "'final', 'best'", usage=True),
     cmd_case("report_output_unwritable", ["report", "-o", "@no/such/dir/table.md"], "cannot write", "pass a writable -o path"),
     cmd_case("report_bad_spec", ["report", "--spec", "@nope.yaml"], "no such spec file"),

@@ -1,0 +1,218 @@
+"""One static HTML page of everything stored: tables, training curves, analysis figures.
+
+``build_html(store)`` returns the page as a string; it needs no network to be read: the CSS is
+inline, every image is a ``data:image/png;base64`` URI, and there is no JavaScript. Sections:
+
+1. the pivot of all finished runs and every paper table with at least one measured value
+   (the :class:`~mpvgbench.report.ReportTable` objects of :func:`mpvgbench.report.build_table`);
+2. training curves (:mod:`mpvgbench.curves`): top-1 and losses per epoch, mean and min..max band
+   over seeds, one line per method, one row per (model, dataset);
+3. analysis (``mpvgbench analyze``): the token/PE correlation per method from the numbers in the
+   database, and the PNG figures it wrote, found through the database (``pe_figures``) and under
+   the ``analysis_dirs`` given (e.g. ``--analysis analysis``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from mpvgbench.curves import (
+    collect_curves, correlation_analyses, correlation_figure, curves_figure, figure_png, method_order,
+)
+from mpvgbench.paper import TABLES
+from mpvgbench.report import Measured, ReportTable, build_table
+from mpvgbench.store import Store
+from mpvgbench.store_schema import RunRow
+
+__all__ = ["MAX_FIGURES", "build_html", "measured_tables", "png_data_uri", "table_html"]
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: analysis PNGs embedded at most (a large matrix has four per run; the page must stay loadable)
+MAX_FIGURES = 60
+MAX_FIGURE_BYTES = 2_000_000
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
+       max-width: 1200px; padding: 0 1rem; color: #222; }
+h1 { font-size: 1.6rem; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2rem; margin-top: 2.5rem; }
+h3 { font-size: 1.05rem; margin-top: 1.6rem; }
+table { border-collapse: collapse; margin: .5rem 0; font-size: .9rem; }
+caption { text-align: left; font-weight: 600; padding-bottom: .3rem; }
+th, td { padding: .25rem .6rem; border-bottom: 1px solid #e3e3e3; }
+th { background: #f3f5f7; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.pos { color: #17803d; } td.neg { color: #b42318; } td.none { color: #999; }
+ul.notes { color: #555; font-size: .85rem; margin-top: .2rem; }
+figure { margin: 1rem 0; } figcaption { color: #555; font-size: .85rem; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.meta { color: #666; font-size: .85rem; }
+nav a { margin-right: 1rem; }
+"""
+
+
+# ------------------------------------------------------------------------------------ tables
+
+
+def measured_tables(store: Store, *, metric: str = "final", spec: Optional[str] = None) -> list[ReportTable]:
+    """The pivot, then each paper table (1-6, fig5) that has at least one measured value."""
+    tables = [build_table(store, None, metric=metric, spec=spec)]
+    for table_id in TABLES:
+        table = build_table(store, table_id, metric=metric, spec=spec)
+        if any(isinstance(v, Measured) and v.n for row in table.rows for v in row):
+            tables.append(table)
+    return tables
+
+
+def _cell(table: ReportTable, column: Any, value: Any) -> str:
+    text = html.escape(table.cell_text(column, value))
+    if column.kind == "label":
+        return f"<td>{text}</td>"
+    classes = ["num"]
+    if value is None or (isinstance(value, Measured) and value.n == 0):
+        classes.append("none")
+    elif column.kind == "diff":
+        classes.append("pos" if value >= 0 else "neg")
+    return f'<td class="{" ".join(classes)}">{text}</td>'
+
+
+def table_html(table: ReportTable) -> str:
+    """A ReportTable as an HTML ``<table>`` (with caption) and its notes as a list."""
+    head = "".join(f'<th scope="col">{html.escape(c.name)}</th>' for c in table.columns)
+    body = "\n".join("<tr>" + "".join(_cell(table, c, v) for c, v in zip(table.columns, row)) + "</tr>"
+                     for row in table.rows)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
+    return (f"<table>\n<caption>{html.escape(table.title)}</caption>\n<thead><tr>{head}</tr></thead>\n"
+            f"<tbody>\n{body}\n</tbody>\n</table>\n" + (f'<ul class="notes">{notes}</ul>\n' if notes else ""))
+
+
+# ------------------------------------------------------------------------------------ images
+
+
+def png_data_uri(data: bytes) -> str:
+    """``data:image/png;base64,...`` of PNG bytes (anything else is a bug: assert)."""
+    assert data.startswith(PNG_SIGNATURE), "not a PNG"
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _figure(data: bytes, alt: str, caption: str) -> str:
+    return (f'<figure><img src="{png_data_uri(data)}" alt="{html.escape(alt, quote=True)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>\n")
+
+
+def _readable_png(path: Path) -> Optional[bytes]:
+    # a figure that was deleted, is huge or is not a PNG is skipped: the page is still useful
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_FIGURE_BYTES:
+            return None
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data if data.startswith(PNG_SIGNATURE) else None
+
+
+def analysis_pngs(store: Store, analysis_dirs: Sequence[Path], *, keys: Optional[Collection[str]] = None,
+                  skip_top_correlation: bool = False) -> list[Path]:
+    """PNGs of ``mpvgbench analyze``: those the database names (``pe_figures``; of the runs
+    ``keys`` if given), then every ``*.png`` under ``analysis_dirs`` (without their
+    ``correlation.png`` if ``skip_top_correlation``); de-duplicated, in a stable order."""
+    found: list[Path] = []
+    for key, values in store.analysis().items():
+        figures = values.get("pe_figures") if keys is None or key in keys else None
+        if isinstance(figures, dict):
+            found += [Path(p) for p in figures.values() if isinstance(p, str)]
+    for folder in analysis_dirs:
+        found += sorted(Path(folder).rglob("*.png"))
+    if skip_top_correlation:  # the page draws its own, one line per method
+        found = [p for p in found if not (p.name == "correlation.png" and Path(p).parent.resolve()
+                                          in {Path(d).resolve() for d in analysis_dirs})]
+    seen: set[Path] = set()
+    unique = []
+    for path in found:
+        resolved = path.resolve()
+        if resolved not in seen:
+            seen.add(resolved)
+            unique.append(path)
+    return unique
+
+
+def _figure_caption(path: Path, runs: dict[str, RunRow]) -> str:
+    # analyze writes <out>/<key>/<figure>.png: name the run, not only its hash
+    run = runs.get(path.parent.name)
+    if run is None:
+        return str(path)
+    return f"{run.model} / {run.method_label} / {run.dataset} seed {run.seed} ({run.key[:8]}): {path.stem}"
+
+
+def _figure_order(paths: Sequence[Path], runs: dict[str, RunRow]) -> list[Path]:
+    """Figures of known runs grouped like the tables (model, dataset, method, seed), then the rest."""
+    rank = {m: i for i, m in enumerate(method_order([r.method for r in runs.values()]))}
+
+    def key(item: tuple[int, Path]) -> tuple[Any, ...]:
+        position, path = item
+        run = runs.get(path.parent.name)
+        if run is None:
+            return (1, position)
+        return (0, run.model, run.dataset, rank[run.method], run.seed, run.key, path.stem)
+
+    return [path for _, path in sorted(enumerate(paths), key=key)]
+
+
+# ---------------------------------------------------------------------------------- the page
+
+
+def _section(anchor: str, title: str, body: Iterable[str]) -> str:
+    return f'<section id="{anchor}">\n<h2>{html.escape(title)}</h2>\n' + "".join(body) + "</section>\n"
+
+
+def build_html(store: Store, *, metric: str = "final", spec: Optional[str] = None,
+               analysis_dirs: Sequence[Path] = (), title: str = "mpvgbench report") -> str:
+    """The whole page (see the module docstring). ``spec`` restricts tables and curves to one
+    spec's runs; ``analysis_dirs`` are folders of ``mpvgbench analyze --out``."""
+    tables = measured_tables(store, metric=metric, spec=spec)
+    sections = [_section("tables", "Tables", (table_html(t) for t in tables))]
+
+    panels = collect_curves(store, spec)
+    curve_note = ("<p>Per epoch: validation top-1, train loss and validation loss. Line: mean over "
+                  "seeds; band: min..max over seeds; one colour per method.</p>\n")
+    curves = [curve_note, _figure(figure_png(curves_figure(panels)), "training curves",
+                                  f"{len(panels)} (model, dataset) panel(s)")] if panels else \
+        ["<p>No finished run has per-epoch metrics yet.</p>\n"]
+    sections.append(_section("curves", "Training curves", curves))
+
+    analysis_parts: list[str] = []
+    runs = {r.key: r for r in store.runs(spec_name=spec)}
+    correlations = correlation_analyses(store, list(runs) if spec else None)
+    if correlations:
+        analysis_parts.append(_figure(figure_png(correlation_figure(correlations)), "correlation by method",
+                                      f"token/PE correlation per layer of {len(correlations)} analysed run(s), "
+                                      "one line per method (mean over seeds, band min..max)"))
+    pngs = _figure_order(analysis_pngs(store, analysis_dirs, keys=set(runs) if spec else None,
+                                       skip_top_correlation=bool(correlations)), runs)
+    embedded = 0
+    for path in pngs:
+        if embedded >= MAX_FIGURES:
+            analysis_parts.append(f"<p>{len(pngs) - MAX_FIGURES} more figure(s) not embedded "
+                                  f"(at most {MAX_FIGURES}).</p>\n")
+            break
+        data = _readable_png(path)
+        if data is not None:
+            analysis_parts.append(_figure(data, path.stem, _figure_caption(path, runs)))
+            embedded += 1
+    if not analysis_parts:
+        analysis_parts.append("<p>No analysis yet: <code>mpvgbench analyze SPEC --out analysis</code>, "
+                              "then <code>mpvgbench report --format html --analysis analysis -o report.html</code>.</p>\n")
+    sections.append(_section("analysis", "Analysis", analysis_parts))
+
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    scope = f", spec {spec}" if spec else ""
+    meta = (f'<p class="meta">{html.escape(store.where)}{html.escape(scope)}; metric: {metric} epoch; '
+            f"written {stamp}</p>\n")
+    nav = '<nav><a href="#tables">Tables</a><a href="#curves">Curves</a><a href="#analysis">Analysis</a></nav>\n'
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            f"<h1>{html.escape(title)}</h1>\n{meta}{nav}" + "".join(sections) + "</body>\n</html>\n")

@@ -147,7 +147,7 @@ def analyze(targets: tuple[str, ...], images: int, out_dir: Path, weights: str, 
     import torch
 
     from mpvgbench.analyze import analyze_run
-    from mpvgbench.analyze_plots import plot_correlation
+    from mpvgbench.curves import plot_correlation_by_method
 
     store = open_store(db, must_exist=True)
     rows: dict[str, RunRow] = {}
@@ -164,7 +164,7 @@ def analyze(targets: tuple[str, ...], images: int, out_dir: Path, weights: str, 
                                weights=weights, n_samples=samples, data_root=data_root)
         store.add_analysis(row.key, _store_values(analysis))
         analyses.append(analysis)
-    plot_correlation(analyses, out_dir / "correlation.png")
+    plot_correlation_by_method(analyses, out_dir / "correlation.png")
     (out_dir / "analysis.json").write_text(json.dumps(analyses, indent=1, sort_keys=True) + "\n")
     print_table(analyses)
     click.echo(f"wrote {out_dir / 'correlation.png'}, {out_dir}/<key>/*.png and {out_dir / 'analysis.json'}", err=True)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from mpvgbench.errors import SlurmError
-from mpvgbench.slurm_settings import SlurmSettings, parse_time_minutes
+from mpvgbench.slurm_settings import THREAD_SETUP, SlurmSettings, parse_time_minutes
 
 if TYPE_CHECKING:
     from mpvgbench.executors.base import RunContext
@@ -68,7 +68,10 @@ def test_reserved_additional_parameter_points_to_field() -> None:
 def test_defaults_map_to_minimal_parameters() -> None:
     params = SlurmSettings.parse(None).submitit_parameters()
     assert params == {"name": "mpvgbench", "timeout_min": 60, "nodes": 1, "tasks_per_node": 1,
-                      "slurm_signal_delay_s": 90, "slurm_array_parallelism": 256}
+                      "slurm_signal_delay_s": 90, "slurm_array_parallelism": 256,
+                      "slurm_setup": list(THREAD_SETUP)}
+    assert SlurmSettings.parse(None).submitit_parameters("table1")["name"] == "table1"
+    assert SlurmSettings.parse({"job_name": "mine"}).submitit_parameters("table1")["name"] == "mine"
 
 
 def test_full_mapping() -> None:
@@ -76,18 +79,46 @@ def test_full_mapping() -> None:
         "partition": "gpu", "time": "02:00:00", "nodes": 2, "gpus_per_node": 4, "tasks_per_node": 4,
         "cpus_per_task": 8, "mem": "64g", "account": "proj", "qos": "high", "constraint": "a100",
         "array_parallelism": 16, "max_requeues": 5, "setup": ["module load cuda"],
-        "additional_parameters": {"mail-user": "me@x.org", "exclusive": True}, "folder": "/scratch/logs",
+        "additional_parameters": {"mail-user": "me@x.org"}, "folder": "/scratch/logs",
+        "gres": "gpu:a100:4", "gpus_per_task": 1, "exclusive": True, "reservation": "paper",
+        "nodelist": "gpu[01-02]", "exclude": "gpu07",
     })
     assert s.submitit_parameters() == {
         "name": "mpvgbench", "timeout_min": 120, "nodes": 2, "tasks_per_node": 4, "cpus_per_task": 8,
         "gpus_per_node": 4, "slurm_partition": "gpu", "slurm_mem": "64G", "slurm_account": "proj",
         "slurm_qos": "high", "slurm_constraint": "a100", "slurm_array_parallelism": 16,
-        "slurm_signal_delay_s": 90, "slurm_setup": ["module load cuda"],
-        "slurm_additional_parameters": {"mail_user": "me@x.org", "exclusive": True},
+        "slurm_signal_delay_s": 90, "slurm_setup": [*THREAD_SETUP, "module load cuda"],
+        "slurm_additional_parameters": {"mail_user": "me@x.org", "reservation": "paper"},
+        "slurm_gres": "gpu:a100:4", "slurm_gpus_per_task": 1, "slurm_exclusive": True,
+        "slurm_nodelist": "gpu[01-02]", "slurm_exclude": "gpu07",
     }
+    assert SlurmSettings.parse({"mem_per_gpu": "40g"}).submitit_parameters()["slurm_mem_per_gpu"] == "40G"
     assert s.max_requeues == 5
     assert s.base_folder(Path("/runs")) == Path("/scratch/logs")
     assert SlurmSettings().base_folder(Path("/runs")) == Path("/runs/_slurm")
+
+
+@pytest.mark.parametrize("key", ["exclusive", "gres", "reservation", "nodelist", "w", "--exclude",
+                                 "mem-per-gpu", "gpus_per_task"])
+def test_common_sbatch_options_are_first_class_keys(key: str) -> None:
+    with pytest.raises(ValueError, match="use the slurm key"):
+        SlurmSettings.parse({"additional_parameters": {key: "x"}})
+
+
+def test_mem_and_mem_per_gpu_exclude_each_other() -> None:
+    with pytest.raises(SlurmError, match="mem and mem_per_gpu exclude each other"):
+        SlurmSettings.parse({"mem": "8G", "mem_per_gpu": "8G"})
+
+
+def test_merged_overrides_only_the_keys_set() -> None:
+    base = SlurmSettings.parse({"time": 30, "partition": "gpu", "mem": "8G"})
+    override = SlurmSettings.parse({"time": "1-00:00:00", "gpus_per_node": 4})
+    merged = base.merged(override)
+    assert (merged.timeout_min, merged.gpus_per_node, merged.partition, merged.mem) == (1440, 4, "gpu", "8G")
+    assert base.merged(None) is base and base.merged(SlurmSettings()) is base
+    with pytest.raises(ValueError, match="exclude each other"):
+        base.merged(SlurmSettings.parse({"mem_per_gpu": "40G"}))
+    assert base.merged(SlurmSettings.parse({"mem": None, "mem_per_gpu": "40G"})).mem is None
 
 
 def test_signal_delay_fits_short_time_limits() -> None:
@@ -139,6 +170,18 @@ def test_sbatch_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                  "--job-name=mpvgbench", "--mail-type=END", "--nodes=1"):
         assert f"#SBATCH {line}" in text, line
     assert "echo hi" in text
+
+
+def test_sbatch_script_first_class_keys_and_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = SlurmSettings.parse({"gres": "gpu:2", "gpus_per_task": 1, "mem_per_gpu": "20G", "exclusive": True,
+                             "reservation": "paper", "nodelist": "n[1-2]", "exclude": "n7", "cpus_per_task": 6})
+    text = _sbatch_text(s, tmp_path, monkeypatch)
+    for line in ("--gres=gpu:2", "--gpus-per-task=1", "--mem-per-gpu=20G", "--exclusive", "--reservation=paper",
+                 "--nodelist='n[1-2]'", "--exclude=n7", "--cpus-per-task=6"):
+        assert f"#SBATCH {line}" in text, line
+    # threads follow the allocation, exported before srun starts the job's Python
+    setup = text.index('export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"')
+    assert setup < text.index("srun ")
 
 
 def test_sbatch_script_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

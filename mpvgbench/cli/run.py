@@ -75,9 +75,11 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
     states = store.statuses([job.key for job in jobs])
     todo = [job for job in jobs if states.get(job.key) in ("pending", "running")]
     done = sum(states.get(job.key) == "finished" for job in jobs)
-    failed = sum(states.get(job.key) in ("failed", "cancelled") for job in jobs)
+    failed = sum(states.get(job.key) == "failed" for job in jobs)
+    cancelled = sum(states.get(job.key) == "cancelled" for job in jobs)
     click.echo(f"{spec.name}: {len(jobs)} jobs, {done} finished, {failed} failed"
-               f"{' (rerun with --retry-failed)' if failed else ''}, {len(todo)} to run")
+               + (f", {cancelled} cancelled" if cancelled else "")
+               + f"{' (rerun with --retry-failed)' if failed or cancelled else ''}, {len(todo)} to run")
     if not todo:
         return
 
@@ -111,6 +113,7 @@ def _launch(name: str, spec: Spec, jobs: Sequence[Job], todo: Sequence[Job], sto
         if wait:
             executor.follow(store, [job.key for job in todo], ctx)
             _print_summary(store, jobs)
+            _exit_unless_finished(store, jobs)
         return
 
     from mpvgbench.executors.local import LocalExecutor
@@ -122,8 +125,17 @@ def _launch(name: str, spec: Spec, jobs: Sequence[Job], todo: Sequence[Job], sto
     for message in summary.messages:
         click.echo(message)
     _print_summary(store, jobs)
-    if summary.failed:
-        sys.exit(1)
+    _exit_unless_finished(store, jobs)
+
+
+EXIT_NOT_ALL_FINISHED = 1  # the same for every executor: a run that leaves any job unfinished
+
+
+def _exit_unless_finished(store: Store, jobs: Sequence[Job]) -> None:
+    """Exit 1 unless every job of the matrix is finished (failed, cancelled, still running)."""
+    states = store.statuses([job.key for job in jobs])
+    if any(states.get(job.key) != "finished" for job in jobs):
+        sys.exit(EXIT_NOT_ALL_FINISHED)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
@@ -252,17 +264,19 @@ def status(spec_path: Path | None, db: str | None, show_all: bool) -> None:
     for row in runs:
         counts[row.status] = counts.get(row.status, 0) + 1
     table = Table(title=", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs")
-    for column in ("key", "model", "method", "dataset", "seed", "status", "attempts", "executor", "error"):
+    for column in ("key", "model", "method", "dataset", "seed", "status", "attempts", "epoch", "executor", "error"):
         table.add_column(column)
+    from mpvgbench.executors.job_view import job_view
     from mpvgbench.executors.local import owner_is_alive
 
     for row in runs:
         if show_all or row.status != "finished":
-            state = row.status
+            view = job_view(row)  # scheduler state, requeues counted, epoch n/N
+            state = view.state
             if state == "running" and row.executor == "local" and row.owner and not owner_is_alive(row.owner):
                 state = "running (coordinator gone: rerun to resume)"
             table.add_row(row.key, row.model, row.method_label, row.dataset, str(row.seed), state,
-                          str(row.attempts), row.executor or "", (row.error or "")[:60])
+                          str(view.attempts), view.epoch, row.executor or "", (row.error or "")[:60])
     Console().print(table)
 
 

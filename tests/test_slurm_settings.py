@@ -362,3 +362,72 @@ def test_init_from_child_depends_on_parent(fake_slurm: Path) -> None:
         assert child.depends_on is not None
         assert f"#SBATCH --dependency=afterok:{summary.external_ids[child.depends_on]}" in script
         assert "#SBATCH --kill-on-invalid-dep=yes" in script
+
+
+def test_model_and_dataset_overrides_split_arrays_by_resources(fake_slurm: Path) -> None:
+    from mpvgbench.executors.slurm import SlurmExecutor
+
+    spec, jobs, store, ctx = _setup(
+        fake_slurm, 2, models=["vit_micro", "vit_lite_7_4"], datasets=["digits", "synthetic"],
+        model_overrides={"vit_lite_7_4": {"slurm": {"time": "02:00:00", "gpus_per_node": 2}}},
+        dataset_overrides={"synthetic": {"slurm": {"time": 7, "mem": "2G"}}})
+    executor = SlurmExecutor.from_spec(spec)
+    by_cell = {(j.model, j.dataset): executor.settings_for(j) for j in jobs}
+    assert by_cell[("vit_micro", "digits")].timeout_min == 5  # the spec's
+    assert (by_cell[("vit_micro", "synthetic")].timeout_min, by_cell[("vit_micro", "synthetic")].mem) == (7, "2G")
+    lite = by_cell[("vit_lite_7_4", "synthetic")]  # the model's keys win over the dataset's
+    assert (lite.timeout_min, lite.gpus_per_node, lite.mem) == (120, 2, "2G")
+    assert {s.job_name for s in by_cell.values()} == {"fake"}  # the spec's name
+    summary = executor.launch(jobs, store, ctx)
+    arrays = {ext.split("_")[0] for ext in summary.external_ids.values()}
+    assert len(arrays) == 4  # one array per distinct resources, seeds share theirs
+    text = (fake_slurm / "sbatch.log").read_text()
+    assert text.count("#SBATCH --job-name=fake") == 4 and text.count("#SBATCH --gpus-per-node=2") == 2
+
+
+def test_conflicting_override_is_a_one_line_error(fake_slurm: Path) -> None:
+    from mpvgbench.executors.slurm import SlurmExecutor
+
+    spec, jobs, store, ctx = _setup(fake_slurm, 1, model_overrides={"vit_micro": {"slurm": {"mem_per_gpu": "4G"}}},
+                                    dataset_overrides={"digits": {"slurm": {"mem": "4G"}}})
+    with pytest.raises(SlurmError, match="slurm for vit_micro on digits.*exclude each other"):
+        SlurmExecutor.from_spec(spec).launch(jobs, store, ctx)
+    assert {r.status for r in store.runs()} == {"pending"}  # claims handed back
+
+
+def test_scheduler_states_are_recorded_and_shown(fake_slurm: Path) -> None:
+    """squeue's view (pending/requeued/running, restarts) lands in slurm_state.json; the final
+    state stays known after the job has left squeue; status shows attempts with requeues."""
+    from mpvgbench.executors.job_view import job_view
+    from mpvgbench.executors.slurm import SlurmExecutor, reconcile
+    from mpvgbench.rundir import atomic_write_json
+
+    spec, jobs, store, ctx = _setup(fake_slurm, 2)
+    ids = SlurmExecutor.from_spec(spec).launch(jobs, store, ctx).external_ids
+    a, b = jobs
+    squeue = fake_slurm / "squeue.out"
+
+    def view(job: Job) -> tuple[str, int, str]:
+        v = job_view(store.runs(keys=[job.key])[0])
+        return v.state, v.attempts, v.epoch
+
+    squeue.write_text(f"{ids[a.key]}|PENDING|Priority|0\n{ids[b.key]}|RUNNING|None|0\n")
+    assert reconcile(store, store.runs()) == []
+    atomic_write_json(ctx.run_dir(b.key) / "progress.json", {"epoch": 3, "epochs": 10, "step": 1})
+    assert view(a) == ("pending (Priority)", 1, "") and view(b) == ("running", 1, "3/10")
+    squeue.write_text(f"{ids[a.key]}|PENDING|BeginTime|2\n{ids[b.key]}|TIMEOUT|TimeLimit|3\n")
+    assert reconcile(store, store.runs()) == ["1 Slurm job(s) left the queue without a result: marked failed"]
+    assert view(a) == ("requeued (BeginTime)", 3, "")
+    assert view(b) == ("failed (TIMEOUT)", 4, "3/10")
+    row = store.runs(keys=[b.key])[0]
+    assert row.failure_kind == "timeout" and "ended TIMEOUT" in (row.error or "")
+    # seen OUT_OF_MEMORY once (e.g. by `run --wait`); purged from squeue before the next look:
+    # still oom, not "lost"
+    from mpvgbench.executors.slurm_queue import QueueEntry, record_state
+
+    record_state(ctx.run_dir(a.key), ids[a.key], QueueEntry("OUT_OF_MEMORY", "", 2))
+    squeue.write_text("")
+    reconcile(store, store.runs())
+    row = store.runs(keys=[a.key])[0]
+    assert (row.status, row.failure_kind) == ("failed", "oom"), row
+    assert "ended OUT_OF_MEMORY" in (row.error or "") and view(a)[0] == "failed (OUT_OF_MEMORY)"

@@ -17,6 +17,9 @@ SQLite: WAL journal, 30 s busy timeout, and every write transaction starts with
 ``BEGIN IMMEDIATE``: it takes the write lock up front, so read-then-write transactions of
 concurrent processes queue instead of failing with "database is locked". WAL needs a local
 filesystem: on a cluster only the submitting process should write a SQLite file.
+
+PostgreSQL: a 10 s connect timeout and a 120 s statement timeout unless the URL's query sets
+``connect_timeout`` / ``statement_timeout``; either firing is a one-line StoreError naming it.
 """
 
 from __future__ import annotations

@@ -422,6 +422,12 @@ def test_status_shows_requeues_epochs_and_the_final_state(env: Env) -> None:
     view = job_view(env.row(job.key))
     assert view.state.startswith("requeued") and view.attempts == 2, view
     assert env.row(job.key).status == "running"
+    # the restarted job records its own start (SLURM_RESTART_COUNT), with no poller needed
+    from mpvgbench.executors.slurm_queue import job_record
+
+    first = job_record(run_dir)
+    assert first["job_id"] == job_id and first["restarts"] == 0 and first["threads"] == "1", first
+    _wait_for(lambda: job_record(run_dir).get("restarts") == 1, 90, "the requeued job to restart")
     subprocess.run(["scancel", job_id], check=True, timeout=20)
     _wait_for(lambda: _squeue_state(job_id) == "CANCELLED", 30, "scancel to take effect")
     reconcile(env.store, env.store.runs(status="running"))

@@ -431,3 +431,29 @@ def test_scheduler_states_are_recorded_and_shown(fake_slurm: Path) -> None:
     row = store.runs(keys=[a.key])[0]
     assert (row.status, row.failure_kind) == ("failed", "oom"), row
     assert "ended OUT_OF_MEMORY" in (row.error or "") and view(a)[0] == "failed (OUT_OF_MEMORY)"
+
+
+def test_the_submitted_job_records_its_starts_and_signals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import submitit
+
+    from mpvgbench import worker
+    from mpvgbench.executors.slurm_job import SlurmJob
+    from mpvgbench.executors.slurm_queue import job_record
+
+    monkeypatch.setattr(worker, "_REQUEUED", False)  # checkpoint() sets it; leave the module as found
+    monkeypatch.setattr(worker.CheckpointableJob, "__call__", lambda self, run_dir: {"key": "k"})
+    for name, value in {"SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "3", "SLURM_JOB_ID": "44",
+                        "SLURM_RESTART_COUNT": "2", "SLURM_PROCID": "0", "SLURM_CPUS_PER_TASK": "4",
+                        "OMP_NUM_THREADS": "4"}.items():
+        monkeypatch.setenv(name, value)
+    assert SlurmJob()(str(tmp_path)) == {"key": "k"}
+    record = job_record(tmp_path)
+    assert (record["job_id"], record["restarts"], record["cpus_per_task"], record["threads"]) == ("41_3", 2, "4", "4")
+    assert record["signalled_at"] is None
+    delayed = SlurmJob().checkpoint(str(tmp_path))
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission) and type(delayed.function) is SlurmJob
+    assert job_record(tmp_path)["signalled_at"] is not None and job_record(tmp_path)["restarts"] == 2
+    monkeypatch.setenv("SLURM_PROCID", "1")  # other tasks of the job never write
+    (tmp_path / "slurm_job.json").unlink()
+    SlurmJob()(str(tmp_path))
+    assert job_record(tmp_path) == {}

@@ -115,7 +115,7 @@ def test_cli_against_a_silent_server_prints_one_line_and_exits_2(silent: SilentS
     elapsed = time.monotonic() - t0
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "connect_timeout" in lines[0], proc.stderr
+    assert len(lines) == 1 and "did not answer within connect_timeout=2 s" in lines[0], proc.stderr
     assert elapsed < 30, f"took {elapsed:.1f} s"
 
 

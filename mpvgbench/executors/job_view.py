@@ -4,7 +4,8 @@ The store knows pending/running/finished/failed/cancelled. A Slurm run adds what
 said when last asked (``slurm_state.json``, written by the executor's reconcile): pending and
 requeued jobs are "running" in the store but not on the cluster, requeues are attempts too, and
 the final Slurm state (TIMEOUT, OUT_OF_MEMORY, CANCELLED...) stays visible after the job has
-left ``squeue``. The epoch comes from the run directory's progress.json (the worker's heartbeat)
+left ``squeue``. The job's own ``slurm_job.json`` (written at each start) counts
+requeues nobody saw in squeue. The epoch comes from the run directory's progress.json (the worker's heartbeat)
 or, without it, from metrics.jsonl.
 """
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from mpvgbench.executors.slurm_queue import read_state, scheduler_view
+from mpvgbench.executors.slurm_queue import job_record, read_state, scheduler_view
 
 if TYPE_CHECKING:
     from mpvgbench.store_schema import RunRow
@@ -61,6 +62,9 @@ def job_view(row: RunRow) -> JobView:
     if row.executor == "slurm":
         record = read_state(row.run_dir)  # the current submission's (reset at each submission)
         seen, restarts = scheduler_view(record)
+        started = job_record(row.run_dir)
+        if started.get("job_id") == row.external_id:  # what the job said at its last start
+            restarts = max(restarts, int(started.get("restarts") or 0))
         attempts += restarts
         final = record.get("final_state")
         if row.status == "running" and seen:

@@ -1,7 +1,8 @@
 """Run jobs on Slurm through submitit: one job array per group of jobs with equal resources.
 
 The coordinator (``mpvgbench run --executor slurm``) claims the jobs, writes their run
-directories, submits ``mpvgbench.worker.CheckpointableJob()(run_dir)`` as array tasks and
+directories, submits ``SlurmJob()(run_dir)`` (the worker's CheckpointableJob plus a record of
+each start, :mod:`.slurm_job`) as array tasks and
 returns. Each task trains in its run directory; on a time limit or preemption submitit sends
 USR2, the job requeues itself (at most ``max_requeues`` times for time limits) and resumes
 from its last epoch checkpoint. ``reconcile`` (run by ``mpvgbench status``) folds finished run
@@ -290,12 +291,12 @@ class SlurmExecutor(Executor):
                 ctx: RunContext, summary: LaunchSummary) -> None:
         import submitit
 
-        from mpvgbench.worker import CheckpointableJob
+        from mpvgbench.executors.slurm_job import SLURM_JOB_JSON, SlurmJob
 
         run_dirs = []
         for job in chunk:
             run_dir = prepare_run_dir(job, ctx)
-            for stale in (SLURM_JSON, SLURM_STATE_JSON):  # an earlier attempt's: this one decides anew
+            for stale in (SLURM_JSON, SLURM_STATE_JSON, SLURM_JOB_JSON):  # an earlier attempt's: this one decides anew
                 if (run_dir / stale).exists():
                     os.replace(run_dir / stale, run_dir / f"{stale}.prev")
             run_dirs.append(run_dir)
@@ -310,7 +311,7 @@ class SlurmExecutor(Executor):
                 params["slurm_additional_parameters"] = {
                     **params.get("slurm_additional_parameters", {}), "kill_on_invalid_dep": "yes"}
             executor.update_parameters(**params)
-            handles = executor.map_array(CheckpointableJob(), [str(d) for d in run_dirs])
+            handles = executor.map_array(SlurmJob(), [str(d) for d in run_dirs])
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             text = str(exc)
             if "srun" in text and "Could not detect" in text:

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 __all__ = [
-    "ACTIVE_STATES", "FINAL_STATES", "QueueEntry", "SchedulerUnreachable", "max_array_size",
-    "read_state", "record_state", "scheduler_view", "squeue_jobs", "squeue_states",
+    "ACTIVE_STATES", "FINAL_STATES", "QueueEntry", "SchedulerUnreachable", "job_record",
+    "max_array_size", "read_state", "record_state", "scheduler_view", "squeue_jobs", "squeue_states",
 ]
 
 SLURM_STATE_JSON = "slurm_state.json"
+SLURM_JOB_JSON = "slurm_job.json"  # written by the job itself at each start (see .slurm_job)
 DEFAULT_MAX_ARRAY_SIZE = 1000
 SCHEDULER_TIMEOUT_S = 20.0
 # squeue states of a job that may still write its run directory (incl. requeued ones)
@@ -132,6 +133,18 @@ def read_state(run_dir: Optional[str | Path]) -> dict[str, Any]:
     try:
         return read_json(Path(run_dir) / SLURM_STATE_JSON, missing_ok=True) or {}
     except (RunDirError, ValueError):
+        return {}
+
+
+def job_record(run_dir: Optional[str | Path]) -> dict[str, Any]:
+    """The job's own slurm_job.json (see :mod:`.slurm_job`); {} when absent or unreadable."""
+    if not run_dir:
+        return {}
+    from mpvgbench.rundir import RunDirError, read_json
+
+    try:
+        return read_json(Path(run_dir) / SLURM_JOB_JSON, missing_ok=True) or {}
+    except (RunDirError, ValueError, OSError):
         return {}
 
 

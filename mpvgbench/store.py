@@ -82,12 +82,12 @@ def server_timeouts(url: sa.URL) -> tuple[sa.URL, dict[str, Any]]:
 
     ``connect_timeout`` is libpq's (whole seconds, the entire connection handshake included);
     ``statement_timeout`` (seconds, or PostgreSQL units like ``500ms``/``5min``) becomes the
-    session setting ``-c statement_timeout=...``. Only PostgreSQL gets them; other servers keep
-    their URL as it is (their drivers name these options differently).
+    session setting ``-c statement_timeout=...``. Only PostgreSQL through libpq (psycopg,
+    psycopg2) gets them; other URLs stay as they are (their drivers name these differently).
     """
     timeouts: dict[str, Any] = {"connect_timeout": None, "statement_timeout": None}
-    if url.get_backend_name() != "postgresql":
-        return url, {"_timeouts": timeouts}
+    if url.get_backend_name() != "postgresql" or url.get_driver_name() not in ("psycopg", "psycopg2"):
+        return url, {"_timeouts": timeouts}  # libpq's option names; other drivers differ
     query = dict(url.query)
     connect = str(query.pop("connect_timeout", DEFAULT_CONNECT_TIMEOUT_S))
     statement = str(query.pop("statement_timeout", DEFAULT_STATEMENT_TIMEOUT_S))

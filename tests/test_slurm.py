@@ -401,6 +401,7 @@ def test_cli_wait_exits_1_unless_every_job_finished(env: Env) -> None:
     store.close()
 
 
+@pytest.mark.slow
 def test_status_shows_requeues_epochs_and_the_final_state(env: Env) -> None:
     """A requeued job is `requeued`, not `running`, with the requeue counted as an attempt; the
     epoch under way is shown; the final Slurm state survives the job leaving squeue."""

@@ -82,6 +82,10 @@ def test_timeouts_are_on_by_default_and_the_url_overrides_them() -> None:
     # SQLite has its own busy timeout; nothing is added to its URL
     url, args = server_timeouts(sa.make_url("sqlite:///x.db"))
     assert str(url) == "sqlite:///x.db" and set(args) == {"_timeouts"}
+    _, args = server_timeouts(sa.make_url("postgresql+pg8000://u@h/db"))  # not libpq: its own names
+    assert set(args) == {"_timeouts"}
+    _, args = server_timeouts(sa.make_url("postgresql://u@h/db"))  # psycopg2, libpq too
+    assert args["connect_timeout"] == DEFAULT_CONNECT_TIMEOUT_S
 
 
 def test_bad_timeout_is_a_one_line_store_error() -> None:

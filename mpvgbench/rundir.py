@@ -332,7 +332,8 @@ def _git(args: list[str], cwd: str) -> Optional[str]:
     return out.stdout.strip()
 
 
-def collect_env(device: Optional[str] = None, num_processes: int = 1) -> dict[str, Any]:
+def collect_env(device: Optional[str] = None, num_processes: int = 1,
+                run_dir: Optional[PathLike] = None) -> dict[str, Any]:
     """Where a result came from. Cheap and never raises (each field falls back to None)."""
     env: dict[str, Any] = {
         "host": None,
@@ -361,8 +362,19 @@ def collect_env(device: Optional[str] = None, num_processes: int = 1) -> dict[st
             env["device"] = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     except Exception:
         pass
-    # The user's working directory when it is a git repository (their experiment code), else
-    # the repository mpvgbench itself runs from (a clone installed with `pip install -e`).
+    # What the coordinator recorded in job.json (executors.base.source_revision: a Slurm job's
+    # node may not even have the checkout); else, here: the user's working directory when it is
+    # a git repository, or the repository mpvgbench itself runs from (`pip install -e`).
+    source = {}
+    if run_dir is not None:
+        try:
+            source = (read_json(RunDir(run_dir).job, missing_ok=True) or {}).get("source") or {}
+        except RunDirError:
+            source = {}
+    if isinstance(source, dict) and source.get("git_commit"):
+        env["git_commit"], env["git_dirty"] = source["git_commit"], source.get("git_dirty")
+        env["git_repo"] = source.get("git_root")
+        return env
     for where in (os.getcwd(), str(Path(__file__).resolve().parent)):
         commit = _git(["rev-parse", "HEAD"], where)
         if commit:

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 from mpvgbench.errors import SlurmError, first_validation_error
 
@@ -26,6 +27,9 @@ _RESERVED = {
     "A": "account", "qos": "qos", "constraint": "constraint", "C": "constraint",
     "job_name": "name", "J": "name", "output": None, "o": None, "error": None, "e": None,
     "array": None, "signal": "signal_delay_s", "open_mode": None, "wckey": None,
+    "gres": "gres", "gpus_per_task": "gpus_per_task", "mem_per_gpu": "mem_per_gpu",
+    "exclusive": "exclusive", "reservation": "reservation", "nodelist": "nodelist", "w": "nodelist",
+    "exclude": "exclude", "x": "exclude",
 }
 
 _TIME_RE = re.compile(
@@ -62,6 +66,17 @@ def parse_time_minutes(value: Union[int, str]) -> int:
     return minutes
 
 
+# Run before the job's Python starts (sbatch script, before srun): torch/OpenMP/MKL threads = the
+# CPUs Slurm gave each task (1 unless cpus_per_task is set). Without it every task starts one
+# thread per core of the node: measured 2.42 s vs 0.08 s for a matmul loop, and seeds whose
+# accuracy depends on the thread count. The worker's own thread rule, where present, reads the
+# same SLURM_CPUS_PER_TASK and agrees.
+THREAD_SETUP: tuple[str, ...] = (
+    'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
+    'export MKL_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
+)
+
+
 class SlurmSettings(BaseModel):
     """Resources of one job (array task) on Slurm; every field is optional."""
 
@@ -77,6 +92,13 @@ class SlurmSettings(BaseModel):
     account: Optional[str] = None
     qos: Optional[str] = None
     constraint: Optional[str] = None
+    gres: Optional[str] = None  # e.g. "gpu:a100:2"; clusters that predate --gpus-per-node need it
+    gpus_per_task: Optional[int] = Field(default=None, ge=1)
+    mem_per_gpu: Optional[str] = None  # e.g. "40G"; excludes `mem` (Slurm refuses both)
+    exclusive: bool = False  # the whole node(s), shared with no other job
+    reservation: Optional[str] = None
+    nodelist: Optional[str] = None  # run only on these nodes, e.g. "gpu[01-04]"
+    exclude: Optional[str] = None  # never on these nodes, e.g. "gpu07,gpu12"
     array_parallelism: int = Field(default=256, ge=1)  # tasks of one array running at once
     max_requeues: int = Field(default=3, ge=0)  # time-limit requeues per job (preemptions are not counted)
     # USR2 this long before the time limit -> checkpoint + requeue. Unset: 90 s, but at most a
@@ -85,7 +107,7 @@ class SlurmSettings(BaseModel):
     setup: tuple[str, ...] = ()  # shell lines run before the job (module load ..., source ...)
     additional_parameters: dict[str, Union[str, int, float, bool]] = Field(default_factory=dict)
     folder: Optional[str] = None  # submitit's folder (logs, pickles); default <runs_root>/_slurm
-    job_name: str = "mpvgbench"
+    job_name: Optional[str] = Field(default=None, pattern=r"^[A-Za-z0-9_.+-]{1,128}$")  # None: the spec's name
 
     @field_validator("time")
     @classmethod
@@ -93,15 +115,21 @@ class SlurmSettings(BaseModel):
         parse_time_minutes(value)
         return value
 
-    @field_validator("mem")
+    @field_validator("mem", "mem_per_gpu")
     @classmethod
-    def _check_mem(cls, value: Optional[str]) -> Optional[str]:
+    def _check_mem(cls, value: Optional[str], info: ValidationInfo) -> Optional[str]:
         if value is None:
             return None
         m = _MEM_RE.match(str(value).strip())
         if m is None:
-            raise ValueError(f"mem {value!r} is not like '8G', '500M' or '16000' (MB)")
+            raise ValueError(f"{info.field_name} {value!r} is not like '8G', '500M' or '16000' (MB)")
         return f"{m.group('n')}{m.group('unit').upper()}"
+
+    @model_validator(mode="after")
+    def _one_memory_form(self) -> SlurmSettings:
+        if self.mem is not None and self.mem_per_gpu is not None:
+            raise ValueError("mem and mem_per_gpu exclude each other (sbatch refuses both); keep one")
+        return self
 
     @field_validator("additional_parameters")
     @classmethod
@@ -134,10 +162,19 @@ class SlurmSettings(BaseModel):
         except ValidationError as exc:
             raise SlurmError(first_validation_error(exc, prefix="slurm", model=cls)) from None
 
-    def submitit_parameters(self) -> dict[str, Any]:
+    def merged(self, override: Optional[SlurmSettings]) -> SlurmSettings:
+        """These settings with the keys ``override`` sets explicitly replaced (a model's or a
+        dataset's `slurm:` section over the spec's)."""
+        if override is None or not override.model_fields_set:
+            return self
+        merged = self.model_dump(exclude_unset=True)
+        merged.update(override.model_dump(include=override.model_fields_set))
+        return SlurmSettings.model_validate(merged)  # validated again: mem + mem_per_gpu etc.
+
+    def submitit_parameters(self, default_job_name: str = "mpvgbench") -> dict[str, Any]:
         """Keyword arguments for ``submitit.AutoExecutor.update_parameters``."""
         params: dict[str, Any] = {
-            "name": self.job_name,
+            "name": self.job_name or default_job_name,
             "timeout_min": self.timeout_min,
             "nodes": self.nodes,
             "tasks_per_node": self.tasks_per_node,
@@ -152,8 +189,16 @@ class SlurmSettings(BaseModel):
             "slurm_account": self.account,
             "slurm_qos": self.qos,
             "slurm_constraint": self.constraint,
-            "slurm_setup": list(self.setup) or None,
-            "slurm_additional_parameters": dict(self.additional_parameters) or None,
+            "slurm_gres": self.gres,
+            "slurm_gpus_per_task": self.gpus_per_task,
+            "slurm_mem_per_gpu": self.mem_per_gpu,
+            "slurm_exclusive": True if self.exclusive else None,
+            "slurm_nodelist": self.nodelist,
+            "slurm_exclude": self.exclude,
+            "slurm_setup": [*THREAD_SETUP, *self.setup],
+            "slurm_additional_parameters": (
+                {**self.additional_parameters, **({"reservation": self.reservation} if self.reservation else {})}
+                or None),
         }
         params.update({k: v for k, v in optional.items() if v is not None})
         return params

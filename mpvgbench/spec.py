@@ -24,12 +24,14 @@ Format (only ``name``, ``models``, ``methods``, ``datasets`` are required)::
         init_from: {dataset: imagenet} # fine-tune from the same model/method/seed on imagenet
                                        # (or a 16-hex run key); also allowed at the top level
     dataset_overrides: {imagefolder: {num_classes: 37, img_size: 224}}
+    # model_overrides.M.slurm / dataset_overrides.D.slurm: resources of those cells on Slurm
+    # (keys set there replace the spec's `slurm:`; model over dataset over spec)
     data: {roots: {cifar100: /d/c100, imagenet: /d/in1k, imagefolder: /d/x}, num_workers: 8, download: false}
     executor: {name: local, workers: 2, device: auto}   # or slurm (+ a `slurm:` section)
     results: {db: results.db, runs_dir: runs}
 
-``data``, ``executor``, ``slurm``, ``results``, ``name`` and ``description`` never change a
-job key. ``init_from: {dataset: D}`` applies to a model's cells on other datasets only.
+``data``, ``executor``, ``slurm`` (also inside the overrides), ``results``, ``name`` and
+``description`` never change a job key. ``init_from: {dataset: D}`` applies to a model's cells on other datasets only.
 """
 
 from __future__ import annotations
@@ -145,11 +147,13 @@ class ModelOverride(_Section):
     recipe: Optional[RecipeOverride] = None
     img_size: Optional[PositiveInt] = None
     init_from: Optional[InitFromValue] = None
+    slurm: Optional[SlurmSettings] = None  # keys set here replace the spec's `slurm:` for this model
 
 
 class DatasetOverride(_Section):
     num_classes: Optional[PositiveInt] = None
     img_size: Optional[PositiveInt] = None
+    slurm: Optional[SlurmSettings] = None  # over the spec's `slurm:`; a model's own keys win
 
 
 class CellPattern(_Section):

@@ -17,6 +17,9 @@ SQLite: WAL journal, 30 s busy timeout, and every write transaction starts with
 ``BEGIN IMMEDIATE``: it takes the write lock up front, so read-then-write transactions of
 concurrent processes queue instead of failing with "database is locked". WAL needs a local
 filesystem: on a cluster only the submitting process should write a SQLite file.
+
+PostgreSQL: a 10 s connect timeout and a 120 s statement timeout unless the URL's query sets
+``connect_timeout`` / ``statement_timeout``; either firing is a one-line StoreError naming it.
 """
 
 from __future__ import annotations
@@ -67,6 +70,41 @@ def resolve_url(url_or_path: PathOrUrl = None) -> str:
     return "sqlite:///" + str(Path(raw).expanduser().absolute())
 
 
+# A server that accepts connections but never answers (hung, overloaded, a firewall that drops
+# packets) would otherwise leave every command silent forever: both timeouts are on by default
+# and a URL's query overrides them (?connect_timeout=30&statement_timeout=600).
+DEFAULT_CONNECT_TIMEOUT_S = 10
+DEFAULT_STATEMENT_TIMEOUT_S = 120
+
+
+def server_timeouts(url: sa.URL) -> tuple[sa.URL, dict[str, Any]]:
+    """The URL without our own query keys, and the DBAPI ``connect_args`` that set the timeouts.
+
+    ``connect_timeout`` is libpq's (whole seconds, the entire connection handshake included);
+    ``statement_timeout`` (seconds, or PostgreSQL units like ``500ms``/``5min``) becomes the
+    session setting ``-c statement_timeout=...``. Only PostgreSQL through libpq (psycopg,
+    psycopg2) gets them; other URLs stay as they are (their drivers name these differently).
+    """
+    timeouts: dict[str, Any] = {"connect_timeout": None, "statement_timeout": None}
+    if url.get_backend_name() != "postgresql" or url.get_driver_name() not in ("psycopg", "psycopg2"):
+        return url, {"_timeouts": timeouts}  # libpq's option names; other drivers differ
+    query = dict(url.query)
+    connect = str(query.pop("connect_timeout", DEFAULT_CONNECT_TIMEOUT_S))
+    statement = str(query.pop("statement_timeout", DEFAULT_STATEMENT_TIMEOUT_S))
+    if not connect.strip().isdigit():
+        raise StoreError(f"connect_timeout={connect!r} in the --db URL is not whole seconds; "
+                         "use e.g. ?connect_timeout=30")
+    pg_statement = f"{statement}s" if statement.strip().isdigit() else statement.strip()
+    timeouts.update(connect_timeout=int(connect), statement_timeout=pg_statement)
+    options = str(query.pop("options", ""))
+    connect_args: dict[str, Any] = {
+        "connect_timeout": int(connect),
+        "options": f"{options} -c statement_timeout={pg_statement}".strip(),
+        "_timeouts": timeouts,
+    }
+    return url.set(query=query), connect_args
+
+
 def _one_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     text = " ".join(str(orig).split()) or type(orig).__name__
@@ -94,6 +132,8 @@ class Store:
                 why = "a file is in the way" if isinstance(exc, FileExistsError) else exc.strerror
                 raise StoreError(f"cannot create the directory {parent} of the results database "
                                  f"({why}); pass a writable --db") from None
+        #: PostgreSQL's connect/statement timeouts in effect (None on SQLite), for messages
+        self.timeouts: dict[str, Any] = {"connect_timeout": None, "statement_timeout": None}
         self._engine = self._make_engine(url)
         self._reader = self._engine.execution_options(**{S.READ_ONLY: True})
         self._init_schema()
@@ -102,8 +142,10 @@ class Store:
 
     def _make_engine(self, url: sa.URL) -> Engine:
         if not self.is_sqlite:
+            url, connect_args = server_timeouts(url)
+            self.timeouts = connect_args.pop("_timeouts")
             try:
-                return sa.create_engine(url, pool_pre_ping=True)
+                return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
             except Exception as exc:  # unknown dialect, missing driver, bad options
                 raise StoreError(
                     f"cannot open the results database {self.where}: {_one_line(exc)}; use a file "
@@ -113,10 +155,21 @@ class Store:
 
     def _fail(self, exc: BaseException) -> StoreError:
         text = _one_line(exc)
-        if self.is_sqlite and any(w in text for w in ("malformed", "corrupt")):
+        lowered = text.lower()
+        if self.is_sqlite and any(w in lowered for w in ("malformed", "corrupt")):
             return StoreError(
                 f"results database {self.where} is damaged ({text}); move it aside (or restore a "
                 "backup) and rerun: finished run directories are adopted again from the runs dir")
+        if not self.is_sqlite and ("timeout expired" in lowered or "timed out" in lowered):
+            return StoreError(
+                f"results database {self.where} did not answer within connect_timeout="
+                f"{self.timeouts['connect_timeout']} s; check that the server is up and reachable, "
+                "or raise ?connect_timeout=SECONDS in the --db URL")
+        if not self.is_sqlite and "statement timeout" in lowered:
+            return StoreError(
+                f"results database {self.where}: a query ran longer than statement_timeout="
+                f"{self.timeouts['statement_timeout']}; check the server's load and locks, or raise "
+                "?statement_timeout=SECONDS in the --db URL")
         return StoreError(
             f"results database {self.where}: {text}; "
             "check the --db path, its permissions and the database server"

@@ -369,7 +369,7 @@ def _write_result(rd: RunDir, key: str, state: LoopState, wall_time_s: float, p:
         "best_top5": best.get("top5"),
         "epochs": len(state.rows),
         "wall_time_s": wall_time_s,
-        "env": collect_env(str(p.device), p.dist.world_size),
+        "env": collect_env(str(p.device), p.dist.world_size, run_dir=rd.path),
     }
     result["env"].update({
         "amp": p.amp, "compiled": p.compiled,

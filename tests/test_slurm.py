@@ -375,3 +375,63 @@ def test_init_from_waits_for_its_parent(env: Env) -> None:
     assert env.row(parent.key).status == "failed" and "no-such-dir" in (env.row(parent.key).error or "")
     row = env.row(child.key)
     assert row.status == "failed" and "init_from" in (row.error or ""), row.error
+
+
+def test_cli_wait_exits_1_unless_every_job_finished(env: Env) -> None:
+    """`run --executor slurm --wait` exits like the local executor: 1 when a job failed."""
+    spec_path = env.tmp / "broken.yaml"
+    spec_path.write_text(json.dumps({
+        "name": "brokenwait", "models": ["vit_micro"], "methods": ["default"], "datasets": ["imagefolder"],
+        "dataset_overrides": {"imagefolder": {"num_classes": 3}},
+        "data": {"roots": {"imagefolder": str(env.tmp / "no-such-dir")}},
+        "executor": {"name": "slurm", "device": "cpu"},
+        "results": {"db": str(env.tmp / "wait.db"), "runs_dir": str(env.tmp / "wait-runs")},
+        "slurm": {"time": 5, "folder": str(env.folder)},
+    }))
+    proc = _cli("run", str(spec_path), "--wait", cwd=env.tmp, timeout=180)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "done: 1 failed" in proc.stdout, proc.stdout
+    # the job ran under the spec's name, not a generic one
+    from mpvgbench.store import Store
+
+    store = Store(str(env.tmp / "wait.db"))
+    (row,) = store.runs()
+    info = json.loads((Path(str(row.run_dir)) / "slurm.json").read_text())
+    assert info["job_name"] == "brokenwait"
+    store.close()
+
+
+@pytest.mark.slow
+def test_status_shows_requeues_epochs_and_the_final_state(env: Env) -> None:
+    """A requeued job is `requeued`, not `running`, with the requeue counted as an attempt; the
+    epoch under way is shown; the final Slurm state survives the job leaving squeue."""
+    from mpvgbench.executors.job_view import job_view
+    from mpvgbench.executors.slurm import reconcile
+
+    spec = env.spec(name="requeue", recipe={"epochs": 500})
+    (job,) = env.jobs(spec)
+    summary = env.executor(spec).launch([job], env.store, env.ctx)
+    job_id = summary.external_ids[job.key]
+    run_dir = env.ctx.run_dir(job.key)
+    _wait_for(lambda: (run_dir / "progress.json").exists(), 120, "the job to start training")
+    reconcile(env.store, env.store.runs(status="running"))
+    view = job_view(env.row(job.key))
+    assert view.state == "running" and view.attempts == 1 and view.epoch.endswith("/500"), view
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=20)
+    _wait_for(lambda: _squeue_state(job_id) == "PENDING", 30, "the requeue")
+    reconcile(env.store, env.store.runs(status="running"))
+    view = job_view(env.row(job.key))
+    assert view.state.startswith("requeued") and view.attempts == 2, view
+    assert env.row(job.key).status == "running"
+    # the restarted job records its own start (SLURM_RESTART_COUNT), with no poller needed
+    from mpvgbench.executors.slurm_queue import job_record
+
+    first = job_record(run_dir)
+    assert first["job_id"] == job_id and first["restarts"] == 0 and first["threads"] == "1", first
+    _wait_for(lambda: job_record(run_dir).get("restarts") == 1, 90, "the requeued job to restart")
+    subprocess.run(["scancel", job_id], check=True, timeout=20)
+    _wait_for(lambda: _squeue_state(job_id) == "CANCELLED", 30, "scancel to take effect")
+    reconcile(env.store, env.store.runs(status="running"))
+    row = env.row(job.key)
+    assert row.status == "failed" and job_view(row).state == "failed (CANCELLED)", (row, job_view(row))
+    assert job_view(row).attempts == 2

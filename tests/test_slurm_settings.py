@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from mpvgbench.errors import SlurmError
-from mpvgbench.slurm_settings import SlurmSettings, parse_time_minutes
+from mpvgbench.slurm_settings import THREAD_SETUP, SlurmSettings, parse_time_minutes
 
 if TYPE_CHECKING:
     from mpvgbench.executors.base import RunContext
@@ -68,7 +68,10 @@ def test_reserved_additional_parameter_points_to_field() -> None:
 def test_defaults_map_to_minimal_parameters() -> None:
     params = SlurmSettings.parse(None).submitit_parameters()
     assert params == {"name": "mpvgbench", "timeout_min": 60, "nodes": 1, "tasks_per_node": 1,
-                      "slurm_signal_delay_s": 90, "slurm_array_parallelism": 256}
+                      "slurm_signal_delay_s": 90, "slurm_array_parallelism": 256,
+                      "slurm_setup": list(THREAD_SETUP)}
+    assert SlurmSettings.parse(None).submitit_parameters("table1")["name"] == "table1"
+    assert SlurmSettings.parse({"job_name": "mine"}).submitit_parameters("table1")["name"] == "mine"
 
 
 def test_full_mapping() -> None:
@@ -76,18 +79,46 @@ def test_full_mapping() -> None:
         "partition": "gpu", "time": "02:00:00", "nodes": 2, "gpus_per_node": 4, "tasks_per_node": 4,
         "cpus_per_task": 8, "mem": "64g", "account": "proj", "qos": "high", "constraint": "a100",
         "array_parallelism": 16, "max_requeues": 5, "setup": ["module load cuda"],
-        "additional_parameters": {"mail-user": "me@x.org", "exclusive": True}, "folder": "/scratch/logs",
+        "additional_parameters": {"mail-user": "me@x.org"}, "folder": "/scratch/logs",
+        "gres": "gpu:a100:4", "gpus_per_task": 1, "exclusive": True, "reservation": "paper",
+        "nodelist": "gpu[01-02]", "exclude": "gpu07",
     })
     assert s.submitit_parameters() == {
         "name": "mpvgbench", "timeout_min": 120, "nodes": 2, "tasks_per_node": 4, "cpus_per_task": 8,
         "gpus_per_node": 4, "slurm_partition": "gpu", "slurm_mem": "64G", "slurm_account": "proj",
         "slurm_qos": "high", "slurm_constraint": "a100", "slurm_array_parallelism": 16,
-        "slurm_signal_delay_s": 90, "slurm_setup": ["module load cuda"],
-        "slurm_additional_parameters": {"mail_user": "me@x.org", "exclusive": True},
+        "slurm_signal_delay_s": 90, "slurm_setup": [*THREAD_SETUP, "module load cuda"],
+        "slurm_additional_parameters": {"mail_user": "me@x.org", "reservation": "paper"},
+        "slurm_gres": "gpu:a100:4", "slurm_gpus_per_task": 1, "slurm_exclusive": True,
+        "slurm_nodelist": "gpu[01-02]", "slurm_exclude": "gpu07",
     }
+    assert SlurmSettings.parse({"mem_per_gpu": "40g"}).submitit_parameters()["slurm_mem_per_gpu"] == "40G"
     assert s.max_requeues == 5
     assert s.base_folder(Path("/runs")) == Path("/scratch/logs")
     assert SlurmSettings().base_folder(Path("/runs")) == Path("/runs/_slurm")
+
+
+@pytest.mark.parametrize("key", ["exclusive", "gres", "reservation", "nodelist", "w", "--exclude",
+                                 "mem-per-gpu", "gpus_per_task"])
+def test_common_sbatch_options_are_first_class_keys(key: str) -> None:
+    with pytest.raises(ValueError, match="use the slurm key"):
+        SlurmSettings.parse({"additional_parameters": {key: "x"}})
+
+
+def test_mem_and_mem_per_gpu_exclude_each_other() -> None:
+    with pytest.raises(SlurmError, match="mem and mem_per_gpu exclude each other"):
+        SlurmSettings.parse({"mem": "8G", "mem_per_gpu": "8G"})
+
+
+def test_merged_overrides_only_the_keys_set() -> None:
+    base = SlurmSettings.parse({"time": 30, "partition": "gpu", "mem": "8G"})
+    override = SlurmSettings.parse({"time": "1-00:00:00", "gpus_per_node": 4})
+    merged = base.merged(override)
+    assert (merged.timeout_min, merged.gpus_per_node, merged.partition, merged.mem) == (1440, 4, "gpu", "8G")
+    assert base.merged(None) is base and base.merged(SlurmSettings()) is base
+    with pytest.raises(ValueError, match="exclude each other"):
+        base.merged(SlurmSettings.parse({"mem_per_gpu": "40G"}))
+    assert base.merged(SlurmSettings.parse({"mem": None, "mem_per_gpu": "40G"})).mem is None
 
 
 def test_signal_delay_fits_short_time_limits() -> None:
@@ -139,6 +170,18 @@ def test_sbatch_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                  "--job-name=mpvgbench", "--mail-type=END", "--nodes=1"):
         assert f"#SBATCH {line}" in text, line
     assert "echo hi" in text
+
+
+def test_sbatch_script_first_class_keys_and_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = SlurmSettings.parse({"gres": "gpu:2", "gpus_per_task": 1, "mem_per_gpu": "20G", "exclusive": True,
+                             "reservation": "paper", "nodelist": "n[1-2]", "exclude": "n7", "cpus_per_task": 6})
+    text = _sbatch_text(s, tmp_path, monkeypatch)
+    for line in ("--gres=gpu:2", "--gpus-per-task=1", "--mem-per-gpu=20G", "--exclusive", "--reservation=paper",
+                 "--nodelist='n[1-2]'", "--exclude=n7", "--cpus-per-task=6"):
+        assert f"#SBATCH {line}" in text, line
+    # threads follow the allocation, exported before srun starts the job's Python
+    setup = text.index('export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"')
+    assert setup < text.index("srun ")
 
 
 def test_sbatch_script_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -319,3 +362,98 @@ def test_init_from_child_depends_on_parent(fake_slurm: Path) -> None:
         assert child.depends_on is not None
         assert f"#SBATCH --dependency=afterok:{summary.external_ids[child.depends_on]}" in script
         assert "#SBATCH --kill-on-invalid-dep=yes" in script
+
+
+def test_model_and_dataset_overrides_split_arrays_by_resources(fake_slurm: Path) -> None:
+    from mpvgbench.executors.slurm import SlurmExecutor
+
+    spec, jobs, store, ctx = _setup(
+        fake_slurm, 2, models=["vit_micro", "vit_lite_7_4"], datasets=["digits", "synthetic"],
+        model_overrides={"vit_lite_7_4": {"slurm": {"time": "02:00:00", "gpus_per_node": 2}}},
+        dataset_overrides={"synthetic": {"slurm": {"time": 7, "mem": "2G"}}})
+    executor = SlurmExecutor.from_spec(spec)
+    by_cell = {(j.model, j.dataset): executor.settings_for(j) for j in jobs}
+    assert by_cell[("vit_micro", "digits")].timeout_min == 5  # the spec's
+    assert (by_cell[("vit_micro", "synthetic")].timeout_min, by_cell[("vit_micro", "synthetic")].mem) == (7, "2G")
+    lite = by_cell[("vit_lite_7_4", "synthetic")]  # the model's keys win over the dataset's
+    assert (lite.timeout_min, lite.gpus_per_node, lite.mem) == (120, 2, "2G")
+    assert {s.job_name for s in by_cell.values()} == {"fake"}  # the spec's name
+    summary = executor.launch(jobs, store, ctx)
+    arrays = {ext.split("_")[0] for ext in summary.external_ids.values()}
+    assert len(arrays) == 4  # one array per distinct resources, seeds share theirs
+    text = (fake_slurm / "sbatch.log").read_text()
+    assert text.count("#SBATCH --job-name=fake") == 4 and text.count("#SBATCH --gpus-per-node=2") == 2
+
+
+def test_conflicting_override_is_a_one_line_error(fake_slurm: Path) -> None:
+    from mpvgbench.executors.slurm import SlurmExecutor
+
+    spec, jobs, store, ctx = _setup(fake_slurm, 1, model_overrides={"vit_micro": {"slurm": {"mem_per_gpu": "4G"}}},
+                                    dataset_overrides={"digits": {"slurm": {"mem": "4G"}}})
+    with pytest.raises(SlurmError, match="slurm for vit_micro on digits.*exclude each other"):
+        SlurmExecutor.from_spec(spec).launch(jobs, store, ctx)
+    assert {r.status for r in store.runs()} == {"pending"}  # claims handed back
+
+
+def test_scheduler_states_are_recorded_and_shown(fake_slurm: Path) -> None:
+    """squeue's view (pending/requeued/running, restarts) lands in slurm_state.json; the final
+    state stays known after the job has left squeue; status shows attempts with requeues."""
+    from mpvgbench.executors.job_view import job_view
+    from mpvgbench.executors.slurm import SlurmExecutor, reconcile
+    from mpvgbench.rundir import atomic_write_json
+
+    spec, jobs, store, ctx = _setup(fake_slurm, 2)
+    ids = SlurmExecutor.from_spec(spec).launch(jobs, store, ctx).external_ids
+    a, b = jobs
+    squeue = fake_slurm / "squeue.out"
+
+    def view(job: Job) -> tuple[str, int, str]:
+        v = job_view(store.runs(keys=[job.key])[0])
+        return v.state, v.attempts, v.epoch
+
+    squeue.write_text(f"{ids[a.key]}|PENDING|Priority|0\n{ids[b.key]}|RUNNING|None|0\n")
+    assert reconcile(store, store.runs()) == []
+    atomic_write_json(ctx.run_dir(b.key) / "progress.json", {"epoch": 3, "epochs": 10, "step": 1})
+    assert view(a) == ("pending (Priority)", 1, "") and view(b) == ("running", 1, "3/10")
+    squeue.write_text(f"{ids[a.key]}|PENDING|BeginTime|2\n{ids[b.key]}|TIMEOUT|TimeLimit|3\n")
+    assert reconcile(store, store.runs()) == ["1 Slurm job(s) left the queue without a result: marked failed"]
+    assert view(a) == ("requeued (BeginTime)", 3, "")
+    assert view(b) == ("failed (TIMEOUT)", 4, "3/10")
+    row = store.runs(keys=[b.key])[0]
+    assert row.failure_kind == "timeout" and "ended TIMEOUT" in (row.error or "")
+    # seen OUT_OF_MEMORY once (e.g. by `run --wait`); purged from squeue before the next look:
+    # still oom, not "lost"
+    from mpvgbench.executors.slurm_queue import QueueEntry, record_state
+
+    record_state(ctx.run_dir(a.key), ids[a.key], QueueEntry("OUT_OF_MEMORY", "", 2))
+    squeue.write_text("")
+    reconcile(store, store.runs())
+    row = store.runs(keys=[a.key])[0]
+    assert (row.status, row.failure_kind) == ("failed", "oom"), row
+    assert "ended OUT_OF_MEMORY" in (row.error or "") and view(a)[0] == "failed (OUT_OF_MEMORY)"
+
+
+def test_the_submitted_job_records_its_starts_and_signals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import submitit
+
+    from mpvgbench import worker
+    from mpvgbench.executors.slurm_job import SlurmJob
+    from mpvgbench.executors.slurm_queue import job_record
+
+    monkeypatch.setattr(worker, "_REQUEUED", False)  # checkpoint() sets it; leave the module as found
+    monkeypatch.setattr(worker.CheckpointableJob, "__call__", lambda self, run_dir: {"key": "k"})
+    for name, value in {"SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "3", "SLURM_JOB_ID": "44",
+                        "SLURM_RESTART_COUNT": "2", "SLURM_PROCID": "0", "SLURM_CPUS_PER_TASK": "4",
+                        "OMP_NUM_THREADS": "4"}.items():
+        monkeypatch.setenv(name, value)
+    assert SlurmJob()(str(tmp_path)) == {"key": "k"}
+    record = job_record(tmp_path)
+    assert (record["job_id"], record["restarts"], record["cpus_per_task"], record["threads"]) == ("41_3", 2, "4", "4")
+    assert record["signalled_at"] is None
+    delayed = SlurmJob().checkpoint(str(tmp_path))
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission) and type(delayed.function) is SlurmJob
+    assert job_record(tmp_path)["signalled_at"] is not None and job_record(tmp_path)["restarts"] == 2
+    monkeypatch.setenv("SLURM_PROCID", "1")  # other tasks of the job never write
+    (tmp_path / "slurm_job.json").unlink()
+    SlurmJob()(str(tmp_path))
+    assert job_record(tmp_path) == {}

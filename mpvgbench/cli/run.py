@@ -216,6 +216,7 @@ def _launch(name: str, spec: Spec, jobs: Sequence[Job], todo: Sequence[Job], sto
         if wait:
             executor.follow(store, [job.key for job in todo], ctx)
             _print_summary(store, jobs)
+            _exit_unless_finished(store, jobs)
         return
 
     from mpvgbench.executors.local import LocalExecutor
@@ -236,8 +237,17 @@ def _launch(name: str, spec: Spec, jobs: Sequence[Job], todo: Sequence[Job], sto
     _print_summary(store, jobs)
     if smoke:
         _drop_smoke_checkpoints(store, jobs, ctx.runs_root)
-    if summary.failed:
-        sys.exit(1)
+    _exit_unless_finished(store, jobs)
+
+
+EXIT_NOT_ALL_FINISHED = 1  # the same for every executor: a run that leaves any job unfinished
+
+
+def _exit_unless_finished(store: Store, jobs: Sequence[Job]) -> None:
+    """Exit 1 unless every job of the matrix is finished (failed, cancelled, still running)."""
+    states = store.statuses([job.key for job in jobs])
+    if any(states.get(job.key) != "finished" for job in jobs):
+        sys.exit(EXIT_NOT_ALL_FINISHED)
 
 
 def _drop_smoke_checkpoints(store: Store, jobs: Sequence[Job], runs_root: Path) -> None:
@@ -374,6 +384,7 @@ def status(spec_path: Path | None, db: str | None, show_all: bool) -> None:
     """
     from mpvgbench.cli.tables import (add_plain_row, console, fit_numbers, model_name, narrow_table,
                                       shared_columns, short_keys)
+    from mpvgbench.executors.job_view import job_view
     from mpvgbench.executors.local import owner_is_alive
 
     spec = load_optional_spec(spec_path)
@@ -396,11 +407,12 @@ def status(spec_path: Path | None, db: str | None, show_all: bool) -> None:
     header = ["key", "model", "method", "dataset", "seed", "state", "att", "epoch", "executor"]
     rows = []
     for row in shown:
-        state = row.status
+        view = job_view(row)  # the scheduler's state, requeues counted, epoch n/N
+        state = view.state
         if state == "running" and row.executor == "local" and row.owner and not owner_is_alive(row.owner):
             state = "running (coordinator gone: rerun to resume)"
         rows.append(dict(zip(header, [keys[row.key], model_name(row.model), row.method_label, row.dataset,
-                                      str(row.seed), state, str(row.attempts), _epoch_progress(row),
+                                      str(row.seed), state, str(view.attempts), view.epoch,
                                       row.executor or "-"])))
     shared = shared_columns(header, rows, ("model", "method", "dataset", "seed", "executor"))
     if shared:
@@ -421,22 +433,6 @@ def status(spec_path: Path | None, db: str | None, show_all: bool) -> None:
 
 STATUS_ORDER = ("running", "pending", "finished", "failed", "cancelled")
 MAX_PENDING_SHOWN = 20
-
-
-def _epoch_progress(row: Any) -> str:
-    """``n/N``: epochs finished of the run's total (progress.json while it trains)."""
-    recipe = (row.config or {}).get("recipe", {})
-    total = int(recipe.get("epochs", 0)) + int(recipe.get("cooldown_epochs", 0))
-    if row.status == "finished":
-        return f"{total}/{total}"
-    done = 0
-    if row.run_dir:  # one line per finished epoch; a file being replaced reads as none yet
-        try:
-            with open(Path(row.run_dir) / "metrics.jsonl", "rb") as metrics:
-                done = sum(1 for line in metrics if line.strip())
-        except OSError:
-            pass
-    return f"{done}/{total}" if total else ""
 
 
 def load_optional_spec(spec_path: Path | None) -> Spec | None:

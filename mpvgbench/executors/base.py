@@ -8,8 +8,10 @@ ingests them into the store (``Store.ingest_run_dir``).
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+import subprocess
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -65,6 +67,35 @@ def process_start_time(pid: int) -> Optional[int]:
         return None
 
 
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5,
+                             check=True, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):  # no git, not a repo, timeout
+        return None
+    return out.stdout.strip()
+
+
+@functools.lru_cache(maxsize=1)
+def source_revision() -> dict[str, Any]:
+    """``{"git_commit", "git_dirty", "git_root"}`` of the code being benchmarked, taken once by
+    the coordinator: the user's working directory when it is a git checkout (their experiment
+    repo), else the checkout mpvgbench itself runs from; Nones when neither is one.
+
+    The worker cannot find it itself: it runs in whatever directory the executor or Slurm
+    started it in (a Slurm job's directory may not even be a checkout on the compute node).
+    """
+    import mpvgbench
+
+    for where in (Path.cwd(), Path(mpvgbench.__file__).resolve().parent):
+        commit = _git(["rev-parse", "HEAD"], where)
+        if commit:
+            status = _git(["status", "--porcelain", "--untracked-files=no"], where)
+            return {"git_commit": commit, "git_dirty": None if status is None else bool(status),
+                    "git_root": _git(["rev-parse", "--show-toplevel"], where)}
+    return {"git_commit": None, "git_dirty": None, "git_root": None}
+
+
 def prepare_run_dir(job: Job, ctx: RunContext) -> Path:
     """Write config.json and job.json (the worker's whole input) into the job's run directory."""
     from mpvgbench.rundir import atomic_write_json, retire_stale_error
@@ -87,6 +118,7 @@ def prepare_run_dir(job: Job, ctx: RunContext) -> Path:
             "amp": ctx.amp,
             "compile": ctx.compile,
             "checkpoint_every_min": ctx.checkpoint_every_min,
+            "source": source_revision(),  # the coordinator's git commit; see source_revision
         },
     )
     return run_dir

@@ -1,7 +1,8 @@
 """Run jobs on Slurm through submitit: one job array per group of jobs with equal resources.
 
 The coordinator (``mpvgbench run --executor slurm``) claims the jobs, writes their run
-directories, submits ``mpvgbench.worker.CheckpointableJob()(run_dir)`` as array tasks and
+directories, submits ``SlurmJob()(run_dir)`` (the worker's CheckpointableJob plus a record of
+each start, :mod:`.slurm_job`) as array tasks and
 returns. Each task trains in its run directory; on a time limit or preemption submitit sends
 USR2, the job requeues itself (at most ``max_requeues`` times for time limits) and resumes
 from its last epoch checkpoint. ``reconcile`` (run by ``mpvgbench status``) folds finished run
@@ -13,14 +14,14 @@ controller leaves the runs as they are and says so.
 
 Besides the architecture's run-directory files, the executor writes ``slurm.json`` into each
 run directory at submission: ``{"job_id", "folder", "stdout": [...], "stderr": [...],
-"submitted_at", "timeout_min", "max_requeues", "dependency"}`` (one log pair per task).
+"submitted_at", "timeout_min", "max_requeues", "dependency", "mem", "job_name"}`` (one log pair
+per task), and ``slurm_state.json`` whenever it asks squeue (see :mod:`.slurm_queue`).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import re
 import subprocess
 import sys
 import time
@@ -29,7 +30,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
+from pydantic import ValidationError
+
+from mpvgbench.errors import first_validation_error
 from mpvgbench.executors.base import Executor, LaunchSummary, RunContext, new_owner_id, prepare_run_dir
+from mpvgbench.executors.slurm_queue import (
+    ACTIVE_STATES, SCHEDULER_TIMEOUT_S, SLURM_STATE_JSON, SchedulerUnreachable, first_line, max_array_size, record_state,
+    scheduler, squeue_jobs, squeue_states,
+)
 from mpvgbench.slurm_settings import SlurmSettings, parse_time_minutes
 
 if TYPE_CHECKING:
@@ -39,75 +47,13 @@ if TYPE_CHECKING:
     from mpvgbench.store_schema import RunRow
 
 __all__ = [
-    "SlurmError", "SlurmExecutor", "SlurmSettings", "SchedulerUnreachable", "cancel_jobs",
-    "log_paths", "max_array_size", "parse_time_minutes", "reconcile", "squeue_states",
+    "ACTIVE_STATES", "SlurmError", "SlurmExecutor", "SlurmSettings", "SchedulerUnreachable",
+    "cancel_jobs", "log_paths", "max_array_size", "parse_time_minutes", "reconcile", "squeue_states",
 ]
 
 SLURM_JSON = "slurm.json"
-DEFAULT_MAX_ARRAY_SIZE = 1000
-SCHEDULER_TIMEOUT_S = 20.0
-# squeue states of a job that may still write its run directory (incl. requeued ones)
-ACTIVE_STATES = frozenset({
-    "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
-    "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "SPECIAL_EXIT",
-})
-
 
 from mpvgbench.errors import SlurmError  # noqa: E402 - re-exported
-
-
-class SchedulerUnreachable(RuntimeError):
-    """squeue/scancel/scontrol did not answer (missing, timed out, controller down)."""
-
-
-# ---------------------------------------------------------------------------- scheduler calls
-
-
-def _scheduler(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(args, capture_output=True, text=True, timeout=timeout_s,
-                              stdin=subprocess.DEVNULL, check=False)
-    except FileNotFoundError:
-        raise SchedulerUnreachable(f"{args[0]} not found on PATH (not a Slurm node?)") from None
-    except subprocess.TimeoutExpired:
-        raise SchedulerUnreachable(f"{args[0]} did not answer within {timeout_s:.0f} s") from None
-
-
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
-
-
-def squeue_states(job_ids: Iterable[str], timeout_s: float = SCHEDULER_TIMEOUT_S) -> dict[str, str]:
-    """``{job_id: state}`` for the ids squeue still knows (array tasks as ``ARRAY_TASK``).
-
-    Ended jobs stay visible for MinJobAge with their final state (COMPLETED, CANCELLED,
-    TIMEOUT...); purged ones are simply absent. Raises SchedulerUnreachable.
-    """
-    ids = sorted({str(i) for i in job_ids if i})
-    states: dict[str, str] = {}
-    for start in range(0, len(ids), 200):
-        chunk = ids[start:start + 200]
-        proc = _scheduler(["squeue", "-h", "-r", "-t", "all", "-o", "%i %T", "-j", ",".join(chunk)], timeout_s)
-        if proc.returncode != 0:
-            if "invalid job id" in proc.stderr.lower():
-                continue  # every id of the chunk is purged already
-            raise SchedulerUnreachable(f"squeue failed: {_first_line(proc.stderr) or proc.returncode}")
-        for line in proc.stdout.splitlines():
-            parts = line.split()
-            if len(parts) >= 2:
-                states[parts[0]] = parts[1]
-    return states
-
-
-@functools.lru_cache(maxsize=1)
-def max_array_size(timeout_s: float = 10.0) -> int:
-    """Tasks one job array may hold: the cluster's MaxArraySize (cached); 1000 if unknown."""
-    try:
-        proc = _scheduler(["scontrol", "show", "config"], timeout_s)
-    except SchedulerUnreachable:
-        return DEFAULT_MAX_ARRAY_SIZE
-    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", proc.stdout, re.MULTILINE)
-    return int(m.group(1)) if m and int(m.group(1)) > 0 else DEFAULT_MAX_ARRAY_SIZE
 
 
 # --------------------------------------------------------------------------- run-dir helpers
@@ -153,24 +99,34 @@ def _exists(run_dir: Optional[str], *names: str) -> bool:
 # ------------------------------------------------------------------------------ reconcile
 
 
+# final Slurm states without result.json/error.json -> the failure kind stored
+_KIND_OF_STATE = {"TIMEOUT": "timeout", "DEADLINE": "timeout", "OUT_OF_MEMORY": "oom"}
+
+
 def reconcile(store: Store, runs: Iterable[RunRow], *, timeout_s: float = SCHEDULER_TIMEOUT_S) -> list[str]:
     """Bring running Slurm runs up to date; returns lines to show the user (possibly none).
 
-    A run dir with result.json/error.json is ingested once its Slurm job has left the active
-    queue (a requeued job may hold a stale error.json until it restarts). A job gone from the
-    queue without either is failed with its log tail. Nothing here calls sacct.
+    Every job's squeue state is recorded in its run dir (slurm_state.json) before anything else:
+    that is what keeps TIMEOUT/OUT_OF_MEMORY/CANCELLED once the job leaves the queue. A run dir
+    with result.json/error.json is ingested once its Slurm job has left the active queue (a
+    requeued job may hold a stale error.json until it restarts). A job gone from the queue
+    without either is failed with its log tail. Nothing here calls sacct.
     """
     rows = [r for r in runs if r.status == "running"]
     if not rows:
         return []
     try:
-        states: Optional[dict[str, str]] = squeue_states([r.external_id for r in rows if r.external_id], timeout_s)
+        entries = squeue_jobs([r.external_id for r in rows if r.external_id], timeout_s)
+        states: Optional[dict[str, str]] = {job_id: e.state for job_id, e in entries.items()}
         problem = ""
     except SchedulerUnreachable as exc:
-        states, problem = None, str(exc)
+        entries, states, problem = {}, None, str(exc)
     alive: list[RunRow] = []
     failed = 0
     for row in rows:
+        record: dict[str, Any] = {}
+        if states is not None and row.external_id:
+            record = record_state(row.run_dir, row.external_id, entries.get(row.external_id))
         state = states.get(row.external_id or "") if states is not None else None
         if _exists(row.run_dir, "result.json"):  # finished, whatever the queue says
             store.ingest_run_dir(str(row.run_dir))
@@ -182,16 +138,19 @@ def reconcile(store: Store, runs: Iterable[RunRow], *, timeout_s: float = SCHEDU
             continue
         if _exists(row.run_dir, "error.json") and store.ingest_run_dir(str(row.run_dir)) in ("finished", "failed"):
             continue
+        final = state or record.get("final_state")  # seen by an earlier status call
         info = _read_slurm_json(row.run_dir)
-        how = f"ended {state}" if state else "left the queue"
-        kind = "timeout" if state == "TIMEOUT" else "lost"
+        how = f"ended {final}" if final else "left the queue"
+        kind = _KIND_OF_STATE.get(final or "", "lost")
         error = f"Slurm job {row.external_id} {how} without writing result.json or error.json"
         logs = [Path(p) for p in info.get("stdout", []) + info.get("stderr", [])]
         if info.get("dependency") and not any(p.exists() for p in logs):
             error = (f"Slurm job {row.external_id} {how} before it started: the run it starts from "
                      f"(init_from, Slurm job {info['dependency']}) did not finish")
-        if state == "TIMEOUT":
+        if kind == "timeout":
             error += f" (time limit {info.get('timeout_min', '?')} min, requeued at most {info.get('max_requeues', '?')} times)"
+        elif kind == "oom":
+            error += f" (over its memory: raise slurm.mem or mem_per_gpu, now {info.get('mem') or 'the default'})"
         tail = _tail([Path(p) for p in info.get("stderr", [])[:1] + info.get("stdout", [])[:1]], lines=20)
         store.mark_failed(row.key, row.owner, error=error, traceback_tail=tail, kind=kind)
         failed += 1
@@ -210,11 +169,11 @@ def cancel_jobs(runs: Iterable[RunRow], *, timeout_s: float = SCHEDULER_TIMEOUT_
     ids = sorted({r.external_id for r in runs if r.external_id})
     for start in range(0, len(ids), 200):
         try:
-            proc = _scheduler(["scancel", *ids[start:start + 200]], timeout_s)
+            proc = scheduler(["scancel", *ids[start:start + 200]], timeout_s)
         except SchedulerUnreachable as exc:
             raise SlurmError(f"could not cancel Slurm jobs: {exc}") from None
         if proc.returncode != 0 and "invalid job id" not in proc.stderr.lower():
-            raise SlurmError(f"scancel failed: {_first_line(proc.stderr) or proc.returncode}")
+            raise SlurmError(f"scancel failed: {first_line(proc.stderr) or proc.returncode}")
     return ids
 
 
@@ -238,11 +197,28 @@ class SlurmExecutor(Executor):
 
     @classmethod
     def from_spec(cls, spec: Spec) -> SlurmExecutor:
-        """The spec's validated `slurm:` section; `executor.workers` caps the array if it is unset."""
+        """The spec's validated `slurm:` section, with each model's and dataset's `slurm:`
+        overrides for their jobs (model over dataset over spec); `executor.workers` caps the
+        array if it is unset; the job name is the spec's name unless set."""
         settings = spec.slurm or SlurmSettings()
         if "array_parallelism" not in settings.model_fields_set and "workers" in spec.executor.model_fields_set:
             settings = settings.model_copy(update={"array_parallelism": spec.executor.workers})
-        return cls(settings)
+        if settings.job_name is None:
+            settings = settings.model_copy(update={"job_name": spec.name})
+        base = settings
+
+        @functools.lru_cache(maxsize=None)
+        def for_cell(model: str, dataset: str) -> SlurmSettings:
+            by_dataset = spec.dataset_overrides.get(dataset)
+            by_model = spec.model_overrides.get(model)
+            try:
+                return base.merged(by_dataset.slurm if by_dataset else None).merged(
+                    by_model.slurm if by_model else None)
+            except ValidationError as exc:
+                raise SlurmError(first_validation_error(
+                    exc, prefix=f"{spec.source}: slurm for {model} on {dataset}", model=SlurmSettings)) from None
+
+        return cls(base, lambda job: for_cell(job.model, job.dataset))
 
     def options(self) -> dict[str, Any]:
         return self.settings.model_dump(exclude_defaults=True)
@@ -315,12 +291,12 @@ class SlurmExecutor(Executor):
                 ctx: RunContext, summary: LaunchSummary) -> None:
         import submitit
 
-        from mpvgbench.worker import CheckpointableJob
+        from mpvgbench.executors.slurm_job import SLURM_JOB_JSON, SlurmJob
 
         run_dirs = []
         for job in chunk:
             run_dir = prepare_run_dir(job, ctx)
-            for stale in (SLURM_JSON,):  # an earlier attempt's: this one decides anew
+            for stale in (SLURM_JSON, SLURM_STATE_JSON, SLURM_JOB_JSON):  # an earlier attempt's: this one decides anew
                 if (run_dir / stale).exists():
                     os.replace(run_dir / stale, run_dir / f"{stale}.prev")
             run_dirs.append(run_dir)
@@ -335,12 +311,12 @@ class SlurmExecutor(Executor):
                 params["slurm_additional_parameters"] = {
                     **params.get("slurm_additional_parameters", {}), "kill_on_invalid_dep": "yes"}
             executor.update_parameters(**params)
-            handles = executor.map_array(CheckpointableJob(), [str(d) for d in run_dirs])
+            handles = executor.map_array(SlurmJob(), [str(d) for d in run_dirs])
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             text = str(exc)
             if "srun" in text and "Could not detect" in text:
                 text = "srun/sbatch not found: run on a Slurm login node or use --executor local"
-            raise SlurmError(f"Slurm submission failed: {_first_line(text)}") from None
+            raise SlurmError(f"Slurm submission failed: {first_line(text)}") from None
         from submitit.core.utils import JobPaths
 
         ntasks = settings.nodes * settings.tasks_per_node
@@ -353,7 +329,8 @@ class SlurmExecutor(Executor):
                 "job_id": job_id, "folder": str(paths[0].folder), "submitted_at": time.time(),
                 "stdout": [str(p.stdout) for p in paths], "stderr": [str(p.stderr) for p in paths],
                 "timeout_min": settings.timeout_min, "max_requeues": settings.max_requeues,
-                "dependency": dependency or None,
+                "dependency": dependency or None, "mem": settings.mem or settings.mem_per_gpu,
+                "job_name": settings.job_name,
             })
             store.set_external_id(job.key, job_id, executor=self.name)
             summary.launched.append(job.key)

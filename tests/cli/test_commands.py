@@ -311,7 +311,7 @@ def test_cancel_pending_runs_by_spec_and_by_key(tmp_path: Path) -> None:
     # a cancelled run is not run again unless asked
     res = invoke("run", spec)
     assert res.exit_code == 0, res.output
-    assert "0 failed, 3 cancelled (rerun with --retry-failed), 0 to run" in res.output
+    assert "0 failed, 3 cancelled (rerun with --retry-failed), 0 to run" in res.output  # one word for cancelled runs
     assert not (tmp_path / "runs").exists()
     res = invoke("cancel", spec)
     assert res.exit_code == 0 and "cancelled 0 run(s)" in res.output
@@ -335,7 +335,7 @@ def test_cancel_stops_a_running_local_job(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 0, out
+    assert proc.returncode == 1, out  # exit 0 only if every job of the matrix finished
     assert f"{job.key}: cancelled while running; its worker was stopped" in out
     assert wait_gone(workers, 10)
     assert not (tmp_path / "runs" / job.key / "result.json").exists()

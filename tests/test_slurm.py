@@ -213,6 +213,7 @@ def test_time_limit_requeues_and_resumes(env: Env) -> None:
     print(f"\nrequeued {restarts} time(s) (first after {requeue_at:.0f} s), finished after {elapsed:.0f} s")
 
 
+@pytest.mark.slow  # > 20 s of waiting on the scheduler; .ci/run runs it
 def test_failures_are_reported_with_their_error(env: Env) -> None:
     """A job that raises (missing dataset) and a job killed with scancel both end up failed."""
     broken = env.spec(name="broken", datasets=["imagefolder"], dataset_overrides={"imagefolder": {"num_classes": 3}},
@@ -259,6 +260,7 @@ def _fake_tool(bin_dir: Path, name: str, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
+@pytest.mark.slow  # > 20 s of waiting on the scheduler; .ci/run runs it
 def test_status_without_sacct_and_with_a_hung_scheduler(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     from mpvgbench.executors.slurm import reconcile
 
@@ -285,6 +287,7 @@ def test_status_without_sacct_and_with_a_hung_scheduler(env: Env, monkeypatch: p
     subprocess.run(["scancel", summary.external_ids[jobs2[0].key]], timeout=20, check=False)
 
 
+@pytest.mark.slow  # > 20 s of waiting on the scheduler; .ci/run runs it
 def test_two_tasks_train_with_ddp(env: Env, tmp_path: Path) -> None:
     """tasks_per_node=2 -> two processes joined over gloo; same metrics' shape as one task."""
     from mpvgbench.executors.base import RunContext
@@ -325,6 +328,7 @@ def _cli(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedPro
                           timeout=timeout, check=False, env=env)
 
 
+@pytest.mark.slow  # > 20 s of waiting on the scheduler; .ci/run runs it
 def test_cli_run_status_logs_cancel(env: Env) -> None:
     spec_path = env.tmp / "spec.yaml"
     spec_path.write_text(json.dumps({
@@ -358,6 +362,7 @@ def test_cli_run_status_logs_cancel(env: Env) -> None:
     store.close()
 
 
+@pytest.mark.slow  # > 20 s of waiting on the scheduler; .ci/run runs it
 def test_init_from_waits_for_its_parent(env: Env) -> None:
     """A fine-tuning job depends on its parent (afterok); a failed parent cancels it."""
     missing = str(env.tmp / "no-such-dir")
@@ -377,6 +382,7 @@ def test_init_from_waits_for_its_parent(env: Env) -> None:
     assert row.status == "failed" and "init_from" in (row.error or ""), row.error
 
 
+@pytest.mark.slow  # > 20 s of waiting on the scheduler; .ci/run runs it
 def test_cli_wait_exits_1_unless_every_job_finished(env: Env) -> None:
     """`run --executor slurm --wait` exits like the local executor: 1 when a job failed."""
     spec_path = env.tmp / "broken.yaml"

@@ -100,6 +100,8 @@ class DataRoots(_Section):
     cifar100: Optional[str] = None  # the folder that holds cifar-100-python/
     imagenet: Optional[str] = None  # the folder that holds train/ and val/
     imagefolder: Optional[str] = None  # the folder that holds train/<class>/ and val/<class>/
+    coco: Optional[str] = None  # the folder that holds train2017/, val2017/ and annotations/
+    ade20k: Optional[str] = None  # the folder that holds ADEChallengeData2016/ (or is it)
 
 
 class DataSection(_Section):

@@ -241,11 +241,15 @@ def _launch(name: str, spec: Spec, jobs: Sequence[Job], todo: Sequence[Job], sto
 
 
 def _drop_smoke_checkpoints(store: Store, jobs: Sequence[Job], runs_root: Path) -> None:
-    """A finished smoke run keeps its metrics and result, not its weights (GBs for DeiT-B)."""
+    """A finished smoke run keeps its metrics and result, not its weights (GBs for DeiT-B),
+    unless other runs start from it (init_from): another spec's smoke (Table 4 after Table 3)
+    adopts the finished parent and still needs its weights."""
     states = store.statuses([job.key for job in jobs])
+    parents = {job.depends_on for job in jobs}
     if all(states.get(job.key) == "finished" for job in jobs):
         for job in jobs:
-            (runs_root / job.key / "checkpoint.pt").unlink(missing_ok=True)
+            if job.key not in parents:
+                (runs_root / job.key / "checkpoint.pt").unlink(missing_ok=True)
         click.echo(f"smoke results: mpvgbench report --db {store.where}", err=True)
 
 

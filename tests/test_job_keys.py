@@ -3,7 +3,8 @@
 ``tests/data/job_keys_v1.json`` holds the keys every shipped spec expanded to (plain and
 ``--smoke``) before methods became typed objects and before any post-v1 field existed. A change
 that alters one of them would orphan every stored result of that cell; a change to a cell's
-recipe (a real change of the run) updates the file on purpose, in the same commit.
+recipe (a real change of the run) updates the file on purpose, in the same commit. Specs added
+later (table3, table4: dense prediction) are pinned from the commit that added them.
 """
 
 from __future__ import annotations

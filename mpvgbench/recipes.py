@@ -99,6 +99,7 @@ MPVGBENCH = "mpvgbench"
 COCO_RECIPE = "paper Table 8 (COCO, Mask R-CNN 3x+MS)"
 ADE_RECIPE = "paper Table 9 (ADE20K, UperNet)"
 VIT_ADAPTER = "czczup/ViT-Adapter configs (*_deit_adapter_tiny_*)"
+DENSE_UNUSED = MPVGBENCH + " (classification only: off, unused by the dense trainer)"
 
 
 class SourcedRecipe(NamedTuple):
@@ -185,13 +186,13 @@ _DENSE_OFF = dict(
 _COCO = _sourced(
     optimizer=("adamw", COCO_RECIPE), lr=(1e-4, COCO_RECIPE), weight_decay=(0.05, COCO_RECIPE),
     batch_size=(8, COCO_RECIPE), epochs=(36, COCO_RECIPE), sched=("step", COCO_RECIPE),
-    drop_path=(0.1, VIT_ADAPTER), **{k: (v, VIT_ADAPTER) for k, v in _DENSE_OFF.items()},
+    drop_path=(0.1, VIT_ADAPTER), **{k: (v, DENSE_UNUSED) for k, v in _DENSE_OFF.items()},
 )
 _ADE20K = _sourced(
     optimizer=("adamw", ADE_RECIPE), lr=(12e-5, ADE_RECIPE), weight_decay=(0.01, ADE_RECIPE),
     batch_size=(8, ADE_RECIPE), max_iters=(160_000, ADE_RECIPE), epochs=(1, MPVGBENCH + " (max_iters rules)"),
     sched=("none", ADE_RECIPE + " poly, in downstream/optim.py"),
-    drop_path=(0.1, VIT_ADAPTER), **{k: (v, VIT_ADAPTER) for k, v in _DENSE_OFF.items()},
+    drop_path=(0.1, VIT_ADAPTER), **{k: (v, DENSE_UNUSED) for k, v in _DENSE_OFF.items()},
 )
 DENSE_RECIPES: dict[str, SourcedRecipe] = {
     "coco": _COCO, "coco_synthetic": _COCO, "ade20k": _ADE20K, "ade20k_synthetic": _ADE20K,

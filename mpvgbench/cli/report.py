@@ -80,7 +80,7 @@ def models(params: bool) -> None:
 
         counts = [downstream_param_counts(method) for method in methods]
         for head, img in (("mask_rcnn", "1024"), ("upernet", "512")):
-            rows.append([f"adapter_ti+{head}", "dense", img, *(f"{c[head]:,}" for c in counts)])
+            rows.append(["adapter_ti", head, img, *(f"{c[head]:,}" for c in counts)])
     table = narrow_table(["name", "family", "img", *methods], title="models (timm names: mpvg_*)",
                          right=("img", *methods))
     fit_numbers(table, rows)

@@ -75,6 +75,8 @@ class Recipe(BaseModel):
     param_groups: Optional[tuple[ParamGroup, ...]] = None
     decay_all_params: bool = False  # weight decay on norms, biases, PEs and tokens too
     nesterov: Optional[bool] = None  # sgd only (ignored otherwise, like momentum); null: timm's "sgd" (Nesterov)
+    # dense prediction only: an iteration-based schedule (ADE20K: 160k); null: ``epochs`` rule
+    max_iters: Optional[Count] = None
 
     @field_validator("train_crop_scale")
     @classmethod

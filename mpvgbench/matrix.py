@@ -8,7 +8,9 @@ the same model/method/seed trained on ``D`` with D's default recipe; that parent
 a job of its own (``parent_only=True`` unless it is a cell too), listed before its children.
 Order is deterministic and every key appears once. ``smoke=True`` runs every cell on
 ``synthetic`` data at the model's small smoke size with 10 classes and
-``recipes.smoke_recipe`` (2 epochs x 2 steps): other keys, same code paths.
+``recipes.smoke_recipe`` (2 epochs x 2 steps): other keys, same code paths. Dense-prediction
+cells (coco, ade20k) keep their task on smoke: they run on ``recipes.SMOKE_DATASETS``'
+generated stand-ins (``coco_synthetic``, ``ade20k_synthetic``) at those datasets' sizes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from mpvgbench.catalog import model_info
 from mpvgbench.config import Recipe, TrainConfig, config_key
 from mpvgbench.errors import MpvgbenchError, SpecError
 from mpvgbench.methods import PEMethod
-from mpvgbench.recipes import SMOKE_NUM_CLASSES, default_img_size, default_recipe, smoke_recipe
+from mpvgbench.recipes import (
+    DOWNSTREAM_MODELS, DOWNSTREAM_TASKS, SMOKE_DATASETS, SMOKE_NUM_CLASSES, dataset_info,
+    default_img_size, default_recipe, smoke_recipe,
+)
 from mpvgbench.spec import AXES, CELL_KEYS, InitFrom, Spec, recipe_overrides
 
 
@@ -123,6 +128,9 @@ def check_cells(spec: Spec) -> list[Cell]:
         except MpvgbenchError as exc:
             raise spec.error(_method_field(spec, method), f"{method.label} on {model}: {exc}") from None
     for model, dataset in dict.fromkeys((c.model, c.dataset) for c in found):
+        if dataset in DOWNSTREAM_TASKS and model not in DOWNSTREAM_MODELS:
+            raise spec.error("models", f"{model} on {dataset}: dense prediction (ViT-Adapter-Ti) "
+                             f"wraps {', '.join(sorted(DOWNSTREAM_MODELS))} only; exclude the pair")
         _img_size(spec, model, dataset)
         init = _init_from(spec, model)
         if isinstance(init, InitFrom) and init.dataset != dataset:
@@ -235,8 +243,11 @@ class _Builder:
             num_classes = spec.num_classes_for(dataset)
             assert num_classes is not None  # Spec._cross_checks
             if self.smoke:
-                recipe = smoke_recipe(recipe, info.family)
+                recipe = smoke_recipe(recipe, info.family, dataset)
                 img_size, num_classes = info.smoke_img_size, SMOKE_NUM_CLASSES
+                if dataset in SMOKE_DATASETS:
+                    stand_in = dataset_info(SMOKE_DATASETS[dataset])
+                    img_size, num_classes = stand_in.img_size, stand_in.num_classes or num_classes
             init = None if is_parent else _init_from(spec, model)
             self._settings[cache_key] = (recipe, img_size, num_classes, init)
         return self._settings[cache_key]
@@ -251,7 +262,7 @@ class _Builder:
         *,
         parent_only: bool,
     ) -> Job:
-        dataset = "synthetic" if self.smoke else cell.dataset
+        dataset = SMOKE_DATASETS.get(cell.dataset, "synthetic") if self.smoke else cell.dataset
         group = (cell.model, cell.method, dataset, id(recipe), img_size, num_classes, init_from)
         if group not in self._groups:
             self._groups[group] = TrainConfig(

@@ -78,7 +78,7 @@ class PaperTable:
     label_columns: tuple[str, ...]
     metrics: tuple[Metric, ...]
     rows: tuple[PaperRow, ...]
-    downstream: bool = False  # Tables 3-4: not trained by mpvgbench (yet)
+    downstream: bool = False  # Tables 3-4: dense prediction (mpvgbench.downstream)
 
     @property
     def has_params(self) -> bool:

@@ -29,7 +29,23 @@ DATASET_INFO: dict[str, DatasetInfo] = {
     "imagenet": DatasetInfo(1000, 224, 3),
     "imagefolder": DatasetInfo(None, 224, 3),  # root/train/<class>/*, root/val/<class>/*
     "synthetic": DatasetInfo(1000, 224, 3),  # random tensors: smoke runs and benchmarks
+    # Dense prediction (paper Tables 3-4): img_size is the training crop (Tables 8-9).
+    "coco": DatasetInfo(80, 1024, 3),  # root/train2017, root/val2017, root/annotations
+    "ade20k": DatasetInfo(150, 512, 3),  # root/ADEChallengeData2016 (or root is it)
+    # their smoke stand-ins: a few generated images in the same on-disk format, 3 classes
+    "coco_synthetic": DatasetInfo(3, 64, 3),
+    "ade20k_synthetic": DatasetInfo(3, 64, 3),
 }
+# The task each dense-prediction dataset trains (mpvgbench.downstream.train); every other
+# dataset is image classification (mpvgbench.trainer).
+DOWNSTREAM_TASKS: dict[str, str] = {
+    "coco": "detection", "coco_synthetic": "detection",
+    "ade20k": "segmentation", "ade20k_synthetic": "segmentation",
+}
+# ``run --smoke`` keeps a dense-prediction cell's task: it trains on the stand-in dataset
+# (classification cells all go to ``synthetic``).
+SMOKE_DATASETS: dict[str, str] = {"coco": "coco_synthetic", "ade20k": "ade20k_synthetic"}
+DOWNSTREAM_MODELS = frozenset({"deit_tiny"})  # ViT-Adapter-Ti wraps DeiT-Ti only
 SMALL_IMAGE_DATASETS = frozenset({"digits", "cifar100"})
 SMOKE_NUM_CLASSES = 10
 
@@ -57,6 +73,8 @@ def default_img_size(model: str, dataset: str) -> int:
     """
     info = model_info(model)
     data = dataset_info(dataset)
+    if dataset in DOWNSTREAM_TASKS:  # the training crop; the backbone keeps its own PE grid
+        return data.img_size
     if dataset == "digits" or (
         dataset in SMALL_IMAGE_DATASETS and info.family in ("vit_lite", "micro")
     ):
@@ -78,6 +96,10 @@ T2T_CFG = "yitu-opensource/T2T-ViT models/t2t_vit.py"  # _cfg(crop_pct=.9), used
 T2T_TRANSFER = "yitu-opensource/T2T-ViT transfer_learning.py"
 CCT_REPO = "SHI-Labs/Compact-Transformers configs/datasets/cifar100.yml"
 MPVGBENCH = "mpvgbench"
+COCO_RECIPE = "paper Table 8 (COCO, Mask R-CNN 3x+MS)"
+ADE_RECIPE = "paper Table 9 (ADE20K, UperNet)"
+VIT_ADAPTER = "czczup/ViT-Adapter configs (*_deit_adapter_tiny_*)"
+DENSE_UNUSED = MPVGBENCH + " (classification only: off, unused by the dense trainer)"
 
 
 class SourcedRecipe(NamedTuple):
@@ -153,6 +175,28 @@ _QUICK = _sourced(**{
     ).items()
 })
 QUICK_RECIPE = _QUICK.recipe
+# Dense prediction. The downstream trainer reads lr, weight_decay, batch_size, epochs (COCO) or
+# max_iters (ADE20K), drop_path, max_steps_per_epoch and eval_max_batches; the schedules
+# (3x steps, poly), warmups and parameter groups are the official configs' (downstream/optim.py).
+# Classification-only fields are set to "off" so the recipe shows nothing that does not run.
+_DENSE_OFF = dict(
+    lr_base_batch=None, warmup_epochs=0, min_lr=0.0, label_smoothing=0.0, mixup=0.0, cutmix=0.0,
+    mixup_prob=0.0, randaugment=None, color_jitter=0.0, random_erasing=0.0, repeated_aug=False,
+)
+_COCO = _sourced(
+    optimizer=("adamw", COCO_RECIPE), lr=(1e-4, COCO_RECIPE), weight_decay=(0.05, COCO_RECIPE),
+    batch_size=(8, COCO_RECIPE), epochs=(36, COCO_RECIPE), sched=("step", COCO_RECIPE),
+    drop_path=(0.1, VIT_ADAPTER), **{k: (v, DENSE_UNUSED) for k, v in _DENSE_OFF.items()},
+)
+_ADE20K = _sourced(
+    optimizer=("adamw", ADE_RECIPE), lr=(12e-5, ADE_RECIPE), weight_decay=(0.01, ADE_RECIPE),
+    batch_size=(8, ADE_RECIPE), max_iters=(160_000, ADE_RECIPE), epochs=(1, MPVGBENCH + " (max_iters rules)"),
+    sched=("none", ADE_RECIPE + " poly, in downstream/optim.py"),
+    drop_path=(0.1, VIT_ADAPTER), **{k: (v, DENSE_UNUSED) for k, v in _DENSE_OFF.items()},
+)
+DENSE_RECIPES: dict[str, SourcedRecipe] = {
+    "coco": _COCO, "coco_synthetic": _COCO, "ade20k": _ADE20K, "ade20k_synthetic": _ADE20K,
+}
 
 IMAGENET_RECIPES: dict[str, SourcedRecipe] = {
     "deit": _DEIT, "ceit": _CEIT, "swin": _SWIN, "t2t": _T2T_IMAGENET,
@@ -162,6 +206,8 @@ CIFAR_RECIPES: dict[str, SourcedRecipe] = {"t2t": _T2T_CIFAR_FINETUNE}
 
 
 def _sourced_default(family: str, dataset: str) -> SourcedRecipe:
+    if dataset in DENSE_RECIPES:
+        return DENSE_RECIPES[dataset]
     if dataset == "digits":
         return _QUICK
     if dataset == "cifar100":
@@ -180,8 +226,13 @@ def recipe_sources(family: str, dataset: str) -> dict[str, str]:
     return {name: sources.get(name, DEIT_DEFAULT) for name in Recipe.model_fields}
 
 
-def smoke_recipe(recipe: Recipe, family: str) -> Recipe:
-    """A seconds-long version of ``recipe``: 2 epochs of 2 steps, one eval batch, small batch."""
+def smoke_recipe(recipe: Recipe, family: str, dataset: str = "synthetic") -> Recipe:
+    """A seconds-long version of ``recipe``: 2 epochs of 2 steps, one eval batch, small batch.
+    Dense prediction: 4 iterations of 2 images (BatchNorm after the PPM's 1x1 pool needs 2)."""
+    if dataset in DOWNSTREAM_TASKS:
+        update: dict[str, Any] = {"batch_size": 2, "max_steps_per_epoch": 2, "eval_max_batches": 1}
+        update.update({"max_iters": 4} if recipe.max_iters is not None else {"epochs": 2})
+        return recipe.model_copy(update=update)
     return recipe.model_copy(
         update={
             "epochs": 2,

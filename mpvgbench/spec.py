@@ -11,7 +11,7 @@ Format (only ``name``, ``models``, ``methods``, ``datasets`` are required)::
     name: table2                       # [A-Za-z0-9_.-], used in reports
     models: [vit_lite_7_4, t2t_vit_7]  # mpvgbench.models short names
     methods: [default, pvg, {base: mpvg, last_ln_pe: 5}, "mpvg[hierarchical=false]"]
-    datasets: [cifar100]               # digits, cifar100, imagenet, imagefolder, synthetic
+    datasets: [cifar100]               # digits, cifar100, imagenet, imagefolder, synthetic, coco, ade20k (deit_tiny)
     seeds: [0, 1, 2]                   # default [0]
     zip: [[models, datasets]]          # pair axes element-wise (equal lengths)
     include: [{model: deit_tiny, method: mpvg, dataset: imagenet, seed: 0}]  # missing key: whole axis
@@ -102,6 +102,8 @@ class DataRoots(_Section):
     cifar100: Optional[str] = None  # the folder that holds cifar-100-python/
     imagenet: Optional[str] = None  # the folder that holds train/ and val/
     imagefolder: Optional[str] = None  # the folder that holds train/<class>/ and val/<class>/
+    coco: Optional[str] = None  # the folder that holds train2017/, val2017/ and annotations/
+    ade20k: Optional[str] = None  # the folder that holds ADEChallengeData2016/ (or is it)
 
 
 class DataSection(_Section):

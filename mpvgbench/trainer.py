@@ -257,6 +257,18 @@ def train(
     that step) with the progress dict (``epoch``/``step`` 1-based; ``loss`` the latest
     synchronised loss). ``model_factory`` defaults to :func:`build_model_for_config` (tests).
     """
+    from mpvgbench.recipes import DOWNSTREAM_TASKS
+
+    if config.dataset in DOWNSTREAM_TASKS:  # Tables 3-4: the dense-prediction loop, same contract
+        from mpvgbench.downstream.train import train_downstream
+
+        return train_downstream(
+            config, run_dir, data_root=data_root, download=download, device=device,
+            num_workers=num_workers, amp=amp, compile=compile,
+            checkpoint_every_steps=checkpoint_every_steps, checkpoint_every_min=checkpoint_every_min,
+            on_requested_checkpoint=on_requested_checkpoint, progress_callback=progress_callback,
+            progress_interval_s=progress_interval_s,
+        )
     session_start = time.time()
     rd = RunDir(run_dir)
     rd.path.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("executor", ("mpvgbench.executors",)),
     ("trainer", ("mpvgbench.worker", "mpvgbench.trainer", "mpvgbench.training_parts",
                  "mpvgbench.checkpoint", "mpvgbench.threads", "mpvgbench.data", "mpvgbench.models",
-                 "mpvgbench.optim", "mpvgbench.analyze")),
+                 "mpvgbench.optim", "mpvgbench.analyze", "mpvgbench.downstream")),
     ("store", ("mpvgbench.store",)),
     ("report", ("mpvgbench.report", "mpvgbench.curves")),
 ]

@@ -130,6 +130,12 @@ def models(params: bool) -> None:
             model = build_model(name, method)
             cells.append(f"{sum(p.numel() for p in model.parameters()):,}")
         rows.append(cells)
+    if params:  # Tables 3-4: ViT-Adapter-Ti around DeiT-Ti with Mask R-CNN (80) / UperNet (150)
+        from mpvgbench.downstream.detection import downstream_param_counts
+
+        counts = [downstream_param_counts(method) for method in methods]
+        for head, img in (("mask_rcnn", "1024"), ("upernet", "512")):
+            rows.append(["adapter_ti", head, img, *(f"{c[head]:,}" for c in counts)])
     table = narrow_table(["name", "family", "img", *methods], title="models (timm names: mpvg_*)",
                          right=("img", *methods))
     fit_numbers(table, rows)

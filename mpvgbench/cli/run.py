@@ -251,11 +251,15 @@ def _exit_unless_finished(store: Store, jobs: Sequence[Job]) -> None:
 
 
 def _drop_smoke_checkpoints(store: Store, jobs: Sequence[Job], runs_root: Path) -> None:
-    """A finished smoke run keeps its metrics and result, not its weights (GBs for DeiT-B)."""
+    """A finished smoke run keeps its metrics and result, not its weights (GBs for DeiT-B),
+    unless other runs start from it (init_from): another spec's smoke (Table 4 after Table 3)
+    adopts the finished parent and still needs its weights."""
     states = store.statuses([job.key for job in jobs])
+    parents = {job.depends_on for job in jobs}
     if all(states.get(job.key) == "finished" for job in jobs):
         for job in jobs:
-            (runs_root / job.key / "checkpoint.pt").unlink(missing_ok=True)
+            if job.key not in parents:
+                (runs_root / job.key / "checkpoint.pt").unlink(missing_ok=True)
         click.echo(f"smoke results: mpvgbench report --db {store.where}", err=True)
 
 
@@ -269,7 +273,8 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-ROOT_FREE_DATASETS = frozenset({"digits", "synthetic"})  # bundled or generated: no data.roots entry
+# bundled or generated: no data.roots entry
+ROOT_FREE_DATASETS = frozenset({"digits", "synthetic", "coco_synthetic", "ade20k_synthetic"})
 
 
 def check_data_roots(spec: Spec, jobs: Sequence[Job], *, local: bool, download: bool) -> None:
@@ -302,6 +307,20 @@ def check_data_roots(spec: Spec, jobs: Sequence[Job], *, local: bool, download: 
         elif not path.is_dir():
             raise DataError(f"{spec.source}: data.roots.{dataset}: {root!r} is not a directory; "
                             "fix the path in the spec")
+        elif dataset == "coco":
+            for part in ("train2017", "val2017", "annotations/instances_train2017.json",
+                         "annotations/instances_val2017.json"):
+                if not (path / part).exists():
+                    raise DataError(f"{spec.source}: data.roots.coco: {root!r} has no {part}; point "
+                                    "it at the folder holding train2017/, val2017/ and annotations/")
+        elif dataset == "ade20k":
+            base = path if path.name == "ADEChallengeData2016" else path / "ADEChallengeData2016"
+            for part in ("images/training", "images/validation", "annotations/training",
+                         "annotations/validation"):
+                if not (base / part).is_dir():
+                    raise DataError(f"{spec.source}: data.roots.ade20k: {root!r} has no "
+                                    f"ADEChallengeData2016/{part}; point it at ADEChallengeData2016/ "
+                                    "or the folder holding it")
         else:
             for split in ("train", "val"):
                 if not (path / split).is_dir():

@@ -89,10 +89,11 @@ def evaluate_segmentation(
     yields ``(image, label)`` with the image resized for the model (SegmentationTestTransform)
     and the label at its original size; logits are resized to the label before the argmax."""
     model.eval()
+    device = next(model.parameters()).device  # the dataset yields CPU tensors; so is the metric
     matrix = ConfusionMatrix(model.num_classes, model.ignore_index)
     for i in range(len(dataset)):  # type: ignore[arg-type]
         image, label = dataset[i]
-        logits = slide_inference(model, image[None], crop, stride)
+        logits = slide_inference(model, image[None].to(device), crop, stride).cpu()
         logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
         matrix.update(logits.argmax(1)[0], label)
     return {"mIoU": matrix.miou(), "aAcc": matrix.pixel_accuracy()}
@@ -103,14 +104,15 @@ def evaluate_detection(model: nn.Module, dataset: CocoInstances) -> dict[str, fl
     """COCO AP box / mask (fractions) over ``dataset``; predictions made on the transformed image
     are mapped back to the original image size (boxes scaled, mask probabilities resized)."""
     model.eval()
+    device = next(model.parameters()).device  # the dataset yields CPU tensors; so is COCOeval
     results = []
     for i in range(len(dataset)):
         image, target = dataset[i]
         image_id = int(target["image_id"])
         info = dataset.coco.imgs[image_id]
-        (out,) = model([image])
+        (out,) = model([image.to(device)])
         sy, sx = info["height"] / image.shape[1], info["width"] / image.shape[2]
-        out = dict(out)
+        out = {k: v.cpu() for k, v in out.items()}
         out["boxes"] = out["boxes"] * torch.tensor([sx, sy, sx, sy])
         if "masks" in out and out["masks"].shape[0]:
             out["masks"] = F.interpolate(out["masks"], size=(info["height"], info["width"]), mode="bilinear", align_corners=False)

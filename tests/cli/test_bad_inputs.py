@@ -242,6 +242,9 @@ CASES: list[Case] = [
     # data roots: refused before anything is stored or started
     spec_case("cifar100_root_unset", doc(datasets=["cifar100"]), "data.roots.cifar100 is not set", "add `data: {roots: {cifar100: /path/to/cifar100}}`"),
     spec_case("cifar100_root_missing", doc(datasets=["cifar100"], **{"data.roots.cifar100": "/nonexistent/cifar"}), "'/nonexistent/cifar' holds no cifar-100-python/train", "or set data.download: true"),
+    spec_case("coco_not_deit_tiny", doc(datasets=["coco"]), "vit_micro on coco: dense prediction (ViT-Adapter-Ti) wraps deit_tiny only", "exclude the pair"),
+    spec_case("coco_root_without_train2017", doc(models=["deit_tiny"], datasets=["coco"], **{"data.roots.coco": "/"}), "data.roots.coco: '/' has no train2017", "holding train2017/, val2017/ and annotations/"),
+    spec_case("ade20k_root_without_ade", doc(models=["deit_tiny"], datasets=["ade20k"], **{"data.roots.ade20k": "/"}), "has no ADEChallengeData2016/images/training", "or the folder holding it"),
     lazy_spec_case("imagefolder_without_train", _imagefolder_without_train, "has no train/ folder", "expected train/<class>/<image>"),
     spec_case("imagefolder_without_num_classes", doc(datasets=["imagefolder"], **{"data.roots.imagefolder": "/x"}), "has no default number of classes", "set dataset_overrides.imagefolder.num_classes"),
     # the spec file itself

@@ -294,6 +294,33 @@ def test_models_and_methods_list_the_registry() -> None:
         assert knob in res.output
 
 
+def test_models_params_adds_the_dense_models_within_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting is faked (building every model takes minutes); the rows and the width are real."""
+    import torch
+
+    import mpvgbench.downstream.detection as detection
+    import mpvgbench.models as models
+
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(models, "build_model", lambda name, method: torch.nn.Linear(1, 1))
+    counted: list[str] = []
+
+    def counts(method: str) -> dict[str, int]:
+        counted.append(method)
+        return {"backbone": 7_966_832, "mask_rcnn": 28_073_061, "upernet": 36_062_620}
+
+    monkeypatch.setattr(detection, "downstream_param_counts", counts)
+    res = invoke("models", "--params")
+    assert res.exit_code == 0, res.output
+    assert counted == ["default", "lape", "pvg", "mpvg"]
+    lines = res.output.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    rows = {tuple(line.split()[:2]): line for line in lines if line.startswith("adapter_ti")}
+    assert set(rows) == {("adapter_ti", "mask_rcnn"), ("adapter_ti", "upernet")}
+    assert rows[("adapter_ti", "mask_rcnn")].split()[-1] == "28,073,061"
+    assert rows[("adapter_ti", "upernet")].split()[2:4] == ["512", "36,062,620"]
+
+
 # ------------------------------------------------------------------------------------ cancel
 
 

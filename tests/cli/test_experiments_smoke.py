@@ -1,7 +1,7 @@
 """Every shipped spec's whole matrix builds, trains, stores and reports (`run --smoke`).
 
 Smoke runs map each cell to synthetic data at a small size for a few steps, so this proves on
-CPU that Tables 1, 2, 5 and 6, Fig. 5 (and the quickstart) are runnable end to end: every model x method
+CPU that Tables 1-6, Fig. 5 (and the quickstart) are runnable end to end: every model x method
 of the paper constructs, trains, checkpoints, lands in the database and reaches the report.
 Specs share one database, as a user's would: Table 5's pos_0 row and Table 6's last row are
 Table 1's DeiT-Ti MPVG cell and must not be trained again.
@@ -96,3 +96,21 @@ def test_fig5_smoke_fills_the_fig5_report(tmp_path: Path) -> None:
     for row in rows:  # every Fig. 5 cell found its (smoke) run
         measured = [value for name, value in row.items() if name.endswith("measured")]
         assert measured and all(value is not None for value in measured), row
+
+
+@pytest.mark.slow
+def test_table3_table4_smoke_fill_the_dense_reports(tmp_path: Path) -> None:
+    """ViT-Adapter-Ti + Mask R-CNN / UperNet fine-tuned from the DeiT-Ti parents (shared by both
+    specs, trained once; their weights survive Table 3's smoke clean-up for Table 4)."""
+    keys = _smoke(["table3", "table4"], tmp_path)
+    assert len(keys["table3"]) == len(keys["table4"]) == 8  # 4 DeiT-Ti parents + 4 fine-tunes
+    assert len(set(keys["table3"]) & set(keys["table4"])) == 4
+    for table, metrics in (("3", ("AP box", "AP mask")), ("4", ("mIoU",))):
+        rendered = _cli("report", "--db", str(tmp_path / "results.db"), "--table", table,
+                        "--format", "json", cwd=tmp_path)
+        assert rendered.exit_code == 0, rendered.output
+        rows = json.loads(rendered.output)["rows"]
+        assert len(rows) == 4
+        for row in rows:  # every method's cell shows its smoke run's measured value
+            measured = [value for name, value in row.items() if name.endswith("measured")]
+            assert len(measured) == len(metrics) and all(v is not None for v in measured), row

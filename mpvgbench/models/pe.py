@@ -50,21 +50,38 @@ from timm.layers import LayerNorm
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from mpvgbench.methods import MethodLike, PEMethod, resolve_method
+from mpvgbench.methods import PRESETS, MethodLike, PEMethod, resolve_method
 
 Transform = Callable[[Tensor, int], Tensor]
 """``transform(pe, stage)``: a PE laid out for stage ``stage - 1`` -> the layout of ``stage``."""
 
 __all__ = [
+    "DEFAULT_METHOD",
     "PEOutputs",
     "Transform",
     "PositionEmbeddingChain",
     "PEBlock",
     "PEModelMixin",
     "add_last_ln_pe",
+    "entry_method",
     "fold_last_ln_pe",
     "pe_cache",
 ]
+
+
+DEFAULT_METHOD: PEMethod = PRESETS["default"]
+
+
+def entry_method(pe_method: MethodLike, depth: int) -> PEMethod:
+    """The one place a model's ``pe_method`` is parsed: at the timm entry points (the
+    ``@register_model`` functions), so ``timm.create_model(..., pe_method="mpvg")`` still works.
+
+    Resolves a preset name / knob mapping (a ``PEMethod`` passes through as is) and checks it
+    against the model's ``depth``; every module below takes the resolved ``PEMethod`` as given.
+    """
+    method = resolve_method(pe_method)
+    method.validate_for_depth(depth)
+    return method
 
 
 class PEOutputs(NamedTuple):
@@ -84,7 +101,7 @@ class PositionEmbeddingChain(nn.Module):
     """The LN' / LN'' modules of a method and the rules that chain them (see module docstring).
 
     Args:
-        method: anything :func:`~mpvgbench.methods.resolve_method` accepts.
+        method: the resolved method, already checked against ``depth`` (:func:`entry_method`).
         depth: number of blocks.
         dim: embedding dim of every block, or one dim per block (Swin).
         stages: stage index per block (non-decreasing, from 0); ``None``: one stage.
@@ -94,7 +111,7 @@ class PositionEmbeddingChain(nn.Module):
 
     def __init__(
         self,
-        method: MethodLike,
+        method: PEMethod,
         depth: int,
         dim: int | Sequence[int],
         *,
@@ -103,8 +120,7 @@ class PositionEmbeddingChain(nn.Module):
         norm_layer: Callable[[int], nn.Module] = LayerNorm,
     ) -> None:
         super().__init__()
-        self.method: PEMethod = resolve_method(method)
-        self.method.validate_for_depth(depth)
+        self.method = method
         dims = [int(dim)] * depth if isinstance(dim, int) else [int(d) for d in dim]
         stage_list = [0] * depth if stages is None else [int(s) for s in stages]
         if len(dims) != depth or len(stage_list) != depth:

@@ -40,9 +40,16 @@ from timm.models.swin_transformer import (
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mpvgbench.methods import MethodLike, PEMethod, resolve_method
+from mpvgbench.methods import MethodLike, PEMethod
 from mpvgbench.models._cfg import model_cfg
-from mpvgbench.models.pe import PEModelMixin, PositionEmbeddingChain, Transform, add_last_ln_pe
+from mpvgbench.models.pe import (
+    DEFAULT_METHOD,
+    PEModelMixin,
+    PositionEmbeddingChain,
+    Transform,
+    add_last_ln_pe,
+    entry_method,
+)
 
 __all__ = ["MPVGSwinTransformer", "PESwinBlock", "default_window_size", "swin_effective_method"]
 
@@ -56,9 +63,8 @@ def default_window_size(img_size: SizeLike, patch_size: int = 4, max_window: int
     return max(w for w in range(1, max_window + 1) if stage2 % w == 0)
 
 
-def swin_effective_method(method: MethodLike) -> PEMethod:
+def swin_effective_method(m: PEMethod) -> PEMethod:
     """The knobs Swin actually runs: layer 0 included (``layerwise_from=1`` -> ``0``)."""
-    m = resolve_method(method)
     return dataclasses.replace(m, layerwise_from=0) if m.layerwise_from == 1 else m
 
 
@@ -90,15 +96,13 @@ class MPVGSwinTransformer(PEModelMixin, SwinTransformer):
 
     def __init__(
         self,
-        pe_method: MethodLike = "default",
+        pe_method: PEMethod = DEFAULT_METHOD,
         img_size: SizeLike = 224,
         patch_size: int = 4,
         window_size: Optional[Any] = None,
         **kwargs: Any,
     ) -> None:
-        method = resolve_method(pe_method)
-        depths = tuple(kwargs.get("depths", (2, 2, 6, 2)))
-        method.validate_for_depth(sum(depths))
+        method = pe_method
         if "global_pool" in kwargs:
             raise ValueError("global_pool is always 'avg' on Swin (no class token); do not pass it")
         if window_size is None:
@@ -212,6 +216,7 @@ def mpvg_swin_tiny_patch4_window7_224(pretrained: bool = False, **kwargs: Any) -
         "num_heads": (3, 6, 12, 24),
         **kwargs,
     }
+    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), sum(args["depths"]))
     return build_model_with_cfg(
         MPVGSwinTransformer,
         "mpvg_swin_tiny_patch4_window7_224",

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from mpvgbench.models.pe import PEBlock, PositionEmbeddingChain, fold_last_ln_pe, pe_cache
+from mpvgbench.methods import resolve_method
+from mpvgbench.models.pe import PEBlock, PositionEmbeddingChain, entry_method, fold_last_ln_pe, pe_cache
 
 from .conftest import build_small, randomize_pe_norms, small_input
 
@@ -24,7 +25,7 @@ class _Holder(nn.Module):
 def _chain(method: Any, depth: int = 4, **kw: Any) -> PositionEmbeddingChain:
     """A chain with random (non-identity) LN' / LN'' affine weights."""
     torch.manual_seed(0)
-    chain = PositionEmbeddingChain(method, depth, kw.pop("dim", D), norm_layer=nn.LayerNorm, **kw)
+    chain = PositionEmbeddingChain(resolve_method(method), depth, kw.pop("dim", D), norm_layer=nn.LayerNorm, **kw)
     randomize_pe_norms(_Holder(chain))
     return chain
 
@@ -112,12 +113,21 @@ def test_multi_stage_chain_with_transform() -> None:
 
 
 def test_bad_chain_arguments() -> None:
+    pvg = resolve_method("pvg")
     with pytest.raises(ValueError, match="dims and stages"):
-        PositionEmbeddingChain("pvg", 4, [8, 8])
+        PositionEmbeddingChain(pvg, 4, [8, 8])
     with pytest.raises(ValueError, match="never decrease"):
-        PositionEmbeddingChain("pvg", 3, 8, stages=[0, 1, 0])
+        PositionEmbeddingChain(pvg, 3, 8, stages=[0, 1, 0])
+
+
+def test_entry_method_resolves_once_and_checks_depth() -> None:
+    method = resolve_method("mpvg")
+    assert entry_method(method, 4) is method  # a resolved method passes through untouched
+    assert entry_method("mpvg", 4) == method
     with pytest.raises(ValueError, match="allowed: 0..3"):
-        PositionEmbeddingChain({"base": "mpvg", "last_ln_pe": 4}, 4, 8)
+        entry_method({"base": "mpvg", "last_ln_pe": 4}, 4)
+    with pytest.raises(ValueError, match="unknown method"):
+        entry_method("mvpg", 4)
 
 
 def test_pe_block_without_pe_is_timm_block() -> None:

@@ -204,7 +204,7 @@ def _ratio_cell(value: Optional[float], minimum: Optional[float]) -> str:
         return "-"
     if minimum is None:
         return f"{value:.3f}"
-    return f"[{'green' if value >= minimum else 'red'}]{value:.3f}[/] (>= {minimum:g})"
+    return f"[green]{value:.3f} ok[/]" if value >= minimum else f"[red]{value:.3f} LOW[/]"
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -214,7 +214,7 @@ def print_report(report: dict[str, Any]) -> None:
     cuda = report["device"].startswith("cuda")
     table = Table(title=f"gpu_check on {report['device_name']} ({report['backend']}, bf16, batch {report['batch_size']})")
     for col in ("model", "method", "px", "train img/s", "x default", "x timm", "eval img/s", "x default",
-                "x timm", "peak MiB", "loss first->last"):
+                "x timm", "peak MiB", "loss first->last", "target"):
         table.add_column(col, justify="left" if col in ("model", "method") else "right")
     for row in report["results"]:
         method = row["method"]
@@ -226,15 +226,20 @@ def print_report(report: dict[str, Any]) -> None:
             mins = {"train": GPU_TARGETS["mpvg_train"], "eval": GPU_TARGETS["mpvg_eval"]}
         timm_min = GPU_TARGETS["deit_vs_timm"] if cuda and row["model"] == "deit_tiny" and method == "default" else None
         loss = f"{row['first_loss']:.3f}->{row['last_loss']:.3f}" if row["losses_finite"] else "[red]NOT FINITE[/]"
+        target = []
+        if mins["train"] is not None:
+            target.append(f"train >= {mins['train']:g}x, eval >= {mins['eval']:g}x default")
+        if timm_min is not None:
+            target.append(f">= {timm_min:g}x timm")
         table.add_row(
             row["model"], method, str(row["img_size"]),
             f"{row['train_img_s']:.1f}", _ratio_cell(row["train_vs_default"], mins["train"]),
             _ratio_cell(row["train_vs_timm"], timm_min),
             f"{row['eval_img_s']:.1f}", _ratio_cell(row["eval_vs_default"], mins["eval"]),
             _ratio_cell(row["eval_vs_timm"], timm_min),
-            f"{row['peak_mem_mb']:.0f}", loss,
+            f"{row['peak_mem_mb']:.0f}", loss, "; ".join(target) or "-",
         )
-    console = Console()
+    console = Console(width=200)  # the table is wide; never squeeze it into a pipe's 80 columns
     console.print(table)
     console.print(f"peak memory: {report['peak_mem_kind']}")
     missed = [t for t in report["targets"] if not t["ok"]]

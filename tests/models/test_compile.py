@@ -2,8 +2,9 @@
 
 ``torch._dynamo.explain`` (tracing only, no code generation) checks every model family x
 {default, gap, lape, pvg, mpvg} at the catalog's smoke size, in train mode (grad on) and eval
-mode (no grad, the in-place PE add), and the folded MPVG model. Three inductor training steps
-are compared with eager. Tracing is not cheap on the 2-core CI machine (measured under heavy
+mode (no grad, the in-place PE add), and the folded MPVG model. Three compiled training steps
+are compared with eager: ``aot_eager`` in the default run, inductor (CPU) under ``-m slow``
+(inductor compiles here; one micro-ViT combination took 300 s under load). Tracing is not cheap on the 2-core CI machine (measured under heavy
 load: 15-30 s per micro-ViT combination, 70-150 s per Swin one), so the default run covers the
 micro ViT (the same PE chain, PEBlock and fold code as DeiT / T2T / ViT-Lite) and ``-m slow``
 the full matrix.
@@ -100,9 +101,9 @@ def test_no_graph_breaks_every_family(name: str, method: str) -> None:
     _assert_no_graph_breaks(name, method)
 
 
-def _three_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, compiled: bool) -> list[float]:
+def _three_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, backend: str | None) -> list[float]:
     model.train()
-    step_model = torch.compile(model, backend="inductor") if compiled else model
+    step_model = torch.compile(model, backend=backend) if backend else model
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     losses = []
     for _ in range(3):
@@ -110,29 +111,31 @@ def _three_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, compiled: b
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
-def _compare_compiled_training(name: str, method: str) -> None:
+def _compare_compiled_training(name: str, method: str, backend: str) -> None:
     eager, x, y = _build(name, method)
     compiled = copy.deepcopy(eager)
-    want = _three_steps(eager, x, y, compiled=False)
-    got = _three_steps(compiled, x, y, compiled=True)
+    want = _three_steps(eager, x, y, backend=None)
+    got = _three_steps(compiled, x, y, backend=backend)
     assert all(torch.isfinite(torch.tensor(got)))
     assert want[0] != want[-1]  # the steps do train (a frozen model would compare trivially)
     torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=LOSS_RTOL, atol=LOSS_ATOL)
 
 
 @pytest.mark.parametrize(("name", "method"), REPRESENTATIVE)
-def test_inductor_training_matches_eager(name: str, method: str) -> None:
-    _compare_compiled_training(name, method)
+def test_aot_compiled_training_matches_eager(name: str, method: str) -> None:
+    # aot_eager: dynamo + AOTAutograd (functionalised forward and backward graphs, where in-place
+    # PE adds and the LN'' term would go wrong) without inductor's C++ code generation, which
+    # alone costs minutes on the 2-core CI machine (test below)
+    _compare_compiled_training(name, method, "aot_eager")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_inductor_training_matches_eager_full(name: str, method: str) -> None:
-    if (name, method) in REPRESENTATIVE:
-        pytest.skip("covered by the default run")
-    _compare_compiled_training(name, method)
+def test_inductor_training_matches_eager(name: str, method: str) -> None:
+    # measured: vit_micro / mpvg 300 s on the loaded 2-core machine (C++ compile of fwd + bwd)
+    _compare_compiled_training(name, method, "inductor")

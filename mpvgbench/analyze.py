@@ -210,11 +210,10 @@ def collect_activations(
 ) -> Activations:
     """Run ``model`` (eval mode) on ``images`` and average the hooked activations over the batch.
 
-    Hooks are registered on the model's own modules and removed afterwards; the PE cache is off
-    so every forward goes through the LN' modules (``pe_cache``). ``n_samples`` images keep their
-    per-image token norms (Fig. 7).
+    Hooks are registered on the model's own modules and removed afterwards. ``n_samples`` images
+    keep their per-image token norms (Fig. 7).
     """
-    from mpvgbench.models.pe import PositionEmbeddingChain, pe_cache
+    from mpvgbench.models.pe import PositionEmbeddingChain
 
     chain = getattr(model, "pe_chain", None)
     if not isinstance(chain, PositionEmbeddingChain):
@@ -261,10 +260,9 @@ def collect_activations(
     model.eval()
     n_batches = 0
     try:
-        with pe_cache(model, False):
-            for start in range(0, images.shape[0], batch_size):
-                model(images[start:start + batch_size].to(device))
-                n_batches += 1
+        for start in range(0, images.shape[0], batch_size):
+            model(images[start:start + batch_size].to(device))
+            n_batches += 1
     finally:
         for h in handles:
             h.remove()

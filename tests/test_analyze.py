@@ -28,7 +28,6 @@ from mpvgbench.analyze import (
 )
 from mpvgbench.cli import cli
 from mpvgbench.models import build_model
-from mpvgbench.models.pe import PositionEmbeddingChain
 
 SPEC = """\
 name: analyze-test
@@ -155,13 +154,11 @@ def test_methods_without_layerwise_pe_say_so(method: str) -> None:
     assert (stats["corr_pe_after"] is not None) == (method == "gap_lastln")
 
 
-def test_hooks_removed_and_cache_restored() -> None:
+def test_hooks_removed_and_mode_restored() -> None:
     model = _hand_built("mpvg").train()
     collect_activations(model, _images(4))
     assert model.training  # mode restored
     assert not any(m._forward_hooks for m in model.modules())
-    chain = next(m for m in model.modules() if isinstance(m, PositionEmbeddingChain))
-    assert chain.use_cache
 
 
 # -------------------------------------------------------------------- trained runs, the command

@@ -22,7 +22,6 @@ from mpvgbench.models.pe import (  # noqa: F401  (re-exported)
     PEOutputs,
     PositionEmbeddingChain,
     fold_last_ln_pe,
-    pe_cache,
 )
 
 for _module in dict.fromkeys(info.module for info in MODEL_TABLE.values()):
@@ -112,6 +111,5 @@ __all__ = [
     "list_models",
     "model_depth",
     "model_family",
-    "pe_cache",
     "timm_name",
 ]

@@ -26,24 +26,26 @@ the next LN'-block is in a later stage, ``pos_0`` for non-hierarchical chains, a
 source, which is brought to the final stage before ``LN''``. The chain is shape-agnostic: LN acts
 on the last dim, so a PE may be ``(1, N, C)`` or ``(1, H, W, C)``.
 
-Inference without overhead: the outputs depend only on weights, never on the input. In eval mode
-with grad disabled the chain caches them, keyed on each involved tensor's ``data_ptr`` and
-``_version`` (``pos0``, the chain's own parameters and ``key_tensors``, e.g. the PatchMerging
-weights a ``transform`` uses), so an optimizer step, ``load_state_dict`` or ``.to()`` invalidates
-it. The cache is skipped while any chain module has forward hooks (analysis hooks see every call),
-under ``torch.compile`` tracing, and when ``chain.use_cache`` is False (see :func:`pe_cache`).
+No eval-time cache. The outputs depend only on the weights, and an earlier version cached them
+in eval mode (keyed on tensor ``data_ptr`` / ``_version``), which saved ``depth`` LayerNorms on a
+``(1, N, C)`` tensor per forward at the price of special cases (analysis switched it off, every
+family tested it). Measured eval img/s with / without it (CPU, 1 thread, process CPU time,
+median of 5 interleaved pairs; the shared 2-core machine could not run 2-thread timings):
+ViT-Lite-7/4 batch 1: lape 0.999x, pvg 0.998x, mpvg 1.108x; batch 64: 1.023x, 1.021x, 0.949x;
+DeiT-Ti batch 1 (wall clock, overloaded machine): lape 1.16x, pvg 1.05x. Same-direction noise of
++-5-10% and no consistent gain over 2%, so it went: the chain recomputes, and under
+``torch.compile`` the LNs fuse into the graph anyway.
 :func:`fold_last_ln_pe` folds the Last-LN term into the head bias for deployment.
 
-Backbones subclass :class:`PEModelMixin` (``pe_chain``, ``pe_pos0()``, optional ``pe_transform()``
-and ``pe_key_tensors()``), which gives them ``pe_outputs()`` and makes them foldable.
+Backbones subclass :class:`PEModelMixin` (``pe_chain``, ``pe_pos0()``, optional ``pe_transform()``),
+which gives them ``pe_outputs()`` and makes them foldable.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple, Optional
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Optional
 
 import torch
 from timm.layers import LayerNorm
@@ -65,7 +67,6 @@ __all__ = [
     "add_last_ln_pe",
     "entry_method",
     "fold_last_ln_pe",
-    "pe_cache",
 ]
 
 
@@ -89,12 +90,6 @@ class PEOutputs(NamedTuple):
 
     blocks: tuple[Optional[Tensor], ...]
     last: Optional[Tensor]
-
-
-def _tensor_key(t: Tensor) -> tuple[Any, ...]:
-    # data_ptr + _version catch in-place updates (optimizer.step, load_state_dict's copy_) and
-    # moves; views (pos_embed[:, 1:]) share their base's version counter.
-    return (t.data_ptr(), t._version, t.shape, t.stride(), t.dtype, t.device)
 
 
 class PositionEmbeddingChain(nn.Module):
@@ -136,8 +131,6 @@ class PositionEmbeddingChain(nn.Module):
         if self.method.last_ln_pe is not None:
             self.last_norm_pe = norm_layer(last_dim if last_dim is not None else dims[-1])
         self.folded = False  # True once fold_last_ln_pe moved the LN'' term into the head bias
-        self.use_cache = True
-        self._cache: Optional[tuple[tuple[Any, ...], PEOutputs]] = None
 
     @property
     def is_identity(self) -> bool:
@@ -150,7 +143,7 @@ class PositionEmbeddingChain(nn.Module):
         return self.pe_norms[key] if key in self.pe_norms else None
 
     def compute(self, pos0: Tensor, transform: Optional[Transform] = None) -> PEOutputs:
-        """The PE outputs, uncached (what the forward hooks of the LN' modules see)."""
+        """The PE outputs (every call runs the LN' / LN'' modules, so their hooks see it)."""
         if self.is_identity:
             return PEOutputs((None,) * self.depth, None)
         hierarchical = self.method.hierarchical
@@ -187,40 +180,8 @@ class PositionEmbeddingChain(nn.Module):
             last = self.last_norm_pe(src)
         return PEOutputs(tuple(blocks), last)
 
-    def _cache_allowed(self) -> bool:
-        if not self.use_cache or self.training or torch.is_grad_enabled():
-            return False
-        if torch.compiler.is_compiling():
-            return False
-        # analysis hooks on LN'/LN'' must see every call
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
-
-    def forward(
-        self,
-        pos0: Tensor,
-        transform: Optional[Transform] = None,
-        key_tensors: Sequence[Tensor] = (),
-    ) -> PEOutputs:
-        """The PE outputs; cached in eval mode without grad (``key_tensors``: what ``transform`` reads)."""
-        if self.is_identity:
-            return PEOutputs((None,) * self.depth, None)
-        if not self._cache_allowed():
-            return self.compute(pos0, transform)
-        key = (
-            _tensor_key(pos0),
-            tuple(_tensor_key(p) for p in self.parameters()),
-            tuple(_tensor_key(t) for t in key_tensors),
-            torch.is_autocast_enabled(pos0.device.type),
-            torch.get_autocast_dtype(pos0.device.type),
-        )
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
-        out = self.compute(pos0, transform)
-        self._cache = (key, out)
-        return out
-
-    def clear_cache(self) -> None:
-        self._cache = None
+    def forward(self, pos0: Tensor, transform: Optional[Transform] = None) -> PEOutputs:
+        return self.compute(pos0, transform)
 
     def no_weight_decay_names(self, prefix: str = "") -> set[str]:
         """Full names (with ``prefix``, e.g. ``"pe_chain."``) of every LN' / LN'' parameter."""
@@ -228,12 +189,6 @@ class PositionEmbeddingChain(nn.Module):
 
     def extra_repr(self) -> str:
         return f"method={self.method.label}, pe_blocks={self.pe_blocks}, folded={self.folded}"
-
-    def __getstate__(self) -> dict[str, Any]:
-        # never pickle / deepcopy cached tensors
-        state = self.__dict__.copy()
-        state["_cache"] = None
-        return state
 
 
 class PEBlock(Block):
@@ -264,10 +219,10 @@ def add_last_ln_pe(x: Tensor, pe: PEOutputs) -> Tensor:
 
 
 class PEModelMixin:
-    """What a backbone implements so the chain, the cache and :func:`fold_last_ln_pe` work.
+    """What a backbone implements so the chain and :func:`fold_last_ln_pe` work.
 
     Subclasses set ``self.pe_method`` and ``self.pe_chain`` and implement :meth:`pe_pos0`.
-    Multi-stage backbones also override :meth:`pe_transform` and :meth:`pe_key_tensors`.
+    Multi-stage backbones also override :meth:`pe_transform`.
     Their classifier must be ``get_classifier()`` (timm) returning an ``nn.Linear``.
     """
 
@@ -275,37 +230,17 @@ class PEModelMixin:
     pe_chain: PositionEmbeddingChain
 
     def pe_pos0(self) -> Tensor:
-        """The raw PE ``pos_0`` (a parameter or a view of one, so the cache key is sound)."""
+        """The raw PE ``pos_0`` (a parameter or a view of one)."""
         raise NotImplementedError
 
     def pe_transform(self) -> Optional[Transform]:
         return None
 
-    def pe_key_tensors(self) -> Sequence[Tensor]:
-        """Tensors ``pe_transform`` reads (their updates must invalidate the cache)."""
-        return ()
-
     def pe_outputs(self) -> PEOutputs:
-        return self.pe_chain(self.pe_pos0(), self.pe_transform(), self.pe_key_tensors())
+        return self.pe_chain(self.pe_pos0(), self.pe_transform())
 
     def pe_no_weight_decay(self) -> set[str]:
         return self.pe_chain.no_weight_decay_names("pe_chain.")
-
-
-@contextlib.contextmanager
-def pe_cache(model: nn.Module, enabled: bool) -> Iterator[None]:
-    """Temporarily enable/disable the PE cache of every chain in ``model``."""
-    chains = [m for m in model.modules() if isinstance(m, PositionEmbeddingChain)]
-    before = [c.use_cache for c in chains]
-    for c in chains:
-        c.use_cache = enabled
-        c.clear_cache()
-    try:
-        yield
-    finally:
-        for c, b in zip(chains, before):
-            c.use_cache = b
-            c.clear_cache()
 
 
 @torch.no_grad()
@@ -320,8 +255,6 @@ def fold_last_ln_pe(model: nn.Module, inplace: bool = False) -> nn.Module:
     """
     if not isinstance(model, PEModelMixin):
         raise ValueError(f"{type(model).__name__} is not a PE model (no PEModelMixin)")
-    for chain in (m for m in model.modules() if isinstance(m, PositionEmbeddingChain)):
-        chain.clear_cache()
     folded = model if inplace else copy.deepcopy(model)
     assert isinstance(folded, PEModelMixin)
     chain = folded.pe_chain
@@ -340,5 +273,4 @@ def fold_last_ln_pe(model: nn.Module, inplace: bool = False) -> nn.Module:
         head.bias.add_(shift)
     chain.last_norm_pe = None
     chain.folded = True
-    chain.clear_cache()
     return folded

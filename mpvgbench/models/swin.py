@@ -26,7 +26,6 @@ relative position bias, which every method keeps. How the method's knobs map ont
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import torch
@@ -144,7 +143,6 @@ class MPVGSwinTransformer(PEModelMixin, SwinTransformer):
 
     # --- PE plumbing (pe.py) -------------------------------------------------------------
     def pe_pos0(self) -> Tensor:
-        # a view of the parameter, so the chain's cache key (data_ptr, _version) stays sound
         return self.absolute_pos_embed.view(1, *self._ape_grid, -1)
 
     def pe_transform(self) -> Optional[Transform]:
@@ -152,9 +150,6 @@ class MPVGSwinTransformer(PEModelMixin, SwinTransformer):
 
     def _merge_pe(self, pe: Tensor, stage: int) -> Tensor:
         return self.layers[stage].downsample(pe)  # the same PatchMerging as the tokens
-
-    def pe_key_tensors(self) -> Sequence[Tensor]:
-        return [p for stage in self.layers for p in stage.downsample.parameters()]
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

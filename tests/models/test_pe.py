@@ -1,4 +1,4 @@
-"""The PE chain: chaining rules, multi-stage transforms, cache, fold."""
+"""The PE chain: chaining rules, multi-stage transforms, entry-point parsing, fold."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from mpvgbench.methods import resolve_method
-from mpvgbench.models.pe import PEBlock, PositionEmbeddingChain, entry_method, fold_last_ln_pe, pe_cache
+from mpvgbench.models.pe import PEBlock, PositionEmbeddingChain, entry_method, fold_last_ln_pe
 
 from .conftest import build_small, randomize_pe_norms, small_input
 
@@ -145,62 +145,7 @@ def test_pe_block_without_pe_is_timm_block() -> None:
     torch.testing.assert_close(seen[0], ours.norm1(x) + pe)
 
 
-# ---- cache -------------------------------------------------------------------------------
-
-def _count_computes(model: nn.Module) -> list[int]:
-    chain = model.pe_chain
-    calls = [0]
-    original = chain.compute
-
-    def counting(*a: Any, **k: Any) -> Any:
-        calls[0] += 1
-        return original(*a, **k)
-
-    chain.compute = counting  # type: ignore[method-assign]
-    return calls
-
-
-def test_cache_computes_once_per_weight_version() -> None:
-    model = build_small("deit_tiny", "mpvg").eval()
-    x = small_input("deit_tiny")
-    calls = _count_computes(model)
-    with torch.no_grad():
-        y1, y2 = model(x), model(x)
-    assert calls[0] == 1
-    torch.testing.assert_close(y1, y2)
-    model(x)  # grad enabled: never cached
-    assert calls[0] == 2
-    with torch.no_grad(), pe_cache(model, enabled=False):
-        model(x)
-        model(x)
-    assert calls[0] == 4
-
-
-def test_cache_invalidated_by_optimizer_step_and_load_state_dict() -> None:
-    model = build_small("deit_tiny", "mpvg")
-    x = small_input("deit_tiny")
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    model.eval()
-    with torch.no_grad():
-        before = model(x)
-    model.train()
-    model(x).square().mean().backward()
-    opt.step()
-    model.eval()
-    with torch.no_grad():
-        cached_path = model(x)
-        with pe_cache(model, enabled=False):
-            fresh = model(x)
-    assert not torch.allclose(before, cached_path)
-    torch.testing.assert_close(cached_path, fresh, rtol=0, atol=0)
-    # load_state_dict copies in place: the cache must follow
-    other = build_small("deit_tiny", "mpvg", seed=7).eval()
-    with torch.no_grad():
-        model.load_state_dict(other.state_dict())
-        torch.testing.assert_close(model(x), other(x))
-
-
-def test_hooks_on_pe_norms_bypass_the_cache() -> None:
+def test_hooks_on_pe_norms_see_every_eval_forward() -> None:
     model = build_small("deit_tiny", "pvg").eval()
     seen: list[int] = []
     model.pe_chain.pe_norms["3"].register_forward_hook(lambda m, i, o: seen.append(1))

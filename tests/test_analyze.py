@@ -266,3 +266,15 @@ def test_command_errors_are_one_line(trained: dict[str, Any], tmp_path: Path) ->
     assert result.exit_code == 2 and "not finished" in result.output
     result = _invoke(str(trained["spec"]), "--db", pending_db)
     assert result.exit_code == 2 and "no finished runs" in result.output
+
+
+def test_plots_do_not_import_analyze_back() -> None:
+    # analyze calls the plots with plain arrays; the plots module must not need analyze (no cycle)
+    import subprocess
+    import sys
+
+    code = "import sys, mpvgbench.analyze_plots; print('mpvgbench.analyze' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    src = (Path(__file__).parents[1] / "mpvgbench" / "analyze_plots.py").read_text()
+    assert "mpvgbench.analyze " not in src and "from mpvgbench.analyze import" not in src

@@ -27,14 +27,16 @@ source, which is brought to the final stage before ``LN''``. The chain is shape-
 on the last dim, so a PE may be ``(1, N, C)`` or ``(1, H, W, C)``.
 
 No eval-time cache. The outputs depend only on the weights, and an earlier version cached them
-in eval mode (keyed on tensor ``data_ptr`` / ``_version``), which saved ``depth`` LayerNorms on a
+in eval mode (keyed on tensor ``data_ptr`` / ``_version``), saving ``depth`` LayerNorms on a
 ``(1, N, C)`` tensor per forward at the price of special cases (analysis switched it off, every
-family tested it). Measured eval img/s with / without it (CPU, 1 thread, process CPU time,
-median of 5 interleaved pairs; the shared 2-core machine could not run 2-thread timings):
-ViT-Lite-7/4 batch 1: lape 0.999x, pvg 0.998x, mpvg 1.108x; batch 64: 1.023x, 1.021x, 0.949x;
-DeiT-Ti batch 1 (wall clock, overloaded machine): lape 1.16x, pvg 1.05x. Same-direction noise of
-+-5-10% and no consistent gain over 2%, so it went: the chain recomputes, and under
-``torch.compile`` the LNs fuse into the graph anyway.
+family tested it). Measured eval throughput with / without it, paired medians of 5 interleaved
+repetitions (CPU, 1 thread, process CPU time: the shared 2-core machine was too loaded for
+2-thread timings) for lape / pvg / mpvg: ViT-Lite-7/4 (32 px) batch 1: 0.999x / 0.998x / 1.108x,
+batch 64: 1.023x / 1.021x / 0.949x; DeiT-Ti (224 px) batch 1: 0.986x / 1.130x / 0.915x,
+batch 64 (lape only, stopped for time): 1.065x. No
+consistent gain above the +-5-10% noise (the LNs are well under 1% of a forward's work), so it
+went: the chain recomputes, and under ``torch.compile`` the LNs are part of the graph anyway.
+
 :func:`fold_last_ln_pe` folds the Last-LN term into the head bias for deployment.
 
 Backbones subclass :class:`PEModelMixin` (``pe_chain``, ``pe_pos0()``, optional ``pe_transform()``),

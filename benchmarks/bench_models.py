@@ -1,6 +1,6 @@
 """Throughput of the PE methods against the default and against timm's own DeiT-Ti.
 
-Eval (no grad, the PE cache active) and train step (forward, cross-entropy, backward, AdamW step)
+Eval (no grad) and train step (forward, cross-entropy, backward, AdamW step)
 in images/s for default / lape / pvg / mpvg on DeiT-Ti and ViT-Lite-7/4, plus timm's
 ``deit_tiny_patch16_224`` built in the same process. Every configuration is warmed up, then the
 repetitions are interleaved (rep 1 of every model, rep 2 of every model, ...) so drift in machine

@@ -134,6 +134,24 @@ class Activations:
     def has_layerwise_pe(self) -> bool:
         return any(p is not None for p in self.pe)
 
+    def figure_arrays(self) -> dict[str, Any]:
+        """Plain numpy arrays for :mod:`mpvgbench.analyze_plots` (its docstring lists the keys)."""
+        return {
+            "block_norm": [t.numpy() for t in self.block_norm],
+            "pe": [p.numpy() if p is not None else None for p in self.pe],
+            "last_in": self.last_in.numpy(),
+            "last_out": self.last_out.numpy(),
+            "last_pe": self.last_pe.numpy() if self.last_pe is not None else None,
+            "gamma": self.gamma.numpy(),
+            "beta": self.beta.numpy(),
+            "num_prefix_tokens": self.num_prefix_tokens,
+            "class_token": self.method.has_class_token,
+            "grid": self.grid,
+            "sample_images": self.sample_images.numpy(),
+            "sample_norms_in": self.sample_norms_in.numpy(),
+            "sample_norms_out": self.sample_norms_out.numpy(),
+        }
+
     def patch_rows(self, t: Tensor) -> Tensor:
         """Drop the prefix (class) token rows of a token tensor (a PE without them is returned as is)."""
         n_patch = self.grid[0] * self.grid[1]
@@ -192,11 +210,10 @@ def collect_activations(
 ) -> Activations:
     """Run ``model`` (eval mode) on ``images`` and average the hooked activations over the batch.
 
-    Hooks are registered on the model's own modules and removed afterwards; the PE cache is off
-    so every forward goes through the LN' modules (``pe_cache``). ``n_samples`` images keep their
-    per-image token norms (Fig. 7).
+    Hooks are registered on the model's own modules and removed afterwards. ``n_samples`` images
+    keep their per-image token norms (Fig. 7).
     """
-    from mpvgbench.models.pe import PositionEmbeddingChain, pe_cache
+    from mpvgbench.models.pe import PositionEmbeddingChain
 
     chain = getattr(model, "pe_chain", None)
     if not isinstance(chain, PositionEmbeddingChain):
@@ -243,10 +260,9 @@ def collect_activations(
     model.eval()
     n_batches = 0
     try:
-        with pe_cache(model, False):
-            for start in range(0, images.shape[0], batch_size):
-                model(images[start:start + batch_size].to(device))
-                n_batches += 1
+        for start in range(0, images.shape[0], batch_size):
+            model(images[start:start + batch_size].to(device))
+            n_batches += 1
     finally:
         for h in handles:
             h.remove()
@@ -351,8 +367,8 @@ def load_model(run_dir: Path | str, *, weights: str = "model", device: str = "cp
     ``weights``: ``"model"`` (the weights whose top-1 is the run's result) or ``"ema"`` (the
     trainer's EMA copy; only when the recipe had ``ema: true``).
     """
-    # the trainer's own factory, so the analysed model is built exactly as it was trained
-    from mpvgbench.trainer import _default_model_factory
+    # the trainer's own builder, so the analysed model is built exactly as it was trained
+    from mpvgbench.models import build_model_for_config
 
     if weights not in ("model", "ema"):
         raise ValueError(f"weights must be 'model' or 'ema', got {weights!r}")
@@ -366,7 +382,7 @@ def load_model(run_dir: Path | str, *, weights: str = "model", device: str = "cp
         state = _ema_state(ckpt)
         if state is None:
             raise RunDirError(f"run {rd.path.name}: its checkpoint has no EMA weights (recipe ema: false); use --weights model")
-    model = _default_model_factory(config)
+    model = build_model_for_config(config)
     model.load_state_dict(state)
     return model.to(device).eval(), config, weights
 
@@ -437,7 +453,7 @@ def analyze_run(
     if out_dir is not None:
         from mpvgbench.analyze_plots import write_run_figures
 
-        analysis["figures"] = write_run_figures(acts, analysis, Path(out_dir).absolute() / rd.path.name)
+        analysis["figures"] = write_run_figures(acts.figure_arrays(), analysis, Path(out_dir).absolute() / rd.path.name)
     return analysis
 
 

@@ -1,6 +1,21 @@
 """Figures of ``mpvgbench analyze`` (matplotlib, Agg backend: no display needed).
 
-One function per figure; each takes what :mod:`mpvgbench.analyze` computed and writes one PNG:
+One function per figure; each takes plain numbers and writes one PNG. This module never imports
+:mod:`mpvgbench.analyze` (which calls it): a run's figures take ``arrays``, the dict of numpy
+arrays ``Activations.figure_arrays()`` returns, and ``analysis``, the JSON-able dict of
+``analyze_run``. Keys of ``arrays``:
+
+``block_norm``        list over blocks of ``(tokens, channels)``: batch-averaged ``norm1_l(x_l)``.
+``pe``                list over blocks of ``(pe rows, channels)`` or ``None`` (block gets no PE).
+``last_in``           ``(tokens, channels)``: input of the Last LN.
+``last_out``          what reaches the pooling (Last LN output, plus LN'' term for MPVG).
+``last_pe``           ``LN''(pos_k)`` or ``None``.
+``gamma``, ``beta``   the Last LN's weight and bias, ``(channels,)``.
+``num_prefix_tokens`` class-token rows leading every token array; ``class_token``: the method's pool.
+``grid``              ``(h, w)`` patch grid; ``sample_images`` ``(K, C, H, W)``;
+``sample_norms_in``   / ``sample_norms_out``: ``(K, h * w)`` per-image token L2 norms.
+
+Figures:
 
 ``correlation.png``   Fig. 4: per-layer Pearson r of token embedding and PE, one curve per run.
 ``heatmaps.png``      Fig. 2: batch-averaged token embedding (norm1 output) and delivered PE per layer.
@@ -13,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import matplotlib
 
@@ -23,11 +38,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-
-if TYPE_CHECKING:
-    from torch import Tensor
-
-    from mpvgbench.analyze import Activations
 
 __all__ = ["plot_correlation", "plot_heatmaps", "plot_last_ln", "plot_token_norms", "write_run_figures"]
 
@@ -44,8 +54,8 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _token_label(acts: Activations) -> str:
-    return "token (row 0: class token)" if acts.num_prefix_tokens else "token"
+def _token_label(arrays: dict[str, Any]) -> str:
+    return "token (row 0: class token)" if arrays["num_prefix_tokens"] else "token"
 
 
 def _fmt_g(value: Optional[float]) -> str:
@@ -122,15 +132,15 @@ def plot_correlation(analyses: Sequence[dict[str, Any]], path: Path | str) -> Pa
 # -------------------------------------------------------------------------------- Fig. 2
 
 
-def plot_heatmaps(acts: Activations, analysis: dict[str, Any], path: Path | str) -> Path:
+def plot_heatmaps(arrays: dict[str, Any], analysis: dict[str, Any], path: Path | str) -> Path:
     """Per layer: batch-averaged ``norm1_l(x)`` (top of each band) and ``LN'_l`` PE (bottom)."""
-    depth = acts.depth
-    with_pe = acts.has_layerwise_pe
+    tokens: list[np.ndarray] = list(arrays["block_norm"])
+    pes: list[Optional[np.ndarray]] = list(arrays["pe"])
+    depth = len(tokens)
+    with_pe = any(p is not None for p in pes)
     rows_per_band = 2 if with_pe else 1
     bands = math.ceil(depth / MAX_COLS)
     cols = math.ceil(depth / bands)  # balanced bands: 7 layers -> 4 + 3, not 6 + 1
-    tokens = [t.numpy() for t in acts.block_norm]
-    pes = [p.numpy() if p is not None else None for p in acts.pe]
     t_limit = _robust_limit(tokens)
     p_limit = _robust_limit([p for p in pes if p is not None]) if with_pe else 1.0
     fig, axes = plt.subplots(
@@ -150,7 +160,7 @@ def plot_heatmaps(acts: Activations, analysis: dict[str, Any], path: Path | str)
             continue
         last_row = band == bands - 1
         t_image = _heatmap(ax_t, tokens[layer], t_limit, f"layer {layer}: tokens",
-                           ylabel=col == 0 and _token_label(acts), xlabel=last_row and not with_pe)
+                           ylabel=col == 0 and _token_label(arrays), xlabel=last_row and not with_pe)
         if ax_p is not None:
             pe = pes[layer]
             if pe is None:
@@ -158,10 +168,10 @@ def plot_heatmaps(acts: Activations, analysis: dict[str, Any], path: Path | str)
                 ax_p.set_xticks([])
                 ax_p.set_yticks([])
                 if col == 0:
-                    ax_p.set_ylabel(_token_label(acts))
+                    ax_p.set_ylabel(_token_label(arrays))
             else:
                 p_image = _heatmap(ax_p, pe, p_limit, f"layer {layer}: PE  r={_fmt(corr[layer], 2)}",
-                                   ylabel=col == 0 and _token_label(acts), xlabel=last_row)
+                                   ylabel=col == 0 and _token_label(arrays), xlabel=last_row)
     # one colorbar per row (rows of a kind share their scale); a colorbar spanning interleaved
     # rows of several bands would overlap the other kind's
     for row in range(bands * rows_per_band):
@@ -178,28 +188,29 @@ def plot_heatmaps(acts: Activations, analysis: dict[str, Any], path: Path | str)
 # ----------------------------------------------------------------------------- Figs. 6 / 8
 
 
-def plot_last_ln(acts: Activations, analysis: dict[str, Any], path: Path | str) -> Path:
+def plot_last_ln(arrays: dict[str, Any], analysis: dict[str, Any], path: Path | str) -> Path:
     """Tokens before/after the Last LN (+ LN'' term), gamma and beta of the Last LN."""
     stats = analysis["last_ln"]
+    last_pe: Optional[np.ndarray] = arrays["last_pe"]
     panels: list[tuple[str, np.ndarray]] = [
-        ("before Last LN", acts.last_in.numpy()),
-        ("after Last LN" + (" + LN''(PE)" if acts.last_pe is not None else ""), acts.last_out.numpy()),
+        ("before Last LN", arrays["last_in"]),
+        ("after Last LN" + (" + LN''(PE)" if last_pe is not None else ""), arrays["last_out"]),
     ]
-    if acts.last_pe is not None:
+    if last_pe is not None:
         panels.append((f"LN''(PE)  r(before)={_fmt(stats.get('corr_pe_before'), 2)}, "
-                       f"r(LN out)={_fmt(stats.get('corr_pe_after'), 2)}", acts.last_pe.numpy()))
+                       f"r(LN out)={_fmt(stats.get('corr_pe_after'), 2)}", last_pe))
     fig = plt.figure(figsize=(4.0 * len(panels) + 1.0, 7.0), constrained_layout=True)
     grid = fig.add_gridspec(2, len(panels), height_ratios=[3, 2])
     for i, (name, data) in enumerate(panels):
         ax = fig.add_subplot(grid[0, i])
         # separate scales: the input of the Last LN can be orders of magnitude larger
-        image = _heatmap(ax, data, _robust_limit([data]), name, ylabel=i == 0 and _token_label(acts), xlabel=True)
+        image = _heatmap(ax, data, _robust_limit([data]), name, ylabel=i == 0 and _token_label(arrays), xlabel=True)
         fig.colorbar(image, ax=ax, shrink=0.8)
-    channels = np.arange(acts.gamma.numel())
+    channels = np.arange(len(arrays["gamma"]))
     bottom = grid[1, :].subgridspec(1, 2)
     for i, (name, values, var, init) in enumerate((
-        ("gamma (weight)", acts.gamma.numpy(), stats.get("gamma_var"), 1.0),
-        ("beta (bias)", acts.beta.numpy(), stats.get("beta_var"), 0.0),
+        ("gamma (weight)", arrays["gamma"], stats.get("gamma_var"), 1.0),
+        ("beta (bias)", arrays["beta"], stats.get("beta_var"), 0.0),
     )):
         ax = fig.add_subplot(bottom[0, i])
         # a step line, not bars from 0: gamma sits near 1 and its spread is what matters
@@ -210,7 +221,7 @@ def plot_last_ln(acts: Activations, analysis: dict[str, Any], path: Path | str) 
         ax.set_xlabel("channel")
         ax.set_ylabel(name.split()[0])
         ax.tick_params(labelsize=7)
-    what = "class token" if acts.method.has_class_token and acts.num_prefix_tokens else "patch-token average"
+    what = "class token" if arrays["class_token"] and arrays["num_prefix_tokens"] else "patch-token average"
     fig.suptitle(f"{_title(analysis)}: Last LN (cf. Figs. 6, 8)\n"
                  f"cosine similarity before vs after the Last LN ({what}) = {_fmt(stats.get('cosine'), 4)}",
                  fontsize=10)
@@ -220,27 +231,26 @@ def plot_last_ln(acts: Activations, analysis: dict[str, Any], path: Path | str) 
 # -------------------------------------------------------------------------------- Fig. 7
 
 
-def _display_image(image: Tensor) -> tuple[np.ndarray, Optional[str]]:
+def _display_image(array: np.ndarray) -> tuple[np.ndarray, Optional[str]]:
     # inputs are normalised; min-max per image is enough to recognise the content
-    array = image.numpy()
     array = (array - array.min()) / max(float(array.max() - array.min()), 1e-12)
     if array.shape[0] == 1 or np.allclose(array, array[:1]):
         return array[0], "gray"
     return np.transpose(array[:3], (1, 2, 0)), None
 
 
-def plot_token_norms(acts: Activations, analysis: dict[str, Any], path: Path | str) -> Path:
+def plot_token_norms(arrays: dict[str, Any], analysis: dict[str, Any], path: Path | str) -> Path:
     """Rows: input image, token L2 norm before the Last LN, after it (per image, patch grid)."""
-    k = acts.sample_norms_in.shape[0]
+    k = arrays["sample_norms_in"].shape[0]
     fig, axes = plt.subplots(3, k, figsize=(2.6 * k + 0.8, 7.6), squeeze=False, constrained_layout=True)
-    h, w = acts.grid
+    h, w = arrays["grid"]
     row_names = ["image", "||token|| before Last LN", "||token|| after Last LN"]
     for j in range(k):
-        data, cmap = _display_image(acts.sample_images[j])
+        data, cmap = _display_image(arrays["sample_images"][j])
         axes[0, j].imshow(data, cmap=cmap, interpolation="nearest")
         axes[0, j].set_title(f"validation image {j}", fontsize=9)
-        for r, norms in ((1, acts.sample_norms_in[j]), (2, acts.sample_norms_out[j])):
-            image = axes[r, j].imshow(norms.reshape(h, w).numpy(), cmap="viridis", interpolation="nearest")
+        for r, norms in ((1, arrays["sample_norms_in"][j]), (2, arrays["sample_norms_out"][j])):
+            image = axes[r, j].imshow(norms.reshape(h, w), cmap="viridis", interpolation="nearest")
             fig.colorbar(image, ax=axes[r, j], shrink=0.8)
         for r in range(3):
             axes[r, j].set_xticks([])
@@ -251,11 +261,11 @@ def plot_token_norms(acts: Activations, analysis: dict[str, Any], path: Path | s
     return _save(fig, Path(path))
 
 
-def write_run_figures(acts: Activations, analysis: dict[str, Any], out_dir: Path) -> dict[str, str]:
+def write_run_figures(arrays: dict[str, Any], analysis: dict[str, Any], out_dir: Path) -> dict[str, str]:
     """All per-run figures into ``out_dir``; returns ``{figure name: path}``."""
     paths = {
-        "heatmaps": plot_heatmaps(acts, analysis, out_dir / "heatmaps.png"),
-        "last_ln": plot_last_ln(acts, analysis, out_dir / "last_ln.png"),
-        "token_norms": plot_token_norms(acts, analysis, out_dir / "token_norms.png"),
+        "heatmaps": plot_heatmaps(arrays, analysis, out_dir / "heatmaps.png"),
+        "last_ln": plot_last_ln(arrays, analysis, out_dir / "last_ln.png"),
+        "token_norms": plot_token_norms(arrays, analysis, out_dir / "token_norms.png"),
     }
     return {name: str(p) for name, p in paths.items()}

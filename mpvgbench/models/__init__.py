@@ -22,7 +22,6 @@ from mpvgbench.models.pe import (  # noqa: F401  (re-exported)
     PEOutputs,
     PositionEmbeddingChain,
     fold_last_ln_pe,
-    pe_cache,
 )
 
 for _module in dict.fromkeys(info.module for info in MODEL_TABLE.values()):
@@ -63,18 +62,39 @@ def build_model(
     """Build ``name`` (a short name) with position-embedding ``method``; never pretrained.
 
     ``kw`` goes to the model constructor (e.g. ``drop_path_rate``, ``in_chans``).
-    Raises ``ValueError`` for an unknown name or a method the model cannot hold.
+    Raises ``ValueError`` for an unknown name or a method the model cannot hold. ``method`` is
+    resolved and checked against the depth once, by the registered timm entry point
+    (:func:`~mpvgbench.models.pe.entry_method`); a ``PEMethod`` passes through as is.
     """
     info = model_info(name)
-    pe_method = resolve_method(method)
-    pe_method.validate_for_depth(info.depth)
     return timm.create_model(
         info.timm_name,
         pretrained=False,
-        pe_method=pe_method,
+        pe_method=method,
         num_classes=num_classes,
         img_size=img_size if img_size is not None else info.default_img_size,
         **kw,
+    )
+
+
+def build_model_for_config(config: Any, **kwargs: Any) -> nn.Module:
+    """The model a ``TrainConfig`` trains: ``config.model`` with ``config.method``, its classes,
+    image size and the channels of its dataset's images (1 for the digits).
+
+    ``config.method`` may be a :class:`~mpvgbench.methods.PEMethod` or a knob mapping (today's
+    ``TrainConfig``); ``kwargs`` go to the constructor (``drop_rate``, ``drop_path_rate``, ...).
+    """
+    # lazy: keeps `import mpvgbench.models` (timm registration) free of the data/config layer
+    from mpvgbench.data import DATASETS, input_channels
+
+    if config.dataset in DATASETS:  # digits are 1-channel; the model must match the data
+        kwargs.setdefault("in_chans", input_channels(config))  # synthetic: the model's own
+    return build_model(
+        config.model,
+        resolve_method(config.method),
+        num_classes=config.num_classes,
+        img_size=config.img_size,
+        **kwargs,
     )
 
 
@@ -85,11 +105,11 @@ __all__ = [
     "PEOutputs",
     "PositionEmbeddingChain",
     "build_model",
+    "build_model_for_config",
     "default_img_size",
     "fold_last_ln_pe",
     "list_models",
     "model_depth",
     "model_family",
-    "pe_cache",
     "timm_name",
 ]

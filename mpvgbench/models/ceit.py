@@ -41,9 +41,18 @@ from timm.models.vision_transformer import Attention
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mpvgbench.methods import MethodLike, resolve_method
+from mpvgbench.methods import MethodLike, PEMethod
 from mpvgbench.models._cfg import model_cfg
-from mpvgbench.models.pe import PEBlock, PEModelMixin, PEOutputs, PositionEmbeddingChain, Transform, add_last_ln_pe
+from mpvgbench.models.pe import (
+    DEFAULT_METHOD,
+    PEBlock,
+    PEModelMixin,
+    PEOutputs,
+    PositionEmbeddingChain,
+    Transform,
+    add_last_ln_pe,
+    entry_method,
+)
 
 __all__ = ["Image2Tokens", "LCABlock", "LeFF", "MPVGCeiT", "PatchRowsChain"]
 
@@ -166,7 +175,7 @@ class MPVGCeiT(PEModelMixin, nn.Module):
 
     def __init__(
         self,
-        pe_method: MethodLike = "default",
+        pe_method: PEMethod = DEFAULT_METHOD,
         img_size: int | tuple[int, int] = 224,
         patch_size: int = 4,
         in_chans: int = 3,
@@ -186,8 +195,7 @@ class MPVGCeiT(PEModelMixin, nn.Module):
         norm_layer: Optional[Any] = None,
     ) -> None:
         super().__init__()
-        method = resolve_method(pe_method)
-        method.validate_for_depth(depth)
+        method = pe_method
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         self.pe_method = method
         self.num_classes = num_classes
@@ -310,6 +318,7 @@ def mpvg_ceit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> MPVGC
     if pretrained:
         raise ValueError("mpvg_ceit_tiny_patch16_224 has no pretrained weights")
     args: dict[str, Any] = {"embed_dim": 192, "depth": 12, "num_heads": 3, "mlp_ratio": 4.0, **kwargs}
+    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), args["depth"])
     return build_model_with_cfg(
         MPVGCeiT, "mpvg_ceit_tiny_patch16_224", pretrained=False,
         feature_cfg=dict(out_indices=3, feature_cls="getter"), **args,

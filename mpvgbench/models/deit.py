@@ -18,15 +18,23 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from mpvgbench.methods import MethodLike, resolve_method
+from mpvgbench.methods import PEMethod
 from mpvgbench.models._cfg import model_cfg
-from mpvgbench.models.pe import PEBlock, PEModelMixin, PositionEmbeddingChain, add_last_ln_pe
+from mpvgbench.models.pe import (
+    DEFAULT_METHOD,
+    PEBlock,
+    PEModelMixin,
+    PositionEmbeddingChain,
+    add_last_ln_pe,
+    entry_method,
+)
 
 __all__ = ["MPVGVisionTransformer"]
 
 
 class MPVGVisionTransformer(PEModelMixin, VisionTransformer):
-    """timm ``VisionTransformer`` whose PE follows ``pe_method`` (a preset, knob dict or PEMethod).
+    """timm ``VisionTransformer`` whose PE follows ``pe_method`` (a resolved PEMethod, already
+    checked against ``depth`` by the registered entry point).
 
     ``class_token``, ``global_pool``, ``fc_norm`` and ``block_fn`` are set by the method and may
     not be passed. Everything else is timm's (LN eps 1e-6, qkv bias, trunc-normal init).
@@ -34,10 +42,9 @@ class MPVGVisionTransformer(PEModelMixin, VisionTransformer):
 
     block_fn: type[PEBlock] = PEBlock  # subclasses swap the block (ViT-Lite: CCT ordering)
 
-    def __init__(self, pe_method: MethodLike = "default", **kwargs: Any) -> None:
-        method = resolve_method(pe_method)
+    def __init__(self, pe_method: PEMethod = DEFAULT_METHOD, **kwargs: Any) -> None:
+        method = pe_method
         depth = int(kwargs.get("depth", 12))
-        method.validate_for_depth(depth)
         fixed = {"class_token", "global_pool", "fc_norm", "block_fn", "no_embed_class", "reg_tokens"}
         clash = sorted(fixed & set(kwargs))
         if clash:
@@ -116,6 +123,7 @@ default_cfgs = generate_default_cfgs({
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> MPVGVisionTransformer:
     if pretrained:
         raise ValueError(f"{variant} has no pretrained weights")
+    kwargs["pe_method"] = entry_method(kwargs.get("pe_method", DEFAULT_METHOD), kwargs["depth"])
     return build_model_with_cfg(
         MPVGVisionTransformer,
         variant,

@@ -12,6 +12,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from mpvgbench.models._cfg import model_cfg
 from mpvgbench.models.deit import MPVGVisionTransformer
+from mpvgbench.models.pe import DEFAULT_METHOD, entry_method
 
 __all__ = ["mpvg_vit_micro_patch2_8"]
 
@@ -39,4 +40,5 @@ def mpvg_vit_micro_patch2_8(pretrained: bool = False, **kwargs: Any) -> MPVGVisi
         "mlp_ratio": 2.0,
         **kwargs,
     }
+    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), args["depth"])
     return build_model_with_cfg(MPVGVisionTransformer, "mpvg_vit_micro_patch2_8", pretrained=False, **args)

@@ -26,45 +26,65 @@ the next LN'-block is in a later stage, ``pos_0`` for non-hierarchical chains, a
 source, which is brought to the final stage before ``LN''``. The chain is shape-agnostic: LN acts
 on the last dim, so a PE may be ``(1, N, C)`` or ``(1, H, W, C)``.
 
-Inference without overhead: the outputs depend only on weights, never on the input. In eval mode
-with grad disabled the chain caches them, keyed on each involved tensor's ``data_ptr`` and
-``_version`` (``pos0``, the chain's own parameters and ``key_tensors``, e.g. the PatchMerging
-weights a ``transform`` uses), so an optimizer step, ``load_state_dict`` or ``.to()`` invalidates
-it. The cache is skipped while any chain module has forward hooks (analysis hooks see every call),
-under ``torch.compile`` tracing, and when ``chain.use_cache`` is False (see :func:`pe_cache`).
+No eval-time cache. The outputs depend only on the weights, and an earlier version cached them
+in eval mode (keyed on tensor ``data_ptr`` / ``_version``), saving ``depth`` LayerNorms on a
+``(1, N, C)`` tensor per forward at the price of special cases (analysis switched it off, every
+family tested it). Measured eval throughput with / without it, paired medians of 5 interleaved
+repetitions (CPU, 1 thread, process CPU time: the shared 2-core machine was too loaded for
+2-thread timings) for lape / pvg / mpvg: ViT-Lite-7/4 (32 px) batch 1: 0.999x / 0.998x / 1.108x,
+batch 64: 1.023x / 1.021x / 0.949x; DeiT-Ti (224 px) batch 1: 0.986x / 1.130x / 0.915x,
+batch 64 (lape only, stopped for time): 1.065x. No
+consistent gain above the +-5-10% noise (the LNs are well under 1% of a forward's work), so it
+went: the chain recomputes, and under ``torch.compile`` the LNs are part of the graph anyway.
+
 :func:`fold_last_ln_pe` folds the Last-LN term into the head bias for deployment.
 
-Backbones subclass :class:`PEModelMixin` (``pe_chain``, ``pe_pos0()``, optional ``pe_transform()``
-and ``pe_key_tensors()``), which gives them ``pe_outputs()`` and makes them foldable.
+Backbones subclass :class:`PEModelMixin` (``pe_chain``, ``pe_pos0()``, optional ``pe_transform()``),
+which gives them ``pe_outputs()`` and makes them foldable.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple, Optional
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Optional
 
 import torch
 from timm.layers import LayerNorm
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from mpvgbench.methods import MethodLike, PEMethod, resolve_method
+from mpvgbench.methods import PRESETS, MethodLike, PEMethod, resolve_method
 
 Transform = Callable[[Tensor, int], Tensor]
 """``transform(pe, stage)``: a PE laid out for stage ``stage - 1`` -> the layout of ``stage``."""
 
 __all__ = [
+    "DEFAULT_METHOD",
     "PEOutputs",
     "Transform",
     "PositionEmbeddingChain",
     "PEBlock",
     "PEModelMixin",
     "add_last_ln_pe",
+    "entry_method",
     "fold_last_ln_pe",
-    "pe_cache",
 ]
+
+
+DEFAULT_METHOD: PEMethod = PRESETS["default"]
+
+
+def entry_method(pe_method: MethodLike, depth: int) -> PEMethod:
+    """The one place a model's ``pe_method`` is parsed: at the timm entry points (the
+    ``@register_model`` functions), so ``timm.create_model(..., pe_method="mpvg")`` still works.
+
+    Resolves a preset name / knob mapping (a ``PEMethod`` passes through as is) and checks it
+    against the model's ``depth``; every module below takes the resolved ``PEMethod`` as given.
+    """
+    method = resolve_method(pe_method)
+    method.validate_for_depth(depth)
+    return method
 
 
 class PEOutputs(NamedTuple):
@@ -74,17 +94,11 @@ class PEOutputs(NamedTuple):
     last: Optional[Tensor]
 
 
-def _tensor_key(t: Tensor) -> tuple[Any, ...]:
-    # data_ptr + _version catch in-place updates (optimizer.step, load_state_dict's copy_) and
-    # moves; views (pos_embed[:, 1:]) share their base's version counter.
-    return (t.data_ptr(), t._version, t.shape, t.stride(), t.dtype, t.device)
-
-
 class PositionEmbeddingChain(nn.Module):
     """The LN' / LN'' modules of a method and the rules that chain them (see module docstring).
 
     Args:
-        method: anything :func:`~mpvgbench.methods.resolve_method` accepts.
+        method: the resolved method, already checked against ``depth`` (:func:`entry_method`).
         depth: number of blocks.
         dim: embedding dim of every block, or one dim per block (Swin).
         stages: stage index per block (non-decreasing, from 0); ``None``: one stage.
@@ -94,7 +108,7 @@ class PositionEmbeddingChain(nn.Module):
 
     def __init__(
         self,
-        method: MethodLike,
+        method: PEMethod,
         depth: int,
         dim: int | Sequence[int],
         *,
@@ -103,8 +117,7 @@ class PositionEmbeddingChain(nn.Module):
         norm_layer: Callable[[int], nn.Module] = LayerNorm,
     ) -> None:
         super().__init__()
-        self.method: PEMethod = resolve_method(method)
-        self.method.validate_for_depth(depth)
+        self.method = method
         dims = [int(dim)] * depth if isinstance(dim, int) else [int(d) for d in dim]
         stage_list = [0] * depth if stages is None else [int(s) for s in stages]
         if len(dims) != depth or len(stage_list) != depth:
@@ -120,8 +133,6 @@ class PositionEmbeddingChain(nn.Module):
         if self.method.last_ln_pe is not None:
             self.last_norm_pe = norm_layer(last_dim if last_dim is not None else dims[-1])
         self.folded = False  # True once fold_last_ln_pe moved the LN'' term into the head bias
-        self.use_cache = True
-        self._cache: Optional[tuple[tuple[Any, ...], PEOutputs]] = None
 
     @property
     def is_identity(self) -> bool:
@@ -134,7 +145,7 @@ class PositionEmbeddingChain(nn.Module):
         return self.pe_norms[key] if key in self.pe_norms else None
 
     def compute(self, pos0: Tensor, transform: Optional[Transform] = None) -> PEOutputs:
-        """The PE outputs, uncached (what the forward hooks of the LN' modules see)."""
+        """The PE outputs (every call runs the LN' / LN'' modules, so their hooks see it)."""
         if self.is_identity:
             return PEOutputs((None,) * self.depth, None)
         hierarchical = self.method.hierarchical
@@ -171,40 +182,8 @@ class PositionEmbeddingChain(nn.Module):
             last = self.last_norm_pe(src)
         return PEOutputs(tuple(blocks), last)
 
-    def _cache_allowed(self) -> bool:
-        if not self.use_cache or self.training or torch.is_grad_enabled():
-            return False
-        if torch.compiler.is_compiling():
-            return False
-        # analysis hooks on LN'/LN'' must see every call
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
-
-    def forward(
-        self,
-        pos0: Tensor,
-        transform: Optional[Transform] = None,
-        key_tensors: Sequence[Tensor] = (),
-    ) -> PEOutputs:
-        """The PE outputs; cached in eval mode without grad (``key_tensors``: what ``transform`` reads)."""
-        if self.is_identity:
-            return PEOutputs((None,) * self.depth, None)
-        if not self._cache_allowed():
-            return self.compute(pos0, transform)
-        key = (
-            _tensor_key(pos0),
-            tuple(_tensor_key(p) for p in self.parameters()),
-            tuple(_tensor_key(t) for t in key_tensors),
-            torch.is_autocast_enabled(pos0.device.type),
-            torch.get_autocast_dtype(pos0.device.type),
-        )
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
-        out = self.compute(pos0, transform)
-        self._cache = (key, out)
-        return out
-
-    def clear_cache(self) -> None:
-        self._cache = None
+    def forward(self, pos0: Tensor, transform: Optional[Transform] = None) -> PEOutputs:
+        return self.compute(pos0, transform)
 
     def no_weight_decay_names(self, prefix: str = "") -> set[str]:
         """Full names (with ``prefix``, e.g. ``"pe_chain."``) of every LN' / LN'' parameter."""
@@ -212,12 +191,6 @@ class PositionEmbeddingChain(nn.Module):
 
     def extra_repr(self) -> str:
         return f"method={self.method.label}, pe_blocks={self.pe_blocks}, folded={self.folded}"
-
-    def __getstate__(self) -> dict[str, Any]:
-        # never pickle / deepcopy cached tensors
-        state = self.__dict__.copy()
-        state["_cache"] = None
-        return state
 
 
 class PEBlock(Block):
@@ -248,10 +221,10 @@ def add_last_ln_pe(x: Tensor, pe: PEOutputs) -> Tensor:
 
 
 class PEModelMixin:
-    """What a backbone implements so the chain, the cache and :func:`fold_last_ln_pe` work.
+    """What a backbone implements so the chain and :func:`fold_last_ln_pe` work.
 
     Subclasses set ``self.pe_method`` and ``self.pe_chain`` and implement :meth:`pe_pos0`.
-    Multi-stage backbones also override :meth:`pe_transform` and :meth:`pe_key_tensors`.
+    Multi-stage backbones also override :meth:`pe_transform`.
     Their classifier must be ``get_classifier()`` (timm) returning an ``nn.Linear``.
     """
 
@@ -259,37 +232,17 @@ class PEModelMixin:
     pe_chain: PositionEmbeddingChain
 
     def pe_pos0(self) -> Tensor:
-        """The raw PE ``pos_0`` (a parameter or a view of one, so the cache key is sound)."""
+        """The raw PE ``pos_0`` (a parameter or a view of one)."""
         raise NotImplementedError
 
     def pe_transform(self) -> Optional[Transform]:
         return None
 
-    def pe_key_tensors(self) -> Sequence[Tensor]:
-        """Tensors ``pe_transform`` reads (their updates must invalidate the cache)."""
-        return ()
-
     def pe_outputs(self) -> PEOutputs:
-        return self.pe_chain(self.pe_pos0(), self.pe_transform(), self.pe_key_tensors())
+        return self.pe_chain(self.pe_pos0(), self.pe_transform())
 
     def pe_no_weight_decay(self) -> set[str]:
         return self.pe_chain.no_weight_decay_names("pe_chain.")
-
-
-@contextlib.contextmanager
-def pe_cache(model: nn.Module, enabled: bool) -> Iterator[None]:
-    """Temporarily enable/disable the PE cache of every chain in ``model``."""
-    chains = [m for m in model.modules() if isinstance(m, PositionEmbeddingChain)]
-    before = [c.use_cache for c in chains]
-    for c in chains:
-        c.use_cache = enabled
-        c.clear_cache()
-    try:
-        yield
-    finally:
-        for c, b in zip(chains, before):
-            c.use_cache = b
-            c.clear_cache()
 
 
 @torch.no_grad()
@@ -304,8 +257,6 @@ def fold_last_ln_pe(model: nn.Module, inplace: bool = False) -> nn.Module:
     """
     if not isinstance(model, PEModelMixin):
         raise ValueError(f"{type(model).__name__} is not a PE model (no PEModelMixin)")
-    for chain in (m for m in model.modules() if isinstance(m, PositionEmbeddingChain)):
-        chain.clear_cache()
     folded = model if inplace else copy.deepcopy(model)
     assert isinstance(folded, PEModelMixin)
     chain = folded.pe_chain
@@ -324,5 +275,4 @@ def fold_last_ln_pe(model: nn.Module, inplace: bool = False) -> nn.Module:
         head.bias.add_(shift)
     chain.last_norm_pe = None
     chain.folded = True
-    chain.clear_cache()
     return folded

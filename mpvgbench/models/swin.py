@@ -26,7 +26,6 @@ relative position bias, which every method keeps. How the method's knobs map ont
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import torch
@@ -40,9 +39,16 @@ from timm.models.swin_transformer import (
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mpvgbench.methods import MethodLike, PEMethod, resolve_method
+from mpvgbench.methods import MethodLike, PEMethod
 from mpvgbench.models._cfg import model_cfg
-from mpvgbench.models.pe import PEModelMixin, PositionEmbeddingChain, Transform, add_last_ln_pe
+from mpvgbench.models.pe import (
+    DEFAULT_METHOD,
+    PEModelMixin,
+    PositionEmbeddingChain,
+    Transform,
+    add_last_ln_pe,
+    entry_method,
+)
 
 __all__ = ["MPVGSwinTransformer", "PESwinBlock", "default_window_size", "swin_effective_method"]
 
@@ -56,9 +62,8 @@ def default_window_size(img_size: SizeLike, patch_size: int = 4, max_window: int
     return max(w for w in range(1, max_window + 1) if stage2 % w == 0)
 
 
-def swin_effective_method(method: MethodLike) -> PEMethod:
+def swin_effective_method(m: PEMethod) -> PEMethod:
     """The knobs Swin actually runs: layer 0 included (``layerwise_from=1`` -> ``0``)."""
-    m = resolve_method(method)
     return dataclasses.replace(m, layerwise_from=0) if m.layerwise_from == 1 else m
 
 
@@ -90,15 +95,13 @@ class MPVGSwinTransformer(PEModelMixin, SwinTransformer):
 
     def __init__(
         self,
-        pe_method: MethodLike = "default",
+        pe_method: PEMethod = DEFAULT_METHOD,
         img_size: SizeLike = 224,
         patch_size: int = 4,
         window_size: Optional[Any] = None,
         **kwargs: Any,
     ) -> None:
-        method = resolve_method(pe_method)
-        depths = tuple(kwargs.get("depths", (2, 2, 6, 2)))
-        method.validate_for_depth(sum(depths))
+        method = pe_method
         if "global_pool" in kwargs:
             raise ValueError("global_pool is always 'avg' on Swin (no class token); do not pass it")
         if window_size is None:
@@ -140,7 +143,6 @@ class MPVGSwinTransformer(PEModelMixin, SwinTransformer):
 
     # --- PE plumbing (pe.py) -------------------------------------------------------------
     def pe_pos0(self) -> Tensor:
-        # a view of the parameter, so the chain's cache key (data_ptr, _version) stays sound
         return self.absolute_pos_embed.view(1, *self._ape_grid, -1)
 
     def pe_transform(self) -> Optional[Transform]:
@@ -148,9 +150,6 @@ class MPVGSwinTransformer(PEModelMixin, SwinTransformer):
 
     def _merge_pe(self, pe: Tensor, stage: int) -> Tensor:
         return self.layers[stage].downsample(pe)  # the same PatchMerging as the tokens
-
-    def pe_key_tensors(self) -> Sequence[Tensor]:
-        return [p for stage in self.layers for p in stage.downsample.parameters()]
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -212,6 +211,7 @@ def mpvg_swin_tiny_patch4_window7_224(pretrained: bool = False, **kwargs: Any) -
         "num_heads": (3, 6, 12, 24),
         **kwargs,
     }
+    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), sum(args["depths"]))
     return build_model_with_cfg(
         MPVGSwinTransformer,
         "mpvg_swin_tiny_patch4_window7_224",

@@ -32,9 +32,10 @@ from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
-from mpvgbench.methods import MethodLike
+from mpvgbench.methods import MethodLike, PEMethod
 from mpvgbench.models._cfg import model_cfg
 from mpvgbench.models.deit import MPVGVisionTransformer
+from mpvgbench.models.pe import DEFAULT_METHOD, entry_method
 
 __all__ = ["MPVGT2TViT", "T2TModule", "TokenPerformer", "sinusoid_table"]
 
@@ -162,7 +163,7 @@ class T2TModule(nn.Module):
 class MPVGT2TViT(MPVGVisionTransformer):
     """T2T-ViT: :class:`MPVGVisionTransformer` with the T2T module and a fixed sinusoidal PE."""
 
-    def __init__(self, pe_method: MethodLike = "default", token_dim: int = 64, **kwargs: Any) -> None:
+    def __init__(self, pe_method: PEMethod = DEFAULT_METHOD, token_dim: int = 64, **kwargs: Any) -> None:
         if "embed_layer" in kwargs:
             raise ValueError("embed_layer is the T2T module; do not pass it")
         kwargs.setdefault("norm_layer", nn.LayerNorm)  # torch default eps 1e-5, as the official model
@@ -202,6 +203,7 @@ def mpvg_t2t_vit_7(pretrained: bool = False, **kwargs: Any) -> MPVGT2TViT:
         "qkv_bias": False,
         **kwargs,
     }
+    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), args["depth"])
     return build_model_with_cfg(
         MPVGT2TViT,
         "mpvg_t2t_vit_7",

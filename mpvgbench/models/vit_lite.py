@@ -23,10 +23,10 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
-from mpvgbench.methods import MethodLike
+from mpvgbench.methods import PEMethod
 from mpvgbench.models._cfg import model_cfg
 from mpvgbench.models.deit import MPVGVisionTransformer
-from mpvgbench.models.pe import PEBlock
+from mpvgbench.models.pe import DEFAULT_METHOD, PEBlock, entry_method
 
 __all__ = ["CCTBlock", "MPVGViTLite"]
 
@@ -54,7 +54,7 @@ class MPVGViTLite(MPVGVisionTransformer):
 
     block_fn = CCTBlock
 
-    def __init__(self, pe_method: MethodLike = "default", **kwargs: Any) -> None:
+    def __init__(self, pe_method: PEMethod = DEFAULT_METHOD, **kwargs: Any) -> None:
         kwargs.setdefault("norm_layer", nn.LayerNorm)  # torch default eps 1e-5, as CCT
         super().__init__(pe_method=pe_method, **kwargs)
         self._init_cct()
@@ -104,4 +104,5 @@ def mpvg_vit_lite_7_4_32(pretrained: bool = False, **kwargs: Any) -> MPVGViTLite
         "drop_path_rate": 0.1,
         **kwargs,
     }
+    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), args["depth"])
     return build_model_with_cfg(MPVGViTLite, "mpvg_vit_lite_7_4_32", pretrained=False, **args)

@@ -76,18 +76,6 @@ def assert_mpvg_minus_pvg_is_input_free(pvg: nn.Module, mpvg: nn.Module, x: torc
     torch.testing.assert_close(diff, diff[:1].expand_as(diff), rtol=0, atol=1e-5)  # ... and input-free
 
 
-def assert_cache_matches_uncached(model: nn.Module, x: torch.Tensor) -> None:
-    """Eval-mode PE cache: repeated forwards equal an uncached forward."""
-    from mpvgbench.models import pe_cache
-
-    with torch.no_grad():
-        cached = [model(x), model(x)]
-        with pe_cache(model, False):
-            fresh = model(x)
-    torch.testing.assert_close(cached[0], fresh)
-    torch.testing.assert_close(cached[1], fresh)
-
-
 def assert_trains(model: nn.Module, x: torch.Tensor, pe: torch.Tensor | None) -> None:
     """One forward/backward: finite logits of shape (batch, 10), gradients reach the raw PE
     ``pe`` (None: a fixed PE that must get none), every LN'/LN'' and every trainable parameter."""

@@ -15,7 +15,6 @@ from mpvgbench.models.pe import fold_last_ln_pe
 
 from .conftest import (
     PRESET_NAMES,
-    assert_cache_matches_uncached,
     assert_mpvg_minus_pvg_is_input_free,
     assert_trains,
     count_params_of,
@@ -112,13 +111,6 @@ def test_mpvg_minus_pvg_is_the_same_for_every_sample() -> None:
     with torch.no_grad():
         # the fold averages patch rows only, as GAP does (the class-token row is left out)
         torch.testing.assert_close(fold_last_ln_pe(mpvg)(x), mpvg(x), rtol=0, atol=1e-5)
-
-
-def test_eval_cache_matches_uncached() -> None:
-    model = _small("mpvg").eval()
-    randomize_pe_norms(model)
-    x = _input()
-    assert_cache_matches_uncached(model, x)
 
 
 def _fwd_bwd(method: Any) -> None:

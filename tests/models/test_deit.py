@@ -109,7 +109,6 @@ def test_default_adds_pe_to_input() -> None:
 
 def _fwd_bwd(name: str, method: Any) -> None:
     model = build_small(name, method).train()
-    model.pe_chain.use_cache = True  # training must never use it anyway
     assert_trains(model, small_input(name), model.pos_embed)
 
 

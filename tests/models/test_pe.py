@@ -1,4 +1,4 @@
-"""The PE chain: chaining rules, multi-stage transforms, cache, fold."""
+"""The PE chain: chaining rules, multi-stage transforms, entry-point parsing, fold."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from mpvgbench.models.pe import PEBlock, PositionEmbeddingChain, fold_last_ln_pe, pe_cache
+from mpvgbench.methods import resolve_method
+from mpvgbench.models.pe import PEBlock, PositionEmbeddingChain, entry_method, fold_last_ln_pe
 
 from .conftest import build_small, randomize_pe_norms, small_input
 
@@ -24,7 +25,7 @@ class _Holder(nn.Module):
 def _chain(method: Any, depth: int = 4, **kw: Any) -> PositionEmbeddingChain:
     """A chain with random (non-identity) LN' / LN'' affine weights."""
     torch.manual_seed(0)
-    chain = PositionEmbeddingChain(method, depth, kw.pop("dim", D), norm_layer=nn.LayerNorm, **kw)
+    chain = PositionEmbeddingChain(resolve_method(method), depth, kw.pop("dim", D), norm_layer=nn.LayerNorm, **kw)
     randomize_pe_norms(_Holder(chain))
     return chain
 
@@ -112,12 +113,21 @@ def test_multi_stage_chain_with_transform() -> None:
 
 
 def test_bad_chain_arguments() -> None:
+    pvg = resolve_method("pvg")
     with pytest.raises(ValueError, match="dims and stages"):
-        PositionEmbeddingChain("pvg", 4, [8, 8])
+        PositionEmbeddingChain(pvg, 4, [8, 8])
     with pytest.raises(ValueError, match="never decrease"):
-        PositionEmbeddingChain("pvg", 3, 8, stages=[0, 1, 0])
+        PositionEmbeddingChain(pvg, 3, 8, stages=[0, 1, 0])
+
+
+def test_entry_method_resolves_once_and_checks_depth() -> None:
+    method = resolve_method("mpvg")
+    assert entry_method(method, 4) is method  # a resolved method passes through untouched
+    assert entry_method("mpvg", 4) == method
     with pytest.raises(ValueError, match="allowed: 0..3"):
-        PositionEmbeddingChain({"base": "mpvg", "last_ln_pe": 4}, 4, 8)
+        entry_method({"base": "mpvg", "last_ln_pe": 4}, 4)
+    with pytest.raises(ValueError, match="unknown method"):
+        entry_method("mvpg", 4)
 
 
 def test_pe_block_without_pe_is_timm_block() -> None:
@@ -135,62 +145,7 @@ def test_pe_block_without_pe_is_timm_block() -> None:
     torch.testing.assert_close(seen[0], ours.norm1(x) + pe)
 
 
-# ---- cache -------------------------------------------------------------------------------
-
-def _count_computes(model: nn.Module) -> list[int]:
-    chain = model.pe_chain
-    calls = [0]
-    original = chain.compute
-
-    def counting(*a: Any, **k: Any) -> Any:
-        calls[0] += 1
-        return original(*a, **k)
-
-    chain.compute = counting  # type: ignore[method-assign]
-    return calls
-
-
-def test_cache_computes_once_per_weight_version() -> None:
-    model = build_small("deit_tiny", "mpvg").eval()
-    x = small_input("deit_tiny")
-    calls = _count_computes(model)
-    with torch.no_grad():
-        y1, y2 = model(x), model(x)
-    assert calls[0] == 1
-    torch.testing.assert_close(y1, y2)
-    model(x)  # grad enabled: never cached
-    assert calls[0] == 2
-    with torch.no_grad(), pe_cache(model, enabled=False):
-        model(x)
-        model(x)
-    assert calls[0] == 4
-
-
-def test_cache_invalidated_by_optimizer_step_and_load_state_dict() -> None:
-    model = build_small("deit_tiny", "mpvg")
-    x = small_input("deit_tiny")
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    model.eval()
-    with torch.no_grad():
-        before = model(x)
-    model.train()
-    model(x).square().mean().backward()
-    opt.step()
-    model.eval()
-    with torch.no_grad():
-        cached_path = model(x)
-        with pe_cache(model, enabled=False):
-            fresh = model(x)
-    assert not torch.allclose(before, cached_path)
-    torch.testing.assert_close(cached_path, fresh, rtol=0, atol=0)
-    # load_state_dict copies in place: the cache must follow
-    other = build_small("deit_tiny", "mpvg", seed=7).eval()
-    with torch.no_grad():
-        model.load_state_dict(other.state_dict())
-        torch.testing.assert_close(model(x), other(x))
-
-
-def test_hooks_on_pe_norms_bypass_the_cache() -> None:
+def test_hooks_on_pe_norms_see_every_eval_forward() -> None:
     model = build_small("deit_tiny", "pvg").eval()
     seen: list[int] = []
     model.pe_chain.pe_norms["3"].register_forward_hook(lambda m, i, o: seen.append(1))

@@ -61,3 +61,23 @@ def test_build_model_passes_options() -> None:
     assert deit.pos_embed.shape == (1, 16, 192) and deit.pe_method.last_ln_pe == 5
     with pytest.raises(ValueError, match="unknown method"):
         M.build_model("deit_tiny", "mvpg")
+
+
+def test_build_model_for_config_matches_the_data() -> None:
+    from types import SimpleNamespace
+
+    from mpvgbench.config import TrainConfig
+    from mpvgbench.methods import canonical_method_dict
+
+    # today's TrainConfig carries the method as a knob dict; digits images have one channel
+    config = TrainConfig(model="vit_micro", method=canonical_method_dict("mpvg"), dataset="digits",
+                         img_size=8, num_classes=10)
+    model = M.build_model_for_config(config, drop_path_rate=0.1)
+    assert model.pe_method == resolve_method("mpvg")
+    assert model.patch_embed.proj.in_channels == 1 and model.num_classes == 10
+    assert model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+    # main's TrainConfig will carry a PEMethod: accepted as is (duck-typed config here)
+    pvg = resolve_method("pvg")
+    config2 = SimpleNamespace(model="deit_tiny", method=pvg, dataset="synthetic", img_size=32, num_classes=5)
+    model2 = M.build_model_for_config(config2)
+    assert model2.pe_method is pvg and model2.patch_embed.proj.in_channels == 3 and model2.num_classes == 5

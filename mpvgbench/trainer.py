@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from mpvgbench.checkpoint import LoopState, checkpoint_payload, restore_checkpoint
 from mpvgbench.config import TrainConfig
+from mpvgbench.models import build_model_for_config
 from mpvgbench.optim import build_optimizer
 from mpvgbench.rundir import (
     PathLike,
@@ -70,19 +71,6 @@ SWITCH = ("auto", "on", "off")
 __all__ = ["NonFiniteLossError", "build_model_for_config", "request_checkpoint", "train"]
 
 
-def build_model_for_config(config: TrainConfig, **kwargs: Any) -> nn.Module:
-    """``models.build_model`` for a config, with the input channels of its dataset."""
-    from mpvgbench.data import DATASETS, input_channels
-    from mpvgbench.models import build_model
-
-    if config.dataset in DATASETS:  # digits are 1-channel; the model must match the data
-        kwargs.setdefault("in_chans", input_channels(config))  # synthetic: the model's own
-    return build_model(
-        config.model, config.method, num_classes=config.num_classes, img_size=config.img_size, **kwargs
-    )
-
-
-_default_model_factory = build_model_for_config  # the name analyze.py imports
 
 
 @contextmanager

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["plot_correlation", "plot_heatmaps", "plot_last_ln", "plot_token_norms", "write_run_figures"]
+__all__ = ["plot_heatmaps", "plot_last_ln", "plot_token_norms", "write_run_figures"]
 
 DPI = 100  # noisy heatmaps compress badly; 100 dpi keeps each PNG well under 300 KB
 CMAP = "RdBu_r"  # diverging: the sign matters (the paper's "counterbalancing" is a sign flip)
@@ -98,38 +98,6 @@ def _heatmap(ax: Axes, data: np.ndarray, limit: float, title: str, *, ylabel: bo
 
 
 # -------------------------------------------------------------------------------- Fig. 4
-
-
-def plot_correlation(analyses: Sequence[dict[str, Any]], path: Path | str) -> Path:
-    """One curve per run: Pearson r (token embedding vs PE, after their LNs) over block index."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    notes: list[str] = []
-    max_depth = 1
-    for analysis in analyses:
-        label = f"{analysis['model']} / {analysis['method']} ({analysis['key'][:8]})"
-        corr = analysis.get("correlation")
-        if corr is None:
-            notes.append(f"{label}: {analysis.get('correlation_note') or 'n/a'}")
-            continue
-        max_depth = max(max_depth, len(corr))
-        xs = [i for i, c in enumerate(corr) if c is not None]
-        ax.plot(xs, [corr[i] for i in xs], marker="o", linewidth=2, label=label)
-    ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xlim(-0.5, max_depth - 0.5)
-    ax.set_xticks(range(max_depth))
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_xlabel("layer (block index l)")
-    ax.set_ylabel("Pearson r  (norm1_l(x), LN'_l(PE))")
-    ax.set_title("Token embedding vs position embedding per layer (cf. paper Fig. 4)")
-    ax.grid(alpha=0.3)
-    if ax.lines[1:]:  # the first line is the zero line
-        ax.legend(fontsize=8, loc="best")
-    if notes:
-        ax.text(0.01, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom", color="dimgray")
-    return _save(fig, Path(path))
-
-
-# -------------------------------------------------------------------------------- Fig. 2
 
 
 def plot_heatmaps(arrays: dict[str, Any], analysis: dict[str, Any], path: Path | str) -> Path:

@@ -289,7 +289,7 @@ def _label_rank(label: str) -> tuple[int, str]:
 
 def plot_correlation_by_method(analyses: Sequence[Mapping[str, Any]], path: PathLike) -> Path:
     """:func:`correlation_figure` written as a PNG to ``path`` (a drop-in for
-    ``analyze_plots.plot_correlation``: it takes the same list of analysis dicts)."""
+    the per-run figure it replaced: it takes the same list of analysis dicts)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(figure_png(correlation_figure(analyses)))

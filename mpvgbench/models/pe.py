@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 from timm.layers import LayerNorm
@@ -193,6 +193,17 @@ class PositionEmbeddingChain(nn.Module):
         return f"method={self.method.label}, pe_blocks={self.pe_blocks}, folded={self.folded}"
 
 
+def attention_with_pe(block: Any, x: Tensor, pe: Optional[Tensor], attn_mask: Optional[Tensor],
+                      is_causal: bool) -> Tensor:
+    """The attention half of a timm ``Block`` with the LN'-delivered PE added after ``norm1``
+    (Eq. 9): ``x + drop_path(ls(attn(norm1(x) + pe)))``. Shared by every backbone's block."""
+    h = block.norm1(x)
+    if pe is not None:
+        # in place when nothing records the graph: saves an allocation per block at inference
+        h = h.add_(pe) if not torch.is_grad_enabled() and h is not x else h + pe
+    return x + block.drop_path1(block.ls1(block.attn(h, attn_mask=attn_mask, is_causal=is_causal)))
+
+
 class PEBlock(Block):
     """timm ``Block`` that adds the delivered PE to the attention input: ``attn(norm1(x) + pe)``.
 
@@ -206,11 +217,7 @@ class PEBlock(Block):
         attn_mask: Optional[Tensor] = None,
         is_causal: bool = False,
     ) -> Tensor:
-        h = self.norm1(x)
-        if pe is not None:
-            # in place when nothing records the graph: saves an allocation per block at inference
-            h = h.add_(pe) if not torch.is_grad_enabled() and h is not x else h + pe
-        x = x + self.drop_path1(self.ls1(self.attn(h, attn_mask=attn_mask, is_causal=is_causal)))
+        x = attention_with_pe(self, x, pe, attn_mask, is_causal)
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x
 

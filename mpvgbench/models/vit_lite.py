@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from mpvgbench.methods import PEMethod
 from mpvgbench.models._cfg import model_cfg
 from mpvgbench.models.deit import MPVGVisionTransformer
-from mpvgbench.models.pe import DEFAULT_METHOD, PEBlock, entry_method
+from mpvgbench.models.pe import DEFAULT_METHOD, PEBlock, attention_with_pe, entry_method
 
 __all__ = ["CCTBlock", "MPVGViTLite"]
 
@@ -41,11 +41,7 @@ class CCTBlock(PEBlock):
         attn_mask: Optional[Tensor] = None,
         is_causal: bool = False,
     ) -> Tensor:
-        h = self.norm1(x)
-        if pe is not None:
-            h = h.add_(pe) if not torch.is_grad_enabled() and h is not x else h + pe
-        x = x + self.drop_path1(self.ls1(self.attn(h, attn_mask=attn_mask, is_causal=is_causal)))
-        x = self.norm2(x)
+        x = self.norm2(attention_with_pe(self, x, pe, attn_mask, is_causal))
         return x + self.drop_path2(self.ls2(self.mlp(x)))
 
 

@@ -211,7 +211,6 @@ def to_rich(table: ReportTable, width: Optional[int] = None) -> Any:
     never fold and nothing is cut with an ellipsis.
     """
     from rich.console import Console
-    from rich.markup import escape
     from rich.measure import Measurement
 
     full = _rich_table(table, range(len(table.columns)), table.title)

@@ -29,13 +29,12 @@ import submitit
 from mpvgbench.rundir import (
     RunDir,
     atomic_write_json,
-    is_interruption,
     read_config,
     read_job,
     read_json,
     retire_stale_error,
 )
-from mpvgbench.threads import ThreadPlan, apply_thread_plan, plan_threads
+from mpvgbench.threads import apply_thread_plan, plan_threads
 from mpvgbench.training_parts import NonFiniteLossError
 
 ERROR_KINDS = ("exception", "nonfinite", "oom", "infra", "timeout")

@@ -112,7 +112,7 @@ def _squeue_state(job_id: str) -> str:
 def _status_reconcile(store: Any, spec: Any) -> None:
     """The reconciliation `mpvgbench status SPEC` runs (its helper, or ours if it has none)."""
     try:
-        from mpvgbench.cli.run import reconcile_runs
+        from mpvgbench.cli.status import reconcile_runs
     except ImportError:
         from mpvgbench.executors.slurm import reconcile
 

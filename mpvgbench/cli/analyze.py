@@ -33,7 +33,7 @@ def resolve_runs(store: Store, target: str) -> list[RunRow]:
     """TARGET is a spec file (its finished runs) or a key / unique key prefix (must be finished)."""
     path = Path(target)
     if path.suffix in (".yaml", ".yml") or path.is_file():
-        from mpvgbench.cli.run import reconcile_runs
+        from mpvgbench.cli.status import reconcile_runs
         from mpvgbench.spec import load_spec
 
         spec = load_spec(path)

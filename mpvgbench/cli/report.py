@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from mpvgbench.cli.common import UserError, cli, db_option, open_store, user_errors
-from mpvgbench.cli.run import load_optional_spec, reconcile_runs
+from mpvgbench.cli.status import load_optional_spec, reconcile_runs
 
 if TYPE_CHECKING:
     from mpvgbench.store import Store

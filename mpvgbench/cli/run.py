@@ -1,10 +1,9 @@
-"""`mpvgbench run` and `mpvgbench status`."""
+"""`mpvgbench run`: expand a spec, check it, run the jobs not yet finished."""
 
 from __future__ import annotations
 
 import signal
 import sys
-import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,8 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mpvgbench.cli.common import (DEFAULT_DB, DEFAULT_RUNS_DIR, UserError, cli, db_option, open_store,
+from mpvgbench.cli.common import (DEFAULT_DB, DEFAULT_RUNS_DIR, cli, db_option, open_store,
                                    resolve_runs_root, user_errors)
+from mpvgbench.cli.preflight import (adopt_finished_run_dirs, check_data_roots, check_init_from,
+                                     check_run_dirs, check_writable_dir, clear_training_state,
+                                     preflight_device)
 
 if TYPE_CHECKING:
     from mpvgbench.matrix import Job
@@ -117,7 +119,6 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
     if not todo:
         return
 
-    exec_settings = spec.executor
     ctx = RunContext(
         runs_root=runs_root,
         data_roots={d: root for d in {job.dataset for job in todo} if (root := spec.data_root(d))},
@@ -137,70 +138,7 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
         signal.signal(signal.SIGTERM, previous_handler)
 
 
-def check_init_from(store: Store, jobs: Sequence[Job]) -> None:
-    """A fine-tune whose ``init_from`` key is neither in this matrix nor in the database would
-    wait forever: one line instead, before anything is stored."""
-    keys = {job.key for job in jobs}
-    wanted = sorted({job.depends_on for job in jobs if job.depends_on and job.depends_on not in keys})
-    if not wanted:
-        return
-    missing = sorted(set(wanted) - set(store.statuses(wanted)))
-    if missing:
-        raise UserError(f"init_from run {missing[0]} is not in the database {store.where} nor in this "
-                        "spec; train it first (its spec, same --db) or fix init_from")
-
-
-def adopt_finished_run_dirs(store: Store, jobs: Sequence[Job], runs_root: Path) -> None:
-    """Record runs whose directory already holds a valid result.json (a new database next to an
-    old runs dir; a coordinator killed between the result and its recording): read the files,
-    start no worker, train nothing twice."""
-    from mpvgbench.store_schema import result_problem
-    from mpvgbench.rundir import RunDirError, read_result
-
-    for job in jobs:
-        run_dir = runs_root / job.key
-        try:
-            if result_problem(read_result(run_dir)) is None:
-                store.ingest_run_dir(run_dir)
-        except (RunDirError, OSError):
-            continue  # damaged: the executor sets it aside and trains the job
-
-
-STALE_AFTER_S = 120.0  # RunContext.stale_after_s: a claim this quiet belongs to nobody
 SMOKE_DIR = Path(".smoke")  # run --smoke's own database and run dirs, never the real ones
-
-
-def preflight_device(device: str, *, local: bool, smoke: bool) -> str:
-    """Fail before any job starts when every job would fail the same way: CUDA asked, none here.
-    A smoke run checks the pipeline, not the hardware: it falls back to the CPU and says so."""
-    if device != "cuda" or not local:
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return device
-    if smoke:
-        click.echo("smoke: no CUDA device here, running on the CPU (a smoke run checks the "
-                   "pipeline, not the hardware)", err=True)
-        return "cpu"
-    raise UserError("device 'cuda' requested (executor.device or --device) but torch sees no CUDA "
-                    "device here; use --device cpu, or --smoke to check the pipeline on CPU")
-
-
-def check_writable_dir(path: Path, what: str, fix: str) -> None:
-    """One line, before anything is stored, when ``path`` cannot hold run directories."""
-    import os
-
-    existing = path
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent  # nothing is created before the inputs are known to be good
-    problem = None
-    if not existing.is_dir():
-        problem = "not a directory" if existing == path else f"{existing} is not a directory"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        problem = "not writable" if existing == path else f"{existing} is not writable"
-    if problem:
-        raise UserError(f"{what} {path} cannot hold run directories ({problem}); {fix}")
 
 
 def _launch(name: str, spec: Spec, jobs: Sequence[Job], todo: Sequence[Job], store: Store, ctx: Any,
@@ -274,97 +212,6 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 
 
 # bundled or generated: no data.roots entry
-ROOT_FREE_DATASETS = frozenset({"digits", "synthetic", "coco_synthetic", "ade20k_synthetic"})
-
-
-def check_data_roots(spec: Spec, jobs: Sequence[Job], *, local: bool, download: bool) -> None:
-    """A DataError (one line, exit 2) for a dataset whose root is unset or, for local runs, not
-    laid out as expected: before anything is stored or started, not inside a worker.
-
-    Slurm runs only need the root to be set: its path may exist on the cluster only.
-    """
-    from mpvgbench.data import DataError
-
-    for dataset in sorted({job.dataset for job in jobs} - ROOT_FREE_DATASETS):
-        root = spec.data_root(dataset)
-        if not root:
-            raise DataError(
-                f"{spec.source}: data.roots.{dataset} is not set but the spec trains on {dataset}; "
-                f"add `data: {{roots: {{{dataset}: /path/to/{dataset}}}}}` to the spec "
-                "(or run with --smoke on synthetic data)"
-            )
-        if not local:
-            continue
-        path = Path(root)
-        if dataset == "cifar100":
-            if download:
-                continue  # torchvision fetches it into the root
-            if not (path / "cifar-100-python" / "train").is_file():
-                raise DataError(
-                    f"{spec.source}: data.roots.cifar100: {root!r} holds no cifar-100-python/train; "
-                    "point it at the folder that holds cifar-100-python/ or set data.download: true"
-                )
-        elif not path.is_dir():
-            raise DataError(f"{spec.source}: data.roots.{dataset}: {root!r} is not a directory; "
-                            "fix the path in the spec")
-        elif dataset == "coco":
-            for part in ("train2017", "val2017", "annotations/instances_train2017.json",
-                         "annotations/instances_val2017.json"):
-                if not (path / part).exists():
-                    raise DataError(f"{spec.source}: data.roots.coco: {root!r} has no {part}; point "
-                                    "it at the folder holding train2017/, val2017/ and annotations/")
-        elif dataset == "ade20k":
-            base = path if path.name == "ADEChallengeData2016" else path / "ADEChallengeData2016"
-            for part in ("images/training", "images/validation", "annotations/training",
-                         "annotations/validation"):
-                if not (base / part).is_dir():
-                    raise DataError(f"{spec.source}: data.roots.ade20k: {root!r} has no "
-                                    f"ADEChallengeData2016/{part}; point it at ADEChallengeData2016/ "
-                                    "or the folder holding it")
-        else:
-            for split in ("train", "val"):
-                if not (path / split).is_dir():
-                    raise DataError(
-                        f"{spec.source}: data.roots.{dataset}: {root!r} has no {split}/ folder; "
-                        f"expected {split}/<class>/<image> under it"
-                    )
-
-
-def check_run_dirs(jobs: Sequence[Job], runs_root: Path) -> None:
-    """A RunDirError (one line, exit 2) when a job about to resume has a corrupted result.json or
-    checkpoint.pt, instead of a worker failing on it."""
-    import zipfile
-
-    from mpvgbench.rundir import RunDir, RunDirError, read_result
-
-    for job in jobs:
-        rd = RunDir(runs_root / job.key)
-        if not rd.path.is_dir():
-            continue
-        read_result(rd.path)  # RunDirError when it does not parse
-        if not rd.checkpoint.exists():
-            continue
-        try:  # torch.save writes a zip archive with <name>/data.pkl; no need to load the tensors
-            with zipfile.ZipFile(rd.checkpoint) as archive:
-                if not any(name.endswith("data.pkl") for name in archive.namelist()):
-                    raise zipfile.BadZipFile("no data.pkl in the archive")
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise RunDirError(
-                f"run dir {rd.path}: checkpoint.pt is corrupted ({type(exc).__name__}: {exc}); "
-                "delete it to restart the run from scratch"
-            ) from None
-
-
-TRAINING_STATE = ("checkpoint.pt", "result.json", "metrics.jsonl", "progress.json", "error.json")
-
-
-def clear_training_state(run_dir: Path) -> None:
-    for name in TRAINING_STATE:
-        (run_dir / name).unlink(missing_ok=True)
-    for leftover in run_dir.glob(".*.tmp"):  # a checkpoint being written when a run was killed
-        leftover.unlink(missing_ok=True)
-
-
 def _print_matrix(jobs: Sequence[Job], db: str | None, spec: Spec) -> None:
     target = db or (spec.results.db if spec.results and spec.results.db else None) or DEFAULT_DB
     states: dict[str, str] = {}
@@ -388,94 +235,3 @@ def _print_summary(store: Store, jobs: Sequence[Job]) -> None:
     click.echo("done: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "  (mpvgbench report)")
 
 
-@cli.command()
-@click.argument("spec_path", metavar="[SPEC]", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@db_option
-@click.option("--all", "show_all", is_flag=True, help="List finished runs too.")
-@user_errors
-def status(spec_path: Path | None, db: str | None, show_all: bool) -> None:
-    """Reconcile running jobs with their run directories and the scheduler, then list them.
-
-    \b
-    Examples:
-      mpvgbench status
-      mpvgbench status experiments/table1.yaml --all
-    """
-    from mpvgbench.cli.tables import (add_plain_row, console, fit_numbers, model_name, narrow_table,
-                                      shared_columns, short_keys)
-    from mpvgbench.executors.job_view import job_view
-    from mpvgbench.executors.local import owner_is_alive
-
-    spec = load_optional_spec(spec_path)
-    store = open_store(db, spec, must_exist=True)
-    reconcile_runs(store, spec)
-    runs = store.runs(spec_name=spec.name if spec else None)
-    counts = Counter(row.status for row in runs)
-    active = counts["running"] + counts["pending"]
-    summary = ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]) or "no runs"
-    click.echo(f"{summary}{'' if active else '; nothing running'}")
-    shown = [row for row in runs if show_all or row.status != "finished"]
-    pending = [row for row in shown if row.status == "pending"]
-    if not show_all and len(pending) > MAX_PENDING_SHOWN:
-        # A 100k-job matrix is mostly pending rows: list the ones that say something.
-        keep = {row.key for row in pending[:MAX_PENDING_SHOWN]}
-        shown = [row for row in shown if row.status != "pending" or row.key in keep]
-    if not shown:
-        return
-    keys = short_keys(row.key for row in shown)
-    header = ["key", "model", "method", "dataset", "seed", "state", "att", "epoch", "executor"]
-    rows = []
-    for row in shown:
-        view = job_view(row)  # the scheduler's state, requeues counted, epoch n/N
-        state = view.state
-        if state == "running" and row.executor == "local" and row.owner and not owner_is_alive(row.owner):
-            state = "running (coordinator gone: rerun to resume)"
-        rows.append(dict(zip(header, [keys[row.key], model_name(row.model), row.method_label, row.dataset,
-                                      str(row.seed), state, str(view.attempts), view.epoch,
-                                      row.executor or "-"])))
-    shared = shared_columns(header, rows, ("model", "method", "dataset", "seed", "executor"))
-    if shared:
-        click.echo("all: " + ", ".join(f"{c} {rows[0][c]}" for c in shared))
-    columns = [c for c in header if c not in shared]
-    table = narrow_table(columns, right=("seed", "att", "epoch"))
-    fit_numbers(table, [[r[c] for c in columns] for r in rows])
-    for r in rows:
-        add_plain_row(table, [r[c] for c in columns])
-    out = console()
-    out.print(table)
-    if not show_all and len(pending) > MAX_PENDING_SHOWN:
-        click.echo(f"... and {len(pending) - MAX_PENDING_SHOWN} more pending (mpvgbench status --all)")
-    for row in shown:
-        if row.error:
-            click.echo(f"{keys[row.key]}: {row.error}")
-
-
-STATUS_ORDER = ("running", "pending", "finished", "failed", "cancelled")
-MAX_PENDING_SHOWN = 20
-
-
-def load_optional_spec(spec_path: Path | None) -> Spec | None:
-    if spec_path is None:
-        return None
-    from mpvgbench.spec import load_spec
-
-    return load_spec(spec_path)
-
-
-def reconcile_runs(store: Store, spec: Spec | None) -> None:
-    """Bring running runs up to date: ingest finished run dirs; ask Slurm about the rest."""
-    from mpvgbench.executors.local import owner_is_alive
-
-    running = store.runs(spec_name=spec.name if spec else None, status="running")
-    for row in running:
-        # The coordinator owns recording: a reader that ingested a live coordinator's run would
-        # make it believe it lost its claim (issue: status during run). Only orphans are adopted.
-        stale = row.heartbeat_at is None or time.time() - row.heartbeat_at > STALE_AFTER_S
-        if row.run_dir and row.executor != "slurm" and (stale or not (row.owner and owner_is_alive(row.owner))):
-            store.ingest_run_dir(Path(row.run_dir))
-    slurm_rows = [r for r in store.runs(spec_name=spec.name if spec else None, status="running") if r.executor == "slurm"]
-    if slurm_rows:
-        from mpvgbench.executors.slurm import reconcile
-
-        for message in reconcile(store, slurm_rows):
-            click.echo(message, err=True)

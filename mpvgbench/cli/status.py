@@ -1,0 +1,111 @@
+"""`mpvgbench status`: counts by state, then the runs that are not finished (80 columns)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from mpvgbench.cli.common import cli, db_option, open_store, user_errors
+
+if TYPE_CHECKING:
+    from mpvgbench.spec import Spec
+    from mpvgbench.store import Store
+
+STALE_AFTER_S = 120.0  # RunContext.stale_after_s: a claim this quiet belongs to nobody
+
+
+@cli.command()
+@click.argument("spec_path", metavar="[SPEC]", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@db_option
+@click.option("--all", "show_all", is_flag=True, help="List finished runs too.")
+@user_errors
+def status(spec_path: Path | None, db: str | None, show_all: bool) -> None:
+    """Reconcile running jobs with their run directories and the scheduler, then list them.
+
+    \b
+    Examples:
+      mpvgbench status
+      mpvgbench status experiments/table1.yaml --all
+    """
+    from mpvgbench.cli.tables import (add_plain_row, console, fit_numbers, model_name, narrow_table,
+                                      shared_columns, short_keys)
+    from mpvgbench.executors.job_view import job_view
+    from mpvgbench.executors.local import owner_is_alive
+
+    spec = load_optional_spec(spec_path)
+    store = open_store(db, spec, must_exist=True)
+    reconcile_runs(store, spec)
+    runs = store.runs(spec_name=spec.name if spec else None)
+    counts = Counter(row.status for row in runs)
+    active = counts["running"] + counts["pending"]
+    summary = ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]) or "no runs"
+    click.echo(f"{summary}{'' if active else '; nothing running'}")
+    shown = [row for row in runs if show_all or row.status != "finished"]
+    pending = [row for row in shown if row.status == "pending"]
+    if not show_all and len(pending) > MAX_PENDING_SHOWN:
+        # A 100k-job matrix is mostly pending rows: list the ones that say something.
+        keep = {row.key for row in pending[:MAX_PENDING_SHOWN]}
+        shown = [row for row in shown if row.status != "pending" or row.key in keep]
+    if not shown:
+        return
+    keys = short_keys(row.key for row in shown)
+    header = ["key", "model", "method", "dataset", "seed", "state", "att", "epoch", "executor"]
+    rows = []
+    for row in shown:
+        view = job_view(row)  # the scheduler's state, requeues counted, epoch n/N
+        state = view.state
+        if state == "running" and row.executor == "local" and row.owner and not owner_is_alive(row.owner):
+            state = "running (coordinator gone: rerun to resume)"
+        rows.append(dict(zip(header, [keys[row.key], model_name(row.model), row.method_label, row.dataset,
+                                      str(row.seed), state, str(view.attempts), view.epoch,
+                                      row.executor or "-"])))
+    shared = shared_columns(header, rows, ("model", "method", "dataset", "seed", "executor"))
+    if shared:
+        click.echo("all: " + ", ".join(f"{c} {rows[0][c]}" for c in shared))
+    columns = [c for c in header if c not in shared]
+    table = narrow_table(columns, right=("seed", "att", "epoch"))
+    fit_numbers(table, [[r[c] for c in columns] for r in rows])
+    for r in rows:
+        add_plain_row(table, [r[c] for c in columns])
+    out = console()
+    out.print(table)
+    if not show_all and len(pending) > MAX_PENDING_SHOWN:
+        click.echo(f"... and {len(pending) - MAX_PENDING_SHOWN} more pending (mpvgbench status --all)")
+    for row in shown:
+        if row.error:
+            click.echo(f"{keys[row.key]}: {row.error}")
+
+
+STATUS_ORDER = ("running", "pending", "finished", "failed", "cancelled")
+MAX_PENDING_SHOWN = 20
+
+
+def load_optional_spec(spec_path: Path | None) -> Spec | None:
+    if spec_path is None:
+        return None
+    from mpvgbench.spec import load_spec
+
+    return load_spec(spec_path)
+
+
+def reconcile_runs(store: Store, spec: Spec | None) -> None:
+    """Bring running runs up to date: ingest finished run dirs; ask Slurm about the rest."""
+    from mpvgbench.executors.local import owner_is_alive
+
+    running = store.runs(spec_name=spec.name if spec else None, status="running")
+    for row in running:
+        # The coordinator owns recording: a reader that ingested a live coordinator's run would
+        # make it believe it lost its claim (issue: status during run). Only orphans are adopted.
+        stale = row.heartbeat_at is None or time.time() - row.heartbeat_at > STALE_AFTER_S
+        if row.run_dir and row.executor != "slurm" and (stale or not (row.owner and owner_is_alive(row.owner))):
+            store.ingest_run_dir(Path(row.run_dir))
+    slurm_rows = [r for r in store.runs(spec_name=spec.name if spec else None, status="running") if r.executor == "slurm"]
+    if slurm_rows:
+        from mpvgbench.executors.slurm import reconcile
+
+        for message in reconcile(store, slurm_rows):
+            click.echo(message, err=True)

@@ -68,7 +68,7 @@ def _url(port: int, query: str = "") -> str:
 
 
 def test_timeouts_are_on_by_default_and_the_url_overrides_them() -> None:
-    from mpvgbench.store import DEFAULT_CONNECT_TIMEOUT_S, server_timeouts
+    from mpvgbench.store_engine import DEFAULT_CONNECT_TIMEOUT_S, server_timeouts
 
     url, args = server_timeouts(sa.make_url(_url(5432)))
     assert args["connect_timeout"] == DEFAULT_CONNECT_TIMEOUT_S
@@ -146,8 +146,9 @@ def test_silent_server_without_timeouts_in_the_url_still_fails(silent: SilentSer
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The default applies when the URL names none (lowered here from 10 s to keep the test short)."""
     from mpvgbench import store as store_module
+    from mpvgbench import store_engine
 
-    monkeypatch.setattr(store_module, "DEFAULT_CONNECT_TIMEOUT_S", 1)
+    monkeypatch.setattr(store_engine, "DEFAULT_CONNECT_TIMEOUT_S", 1)
     t0 = time.monotonic()
     with pytest.raises(store_module.StoreError, match="did not answer within connect_timeout=1 s"):
         store_module.Store(_url(silent.port))

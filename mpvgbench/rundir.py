@@ -269,10 +269,11 @@ def read_config(run_dir: PathLike) -> Any:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(map(str, first["loc"]))
+        from mpvgbench.errors import first_validation_error
+
         raise RunDirError(
-            f"run dir {rd.path}: config.json is not a valid TrainConfig ({where}: {first['msg']}); "
+            f"run dir {rd.path}: config.json is not a valid TrainConfig "
+            f"({first_validation_error(exc, model=TrainConfig)}); "
             "delete the run directory and launch the job again"
         ) from None
 

@@ -72,17 +72,15 @@ def train_downstream(
     run_dir: PathLike,
     *,
     data_root: Optional[str] = None,
-    download: bool = False,
     device: str = "auto",
     num_workers: int = 0,
-    amp: str = "auto",
-    compile: str = "auto",
     checkpoint_every_steps: Optional[int] = None,
     checkpoint_every_min: Optional[float] = 10.0,
     on_requested_checkpoint: Optional[Callable[[], None]] = None,
     progress_callback: Optional[ProgressCallback] = None,
     progress_interval_s: float = 5.0,
     model_factory: Optional[Callable[..., torch.nn.Module]] = None,
+    **not_yet_used: Any,  # download, amp, compile: the dense loop runs fp32, eager, on local data
 ) -> dict[str, Any]:
     """Fine-tune ``config`` (a coco/ade20k job) into ``run_dir``; the arguments are
     ``trainer.train``'s (``download`` is ignored: COCO and ADE20K are never fetched)."""

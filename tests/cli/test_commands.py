@@ -71,10 +71,10 @@ def test_run_status_logs_report_force(tmp_path: Path) -> None:
     # status: finished runs only with --all
     res = invoke("status")
     assert res.exit_code == 0, res.output
-    assert "2 finished" in res.output and not any(k in res.output for k in keys)
+    assert "2 finished" in res.output and not any(k[:8] in res.output for k in keys)
     res = invoke("status", spec, "--all")
     assert res.exit_code == 0, res.output
-    assert all(k in res.output for k in keys) and res.output.count("finished") >= 3
+    assert all(k[:8] in res.output for k in keys) and res.output.count("finished") >= 3
 
     # logs: the worker's own stdout, by a unique key prefix
     key = keys[0]
@@ -146,9 +146,14 @@ def test_smoke_runs_the_matrix_on_synthetic_data(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     (job,) = jobs_of(spec, smoke=True)
     assert job.config.dataset == "synthetic" and job.config.recipe.max_steps_per_epoch == 2
-    result = result_of(tmp_path / "runs" / job.key)
+    # its own database and runs dir, never the real ones; no weights kept after success
+    assert not (tmp_path / "results.db").exists() and not (tmp_path / "runs").exists()
+    run_dir = tmp_path / ".smoke" / "runs" / job.key
+    result = result_of(run_dir)
     assert result["epochs"] == 2 and result["final_top1"] is not None
-    with Store(tmp_path / "results.db") as store:
+    assert not (run_dir / "checkpoint.pt").exists()
+    assert "mpvgbench report --db" in res.output
+    with Store(tmp_path / ".smoke" / "results.db") as store:
         (row,) = store.runs()
         assert (row.key, row.dataset, row.status) == (job.key, "synthetic", "finished")
 

@@ -11,6 +11,7 @@ MPVGBENCH_CPUS, from which the worker plans its threads (``mpvgbench.threads``).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -56,13 +57,40 @@ def owner_is_alive(owner: str) -> bool:
         return True
 
 
+WORKER_FILE = "worker.json"  # {"host", "pid", "start"} of the run's current worker process
+
+
 def worker_is_training(run_dir: Path, within_s: float) -> bool:
-    """True when the run's worker reported progress within ``within_s`` seconds: a claim whose
-    coordinator went quiet (stopped, hung) is not taken over while its worker still trains."""
+    """True when the run's worker still trains: a claim whose coordinator went quiet (stopped,
+    hung) is not taken over while its worker runs. On this host the worker's pid (and start
+    time) answers; elsewhere, whether it reported progress within ``within_s`` seconds."""
+    try:
+        record = json.loads((run_dir / WORKER_FILE).read_text())
+        if record.get("host") == socket.gethostname():
+            pid, start = int(record["pid"]), record.get("start")
+            return _running(pid) and (start is None or process_start_time(pid) == start)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     try:
         return time.time() - (run_dir / "progress.json").stat().st_mtime < within_s
     except OSError:
         return False
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is no zombie (a killed worker nobody reaped yet is dead)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def record_worker(run_dir: Path, pid: int) -> None:
+    """Who trains this run now, for :func:`worker_is_training`."""
+    from mpvgbench.rundir import atomic_write_json
+
+    atomic_write_json(run_dir / WORKER_FILE, {"host": socket.gethostname(), "pid": pid,
+                                              "start": process_start_time(pid)})
 
 
 def visible_gpus() -> list[str]:
@@ -263,6 +291,7 @@ class LocalExecutor(Executor):
             stdin=subprocess.DEVNULL,
             env=env,
         )
+        record_worker(run_dir, process.pid)
         self.on_event("started", job, {"run_dir": run_dir, "gpu": gpu, "attempt": attempt})
         return RunningJob(job, run_dir, process, gpu, [out, err], attempt)
 

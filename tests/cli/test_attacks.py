@@ -259,3 +259,27 @@ def test_15_status_lists_at_most_twenty_pending_rows(tmp_path: Path) -> None:
     assert res.exit_code == 0 and res.output.startswith("500 pending\n")
     assert "... and 480 more pending (mpvgbench status --all)" in res.output
     assert len(res.output.splitlines()) < 30
+
+
+def test_7_on_this_host_the_workers_pid_decides(tmp_path: Path) -> None:
+    """A live worker fences its claim even when quiet; a dead one does not, even when its last
+    progress is fresh (a killed worker and coordinator resume at once)."""
+    import subprocess
+    import sys
+
+    from mpvgbench.executors.local import record_worker, worker_is_training
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "progress.json").write_text("{}")  # fresh
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record_worker(run_dir, alive.pid)
+        old = time.time() - 600
+        os.utime(run_dir / "progress.json", (old, old))
+        assert worker_is_training(run_dir, within_s=120)
+    finally:
+        alive.kill()
+        alive.wait()
+    (run_dir / "progress.json").write_text("{}")  # fresh again, but the worker is gone
+    assert not worker_is_training(run_dir, within_s=120)

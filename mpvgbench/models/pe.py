@@ -33,9 +33,11 @@ family tested it). Measured eval throughput with / without it, paired medians of
 repetitions (CPU, 1 thread, process CPU time: the shared 2-core machine was too loaded for
 2-thread timings) for lape / pvg / mpvg: ViT-Lite-7/4 (32 px) batch 1: 0.999x / 0.998x / 1.108x,
 batch 64: 1.023x / 1.021x / 0.949x; DeiT-Ti (224 px) batch 1: 0.986x / 1.130x / 0.915x,
-batch 64 (lape only, stopped for time): 1.065x. No
-consistent gain above the +-5-10% noise (the LNs are well under 1% of a forward's work), so it
-went: the chain recomputes, and under ``torch.compile`` the LNs are part of the graph anyway.
+batch 64 (lape only, stopped for time): 1.065x. 2 threads, wall clock, ViT-Lite-7/4 batch 1:
+0.930x / 0.940x / 1.348x, batch 64: 0.950x / 1.011x / 0.971x; DeiT-Ti batch 1: 1.002x / 0.987x /
+0.956x. No consistent gain above the
+noise (the LNs are well under 1% of a forward's work), so it went: the chain recomputes, and
+under ``torch.compile`` the LNs are part of the graph anyway.
 
 :func:`fold_last_ln_pe` folds the Last-LN term into the head bias for deployment.
 

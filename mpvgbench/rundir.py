@@ -325,12 +325,24 @@ def is_finished(run_dir: PathLike) -> bool:
 
 def _git(args: list[str], cwd: str) -> Optional[str]:
     try:
-        out = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
-        )
-    except Exception:  # no git, not a repo, timeout: the env record simply lacks it
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5,
+                             check=True, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):  # no git, not a repo, timeout
         return None
     return out.stdout.strip()
+
+
+def git_revision() -> dict[str, Any]:
+    """``{"git_commit", "git_dirty", "git_root"}`` of the code being benchmarked: the working
+    directory when it is a git checkout (the user's experiment repo), else the checkout
+    mpvgbench itself runs from (`pip install -e`); Nones when neither is one."""
+    for where in (os.getcwd(), str(Path(__file__).resolve().parent)):
+        commit = _git(["rev-parse", "HEAD"], where)
+        if commit:
+            status = _git(["status", "--porcelain", "--untracked-files=no"], where)
+            return {"git_commit": commit, "git_dirty": None if status is None else bool(status),
+                    "git_root": _git(["rev-parse", "--show-toplevel"], where)}
+    return {"git_commit": None, "git_dirty": None, "git_root": None}
 
 
 def collect_env(device: Optional[str] = None, num_processes: int = 1,
@@ -372,18 +384,11 @@ def collect_env(device: Optional[str] = None, num_processes: int = 1,
             source = (read_json(RunDir(run_dir).job, missing_ok=True) or {}).get("source") or {}
         except RunDirError:
             source = {}
-    if isinstance(source, dict) and source.get("git_commit"):
+    if not (isinstance(source, dict) and source.get("git_commit")):
+        source = git_revision()
+    if source.get("git_commit"):
         env["git_commit"], env["git_dirty"] = source["git_commit"], source.get("git_dirty")
         env["git_repo"] = source.get("git_root")
-        return env
-    for where in (os.getcwd(), str(Path(__file__).resolve().parent)):
-        commit = _git(["rev-parse", "HEAD"], where)
-        if commit:
-            env["git_commit"] = commit
-            status = _git(["status", "--porcelain", "--untracked-files=no"], where)
-            env["git_dirty"] = None if status is None else bool(status)
-            env["git_repo"] = _git(["rev-parse", "--show-toplevel"], where)
-            break
     return env
 
 

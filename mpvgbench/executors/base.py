@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 import socket
-import subprocess
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -67,33 +66,14 @@ def process_start_time(pid: int) -> Optional[int]:
         return None
 
 
-def _git(args: list[str], cwd: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5,
-                             check=True, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.SubprocessError):  # no git, not a repo, timeout
-        return None
-    return out.stdout.strip()
-
-
 @functools.lru_cache(maxsize=1)
 def source_revision() -> dict[str, Any]:
-    """``{"git_commit", "git_dirty", "git_root"}`` of the code being benchmarked, taken once by
-    the coordinator: the user's working directory when it is a git checkout (their experiment
-    repo), else the checkout mpvgbench itself runs from; Nones when neither is one.
+    """``rundir.git_revision()``, taken once by the coordinator and written into every job.json:
+    the worker cannot find it itself, as it runs in whatever directory the executor or Slurm
+    started it in (a Slurm job's node may not even have the checkout)."""
+    from mpvgbench.rundir import git_revision
 
-    The worker cannot find it itself: it runs in whatever directory the executor or Slurm
-    started it in (a Slurm job's directory may not even be a checkout on the compute node).
-    """
-    import mpvgbench
-
-    for where in (Path.cwd(), Path(mpvgbench.__file__).resolve().parent):
-        commit = _git(["rev-parse", "HEAD"], where)
-        if commit:
-            status = _git(["status", "--porcelain", "--untracked-files=no"], where)
-            return {"git_commit": commit, "git_dirty": None if status is None else bool(status),
-                    "git_root": _git(["rev-parse", "--show-toplevel"], where)}
-    return {"git_commit": None, "git_dirty": None, "git_root": None}
+    return git_revision()
 
 
 def prepare_run_dir(job: Job, ctx: RunContext) -> Path:

@@ -61,12 +61,12 @@ from mpvgbench.training_parts import (
     evaluate,
     load_init_weights,
     resolve_device,
+    resolve_switch,
     seed_everything,
     set_rng_state,
 )
 
 ModelFactory = Callable[..., nn.Module]
-SWITCH = ("auto", "on", "off")
 
 __all__ = ["NonFiniteLossError", "build_model_for_config", "request_checkpoint", "train"]
 
@@ -111,12 +111,6 @@ class _Parts:
     dist: DistInfo
 
 
-def _resolve_switch(name: str, value: str, auto: bool) -> bool:
-    if value not in SWITCH:
-        raise ValueError(f"{name}={value!r}; use auto, on or off")
-    return auto if value == "auto" else value == "on"
-
-
 def _setup(
     config: TrainConfig, data_root: Optional[str], download: bool, device: str, num_workers: int,
     amp: str, compile: str, model_factory: Optional[ModelFactory],
@@ -133,8 +127,8 @@ def _setup(
     mixup = build_mixup(recipe, config.num_classes)
     if mixup is not None and batch_size % 2:
         raise ValueError(f"mixup/cutmix need an even per-process batch, got {batch_size}")
-    use_amp = _resolve_switch("amp", amp, auto=dev.type == "cuda" and recipe.amp)
-    use_compile = _resolve_switch("compile", compile, auto=dev.type == "cuda")
+    use_amp = resolve_switch("amp", amp, auto=dev.type == "cuda" and recipe.amp)
+    use_compile = resolve_switch("compile", compile, auto=dev.type == "cuda")
     # No torch.use_deterministic_algorithms: the CPU kernels used here are deterministic
     # already, and in torch 2.x the call imports torch._inductor (~6 s), which is not cheap.
     if dev.type == "cuda":

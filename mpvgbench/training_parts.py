@@ -72,6 +72,16 @@ def dist_info() -> DistInfo:
     return DistInfo()
 
 
+SWITCH = ("auto", "on", "off")
+
+
+def resolve_switch(name: str, value: str, auto: bool) -> bool:
+    """An ``auto``/``on``/``off`` option (``amp``, ``compile``) -> whether it applies."""
+    if value not in SWITCH:
+        raise ValueError(f"{name}={value!r}; use auto, on or off")
+    return auto if value == "auto" else value == "on"
+
+
 def resolve_device(device: str, dist: DistInfo) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

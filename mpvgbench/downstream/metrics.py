@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -49,9 +49,13 @@ def detections_to_coco(
     return results
 
 
-def coco_evaluate(coco_gt: COCO, results: list[dict[str, Any]], iou_types: Iterable[str] = ("bbox", "segm")) -> dict[str, float]:
+def coco_evaluate(
+    coco_gt: COCO, results: list[dict[str, Any]], iou_types: Iterable[str] = ("bbox", "segm"),
+    image_ids: Optional[Sequence[int]] = None,
+) -> dict[str, float]:
     """pycocotools' COCOeval for each type; keys ``bbox_AP``, ``bbox_AP50``, ..., ``segm_AP``
-    (fractions in [0, 1]; the paper prints them x100). No detections at all -> 0."""
+    (fractions in [0, 1]; the paper prints them x100). No detections at all -> 0.
+    ``image_ids``: score these images only (default: every image of the annotation file)."""
     metrics: dict[str, float] = {}
     for iou_type in iou_types:
         if not results:
@@ -60,6 +64,8 @@ def coco_evaluate(coco_gt: COCO, results: list[dict[str, Any]], iou_types: Itera
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
             coco_dt = coco_gt.loadRes(results)
             evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+            if image_ids is not None:
+                evaluator.params.imgIds = sorted(int(i) for i in image_ids)
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -71,8 +72,10 @@ def msda_core(
     if sum(h * w for h, w in spatial_shapes) != s:
         raise ValueError(f"spatial shapes {list(spatial_shapes)} do not add up to {s} value tokens")
     dtype = torch.promote_types(value.dtype, torch.float32)
-    # the label lets profilers (benchmarks/bench_downstream.py) attribute the core's time
-    with torch.profiler.record_function("msda_core"), torch.autocast(device_type=value.device.type, enabled=False):
+    # the label lets profilers (benchmarks/bench_downstream.py) attribute the core's time; a
+    # compiled graph has no place for it (dynamo would warn on every trace)
+    label = nullcontext() if torch.compiler.is_compiling() else torch.profiler.record_function("msda_core")
+    with label, torch.autocast(device_type=value.device.type, enabled=False):
         value = value.to(dtype)
         grids = sampling_locations.to(dtype) * 2 - 1  # grid_sample's [-1, 1] convention
         per_level = value.split([h * w for h, w in spatial_shapes], dim=1)

@@ -8,8 +8,11 @@ no_sync); with one they zero the gradients, backpropagate, step, and return deta
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any, Optional
 
 import torch
+import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -19,12 +22,40 @@ from mpvgbench.downstream.metrics import ConfusionMatrix, coco_evaluate, detecti
 from mpvgbench.downstream.upernet import UperNetSegmenter
 
 __all__ = [
+    "DenseLosses",
     "detection_step",
     "evaluate_detection",
     "evaluate_segmentation",
     "segmentation_step",
     "slide_inference",
 ]
+
+
+class DenseLosses(nn.Module):
+    """The training forward of a detector or segmenter as one module's ``forward``, which is what
+    DDP and autocast wrap: ``(images, targets) -> loss dict``. Detection targets are dicts with
+    ``boxes``, ``labels``, ``masks``; segmentation targets are the label maps."""
+
+    def __init__(self, model: nn.Module, task: str) -> None:
+        super().__init__()
+        if task not in ("detection", "segmentation"):
+            raise ValueError(f"task must be 'detection' or 'segmentation', got {task!r}")
+        self.model, self.task = model, task
+
+    def forward(self, images: Any, targets: Any) -> dict[str, Tensor]:
+        if self.task == "detection":
+            keys = ("boxes", "labels", "masks")
+            return self.model(list(images), [{k: t[k] for k in keys} for t in targets])
+        return self.model.losses(images, targets)  # type: ignore[operator]
+
+
+def _autocast(device: torch.device, amp: bool) -> Any:
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+
+
+def _shard(n: int, shard: tuple[int, int]) -> range:
+    rank, world = shard
+    return range(rank, n, world)
 
 
 def _finish(losses: dict[str, Tensor], optimizer: torch.optim.Optimizer | None) -> dict[str, Tensor]:
@@ -47,8 +78,7 @@ def detection_step(
     """Mask R-CNN losses (``loss_classifier``, ``loss_box_reg``, ``loss_mask``,
     ``loss_objectness``, ``loss_rpn_box_reg``) and their sum ``loss``."""
     model.train()
-    keys = ("boxes", "labels", "masks")
-    return _finish(model(list(images), [{k: t[k] for k in keys} for t in targets]), optimizer)
+    return _finish(DenseLosses(model, "detection")(images, targets), optimizer)
 
 
 def segmentation_step(
@@ -59,7 +89,7 @@ def segmentation_step(
 ) -> dict[str, Tensor]:
     """UperNet losses (``loss_seg``, ``loss_aux`` already x0.4) and their sum ``loss``."""
     model.train()
-    return _finish(model.losses(images, labels), optimizer)
+    return _finish(DenseLosses(model, "segmentation")(images, labels), optimizer)
 
 
 @torch.no_grad()
@@ -83,38 +113,61 @@ def slide_inference(model: UperNetSegmenter, img: Tensor, crop: int = 512, strid
 
 @torch.no_grad()
 def evaluate_segmentation(
-    model: UperNetSegmenter, dataset: Dataset, crop: int = 512, stride: int = 341
+    model: UperNetSegmenter, dataset: Dataset, crop: int = 512, stride: int = 341,
+    *, shard: tuple[int, int] = (0, 1), amp: bool = False,
 ) -> dict[str, float]:
     """mIoU and aAcc (percent) over the whole dataset from one confusion matrix. The dataset
     yields ``(image, label)`` with the image resized for the model (SegmentationTestTransform)
-    and the label at its original size; logits are resized to the label before the argmax."""
+    and the label at its original size; logits are resized to the label before the argmax.
+    ``shard=(rank, world)``: this process scores images ``rank, rank + world, ...`` and the
+    matrices of all ranks are summed, so every rank returns the whole set's numbers."""
     model.eval()
     device = next(model.parameters()).device  # the dataset yields CPU tensors; so is the metric
     matrix = ConfusionMatrix(model.num_classes, model.ignore_index)
-    for i in range(len(dataset)):  # type: ignore[arg-type]
+    for i in _shard(len(dataset), shard):  # type: ignore[arg-type]
         image, label = dataset[i]
-        logits = slide_inference(model, image[None].to(device), crop, stride).cpu()
-        logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+        with _autocast(device, amp):
+            logits = slide_inference(model, image[None].to(device), crop, stride)
+        logits = F.interpolate(logits.float().cpu(), size=label.shape[-2:], mode="bilinear", align_corners=False)
         matrix.update(logits.argmax(1)[0], label)
+    if shard[1] > 1:
+        counts = matrix.matrix.to(device)
+        torch_dist.all_reduce(counts)
+        matrix.matrix = counts.cpu()
     return {"mIoU": matrix.miou(), "aAcc": matrix.pixel_accuracy()}
 
 
 @torch.no_grad()
-def evaluate_detection(model: nn.Module, dataset: CocoInstances) -> dict[str, float]:
-    """COCO AP box / mask (fractions) over ``dataset``; predictions made on the transformed image
-    are mapped back to the original image size (boxes scaled, mask probabilities resized)."""
+def evaluate_detection(
+    model: nn.Module, dataset: CocoInstances, *, max_images: Optional[int] = None,
+    shard: tuple[int, int] = (0, 1), amp: bool = False,
+) -> dict[str, float]:
+    """COCO AP box / mask (fractions) over ``dataset`` (its first ``max_images`` images if given:
+    COCOeval then scores those images only); predictions made on the transformed image are
+    mapped back to the original image size (boxes scaled, mask probabilities resized).
+    ``shard=(rank, world)``: each rank predicts its share, the results are gathered and every
+    rank scores the whole set (so all ranks return the same numbers)."""
     model.eval()
     device = next(model.parameters()).device  # the dataset yields CPU tensors; so is COCOeval
-    results = []
-    for i in range(len(dataset)):
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    results: list[dict[str, Any]] = []
+    image_ids: list[int] = []
+    for i in _shard(n, shard):
         image, target = dataset[i]
         image_id = int(target["image_id"])
+        image_ids.append(image_id)
         info = dataset.coco.imgs[image_id]
-        (out,) = model([image.to(device)])
+        with _autocast(device, amp):
+            (out,) = model([image.to(device)])
         sy, sx = info["height"] / image.shape[1], info["width"] / image.shape[2]
-        out = {k: v.cpu() for k, v in out.items()}
+        out = {k: v.cpu().float() if v.is_floating_point() else v.cpu() for k, v in out.items()}
         out["boxes"] = out["boxes"] * torch.tensor([sx, sy, sx, sy])
         if "masks" in out and out["masks"].shape[0]:
             out["masks"] = F.interpolate(out["masks"], size=(info["height"], info["width"]), mode="bilinear", align_corners=False)
         results.extend(detections_to_coco([out], [image_id], dataset.label_to_cat_id))
-    return coco_evaluate(dataset.coco, results)
+    if shard[1] > 1:
+        gathered: list[Any] = [None] * shard[1]
+        torch_dist.all_gather_object(gathered, (results, image_ids))
+        results = [r for part in gathered for r in part[0]]
+        image_ids = [i for part in gathered for i in part[1]]
+    return coco_evaluate(dataset.coco, results, image_ids=None if n == len(dataset) else image_ids)

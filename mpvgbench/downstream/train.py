@@ -13,8 +13,12 @@ evaluates ten times (MMSeg's 16k interval of 160k). In ``result.json`` ``final_t
 schema holds; ``ap_box``, ``ap_mask`` / ``miou`` and their ``final_`` / ``best_`` forms are what
 the report's Tables 3-4 read. ``metrics.jsonl``'s ``epoch`` counts evaluations.
 
-Not wired yet: DDP (one process; raises), bf16 autocast and ``torch.compile`` (``amp`` and
-``compile`` are accepted and recorded as off).
+DDP (torchrun / Slurm tasks): rank ``r`` takes the ``r``-th slice of every global batch (sampling
+is by position, so the ranks together see what one process would), BatchNorms become
+:class:`GlobalBatchNorm2d` (the official runs' SyncBN, also on CPU), evaluation is sharded and
+reduced so every rank holds the same metrics, and rank 0 writes the files. ``amp`` and
+``compile`` follow ``trainer.train``: ``auto`` = bf16 autocast (recipe.amp) and a compiled
+ViT-Adapter on CUDA, fp32 and eager on CPU; ``on`` applies them on CPU too.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ import time
 from typing import Any, Callable, Optional
 
 import torch
+import torch.distributed as torch_dist
 from torch.utils.data import DataLoader
 
 from mpvgbench.checkpoint import LoopState, checkpoint_payload, restore_checkpoint
 from mpvgbench.config import TrainConfig
 from mpvgbench.downstream.train_parts import (
     PRIMARY_METRIC, SeededSamples, build_dense_data, build_dense_model, build_dense_optimizer,
-    collate_fn, dense_task, position_batches,
+    collate_fn, dense_backbone, dense_task, position_batches,
 )
 from mpvgbench.errors import DataError
 from mpvgbench.rundir import (
@@ -38,22 +43,27 @@ from mpvgbench.rundir import (
     read_checkpoint, remove_leftover_tmp_files,
 )
 from mpvgbench.trainer_bookkeeping import CheckpointClock, Heartbeat, ProgressCallback, checkpoint_requested
-from mpvgbench.training_parts import NonFiniteLossError, derive_seed, dist_info, resolve_device, seed_everything
+from mpvgbench.training_parts import (
+    DistInfo, NonFiniteLossError, derive_seed, dist_info, resolve_device, resolve_switch, seed_everything,
+)
 
 __all__ = ["evaluate_dense", "train_downstream"]
 
 METRIC_NAMES = {"detection": ("ap_box", "ap_mask"), "segmentation": ("miou",)}
 
 
-def evaluate_dense(task: str, model: torch.nn.Module, val: Any, slide_crop: int, slide_stride: int) -> dict[str, float]:
-    """The table metrics in percent: ``ap_box``/``ap_mask`` (COCOeval, x100) or ``miou``/``aacc``."""
+def evaluate_dense(task: str, model: torch.nn.Module, val: Any, slide_crop: int, slide_stride: int,
+                   *, max_images: Optional[int] = None, dist: DistInfo = DistInfo(), amp: bool = False) -> dict[str, float]:
+    """The table metrics in percent: ``ap_box``/``ap_mask`` (COCOeval, x100) or ``miou``/``aacc``;
+    sharded over the ranks of ``dist``, the same numbers on every rank."""
     from mpvgbench.downstream.steps import evaluate_detection, evaluate_segmentation
 
+    shard = (dist.rank, dist.world_size)
     if task == "detection":
-        coco = evaluate_detection(model, val)
+        coco = evaluate_detection(model, val, max_images=max_images, shard=shard, amp=amp)
         # COCOeval reports -1 for "no ground truth in this range"; 0 keeps the value a percentage
         return {"ap_box": 100 * max(coco["bbox_AP"], 0.0), "ap_mask": 100 * max(coco["segm_AP"], 0.0)}
-    seg = evaluate_segmentation(model, val, slide_crop, slide_stride)  # type: ignore[arg-type]
+    seg = evaluate_segmentation(model, val, slide_crop, slide_stride, shard=shard, amp=amp)  # type: ignore[arg-type]
     return {"miou": seg["mIoU"], "aacc": seg["aAcc"]}
 
 
@@ -80,26 +90,30 @@ def train_downstream(
     progress_callback: Optional[ProgressCallback] = None,
     progress_interval_s: float = 5.0,
     model_factory: Optional[Callable[..., torch.nn.Module]] = None,
-    **not_yet_used: Any,  # download, amp, compile: the dense loop runs fp32, eager, on local data
+    amp: str = "auto",
+    compile: str = "auto",
+    **unused: Any,  # download: COCO and ADE20K are never fetched
 ) -> dict[str, Any]:
     """Fine-tune ``config`` (a coco/ade20k job) into ``run_dir``; the arguments are
-    ``trainer.train``'s (``download`` is ignored: COCO and ADE20K are never fetched)."""
-    from mpvgbench.downstream.steps import detection_step, segmentation_step
+    ``trainer.train``'s."""
+    from mpvgbench.downstream.steps import DenseLosses
+    from mpvgbench.downstream.sync_bn import convert_to_global_batchnorm
 
     session_start = time.time()
     rd = RunDir(run_dir)
     rd.path.mkdir(parents=True, exist_ok=True)
     recipe, key, task = config.recipe, config.key(), dense_task(config)
     dist = dist_info()
-    if dist.enabled:
-        raise DataError(f"{config.dataset}: dense prediction runs in one process for now; "
-                        "set executor.nproc_per_node: 1")
     dev = resolve_device(device, dist)
-    remove_leftover_tmp_files(rd)
+    use_amp = resolve_switch("amp", amp, auto=dev.type == "cuda" and recipe.amp)
+    use_compile = resolve_switch("compile", compile, auto=dev.type == "cuda")
+    if dist.is_main:
+        remove_leftover_tmp_files(rd)
 
     # ------------------------------------------------------------------------------- setup
-    data = build_dense_data(config, data_root, rd.path,
-                            None if recipe.eval_max_batches is None else recipe.eval_max_batches * recipe.batch_size)
+    eval_max_images = None if recipe.eval_max_batches is None else recipe.eval_max_batches * recipe.batch_size
+    data = build_dense_data(config, data_root, rd.path, eval_max_images)
+    position_batches(0, 0, recipe.batch_size, dist.rank, dist.world_size)  # a batch that does not split: fail now
     iters_per_epoch = len(data.train) // recipe.batch_size  # type: ignore[arg-type]
     if recipe.max_steps_per_epoch is not None:
         iters_per_epoch = min(iters_per_epoch, recipe.max_steps_per_epoch)
@@ -112,27 +126,43 @@ def train_downstream(
     else:
         total, eval_every = recipe.epochs * iters_per_epoch, iters_per_epoch
     n_evals = math.ceil(total / eval_every)
+    if dev.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 outside autocast (MSDA core, heads' fp32 ops)
 
     seed_everything(config.seed)  # model init is a function of the seed alone
-    model = (model_factory or build_dense_model)(config, rd.path).to(dev)
+    model = (model_factory or build_dense_model)(config, rd.path)
+    if dist.enabled:  # the official runs' SyncBN: statistics of the global batch
+        model = convert_to_global_batchnorm(model)
+    model = model.to(dev)
     optimizer, scheduler = build_dense_optimizer(model, config, iters_per_epoch, total)
-    step_fn = detection_step if task == "detection" else segmentation_step
+    train_forward: torch.nn.Module = DenseLosses(model, task)
+    if dist.enabled:
+        # find_unused_parameters: parameters loaded but unused by the adapter (the ViT's Last LN,
+        # MPVG's LN'', the class token) and heads without positives in a batch get no gradient
+        train_forward = torch.nn.parallel.DistributedDataParallel(
+            train_forward, device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=True)
+    if use_compile:  # in place: parameter names (checkpoints) stay as they are
+        dense_backbone(model).compile()
     names = METRIC_NAMES[task]
     primary = PRIMARY_METRIC[task]
 
     state = LoopState()
-    ckpt = read_checkpoint(rd.checkpoint)
+    ckpt = read_checkpoint(rd.checkpoint)  # every rank reads it (shared filesystem)
     if ckpt is not None:
         state = restore_checkpoint(ckpt, key, rd.checkpoint, model=model, optimizer=optimizer,
                                    scheduler=scheduler, ema=None)
     del ckpt
     prior_wall = state.wall_time_s
-    atomic_write_jsonl(rd.metrics, state.rows)  # drop lines newer than the checkpoint
+    if dist.is_main:
+        atomic_write_jsonl(rd.metrics, state.rows)  # drop lines newer than the checkpoint
 
     def save_checkpoint() -> None:
         state.wall_time_s = prior_wall + time.time() - session_start
-        atomic_torch_save(rd.checkpoint, checkpoint_payload(
-            key, state, model=model, optimizer=optimizer, scheduler=scheduler, ema=None, world_size=1))
+        if dist.is_main:
+            atomic_torch_save(rd.checkpoint, checkpoint_payload(
+                key, state, model=model, optimizer=optimizer, scheduler=scheduler, ema=None,
+                world_size=dist.world_size))
         clock.reset()
         if checkpoint_requested.is_set():
             checkpoint_requested.clear()
@@ -140,10 +170,10 @@ def train_downstream(
                 on_requested_checkpoint()
 
     clock = CheckpointClock(checkpoint_every_steps, checkpoint_every_min, dist, dev, 1)
-    heartbeat = Heartbeat(rd, n_evals, eval_every, True, progress_interval_s, progress_callback)
+    heartbeat = Heartbeat(rd, n_evals, eval_every, dist.is_main, progress_interval_s, progress_callback)
     loader = DataLoader(
         SeededSamples(data.train, data.train_transform, config.seed),
-        batch_sampler=list(position_batches(state.num_updates, total, recipe.batch_size)),
+        batch_sampler=position_batches(state.num_updates, total, recipe.batch_size, dist.rank, dist.world_size),
         num_workers=num_workers, collate_fn=collate_fn(task), pin_memory=dev.type == "cuda",
     )
 
@@ -152,10 +182,10 @@ def train_downstream(
     last_loss: Optional[float] = None
     for batch in loader:
         it = state.num_updates  # 0-based index of this iteration
-        seed_everything(derive_seed(config.seed, it, 2))  # drop path: a function of the iteration
+        # drop path and dropout: a function of (iteration, rank)
+        seed_everything(derive_seed(config.seed, it, 2, dist.rank))
         images, targets = _to_device(batch, dev)
-        losses = step_fn(model, images, targets, optimizer)  # type: ignore[arg-type]
-        loss = float(losses["loss"])
+        loss = _train_step(train_forward, optimizer, images, targets, dev, use_amp, dist)
         evaluation, step = it // eval_every + 1, it % eval_every + 1
         if not math.isfinite(loss):
             raise NonFiniteLossError(evaluation, step, loss)
@@ -166,7 +196,8 @@ def train_downstream(
         last_loss = loss
         if state.num_updates % eval_every == 0 or state.num_updates == total:
             eval_start = time.time()
-            metrics = evaluate_dense(task, model, data.val, data.slide_crop, data.slide_stride)
+            metrics = evaluate_dense(task, model, data.val, data.slide_crop, data.slide_stride,
+                                     max_images=eval_max_images, dist=dist, amp=use_amp)
             row: dict[str, Any] = {
                 "epoch": len(state.rows) + 1, "iteration": state.num_updates,
                 "train_loss": state.epoch_loss_sum / max(state.epoch_loss_count, 1), **metrics,
@@ -178,7 +209,8 @@ def train_downstream(
                 state.best[name] = max(state.best.get(name, -math.inf), row[name])
             state.epoch, state.step = len(state.rows), 0
             state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
-            atomic_write_jsonl(rd.metrics, state.rows)  # metrics first, then the checkpoint
+            if dist.is_main:
+                atomic_write_jsonl(rd.metrics, state.rows)  # metrics first, then the checkpoint
             save_checkpoint()
             train_start = time.time()
         elif clock.due():
@@ -195,13 +227,32 @@ def train_downstream(
         "final_top5": None, "best_top5": None,
         "epochs": len(state.rows), "iterations": state.num_updates,
         "wall_time_s": prior_wall + time.time() - session_start,
-        "env": collect_env(str(dev), 1),
+        "env": collect_env(str(dev), dist.world_size, run_dir=rd.path),
     }
     for name in names:
         result[name] = final.get(name)
         result[f"final_{name}"] = final.get(name)
         result[f"best_{name}"] = best.get(name)
-    result["env"].update({"amp": False, "compiled": False, "threads": torch.get_num_threads(),
+    result["env"].update({"amp": use_amp, "compiled": use_compile, "threads": torch.get_num_threads(),
                           "loader_workers": num_workers})
-    atomic_write_json(rd.result, result)
+    if dist.is_main:
+        atomic_write_json(rd.result, result)
     return result
+
+
+def _train_step(train_forward: torch.nn.Module, optimizer: torch.optim.Optimizer, images: Any, targets: Any,
+                device: torch.device, amp: bool, dist: DistInfo) -> float:
+    """One optimisation step; returns the loss averaged over the ranks (every rank the same
+    number, so a non-finite loss stops all of them at the same step instead of hanging)."""
+    train_forward.train()  # evaluation left the model in eval mode
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        losses = train_forward(images, targets)
+    loss = sum(v.float() for v in losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[union-attr]
+    optimizer.step()
+    value = loss.detach().reshape(1)  # type: ignore[union-attr]
+    if dist.enabled:
+        torch_dist.all_reduce(value)
+        value /= dist.world_size
+    return float(value)

@@ -17,7 +17,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +30,7 @@ from mpvgbench.training_parts import derive_seed, resolve_init_from
 
 __all__ = [
     "OFFICIAL_CROP", "PRIMARY_METRIC", "DenseData", "SeededSamples", "build_dense_data",
-    "build_dense_model", "build_dense_optimizer", "dense_task", "position_batches",
+    "build_dense_model", "build_dense_optimizer", "dense_backbone", "dense_task", "position_batches",
     "pretrain_img_size",
 ]
 
@@ -124,10 +124,17 @@ class SeededSamples(Dataset):
         return self.transform(image, target)
 
 
-def position_batches(first_iteration: int, total_iterations: int, batch_size: int) -> Iterator[list[int]]:
-    """The sample positions of iterations ``first_iteration .. total_iterations - 1``."""
-    for it in range(first_iteration, total_iterations):
-        yield list(range(it * batch_size, (it + 1) * batch_size))
+def position_batches(first_iteration: int, total_iterations: int, batch_size: int,
+                     rank: int = 0, world_size: int = 1) -> list[list[int]]:
+    """This rank's sample positions of iterations ``first_iteration .. total_iterations - 1``:
+    the ``rank``-th of ``world_size`` equal slices of each global batch, so the ranks together
+    see exactly the samples (and augmentations) one process with the whole batch would."""
+    if batch_size % world_size:
+        raise ValueError(f"recipe.batch_size={batch_size} is not divisible by the {world_size} "
+                         "processes; change batch_size or executor.nproc_per_node")
+    per_rank = batch_size // world_size
+    starts = (it * batch_size + rank * per_rank for it in range(first_iteration, total_iterations))
+    return [list(range(start, start + per_rank)) for start in starts]
 
 
 def collate_segmentation(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
@@ -171,15 +178,22 @@ def build_dense_model(config: TrainConfig, run_dir: Path) -> nn.Module:
     adapter_kw: dict[str, Any] = {"pretrain_img_size": size, "drop_path_rate": config.recipe.drop_path}
     if dense_task(config) == "detection":
         model: nn.Module = build_mask_rcnn(config.method, config.num_classes, **adapter_kw)
-        adapter = model.backbone.body  # type: ignore[union-attr]
     else:
         model = build_upernet(config.method, config.num_classes, **adapter_kw)
-        adapter = model.backbone  # type: ignore[assignment]
+    adapter = dense_backbone(model)
     if config.init_from is not None:
         ckpt = read_checkpoint(resolve_init_from(config.init_from, run_dir))
         assert ckpt is not None
         adapter.load_classification_weights(ckpt)  # type: ignore[operator]
     return model
+
+
+def dense_backbone(model: nn.Module) -> nn.Module:
+    """The ViT-Adapter inside a detector (``backbone.body``) or a segmenter (``backbone``): the
+    part ``torch.compile`` takes (one graph, no breaks; torchvision's detection heads have
+    data-dependent shapes and stay eager)."""
+    backbone = model.backbone  # type: ignore[union-attr]
+    return getattr(backbone, "body", backbone)
 
 
 def build_dense_optimizer(model: nn.Module, config: TrainConfig, iterations_per_epoch: int, total_iterations: int) -> tuple[torch.optim.Optimizer, Any]:

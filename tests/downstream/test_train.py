@@ -11,38 +11,16 @@ from typing import Any
 import pytest
 import torch
 
-from mpvgbench.config import Recipe, TrainConfig
 from mpvgbench.downstream import train as downstream_train
 from mpvgbench.downstream.train_parts import build_dense_model, pretrain_img_size
 from mpvgbench.errors import SpecError
 from mpvgbench.matrix import expand
-from mpvgbench.recipes import default_recipe, smoke_recipe
 from mpvgbench.rundir import atomic_torch_save, read_checkpoint, read_jsonl
 from mpvgbench.spec import parse_spec
 from mpvgbench.store_schema import result_problem
 from mpvgbench.trainer import train
-
-TINY_ADAPTER: dict[str, Any] = dict(
-    vit_kwargs=dict(depth=4, embed_dim=64, num_heads=2),
-    interaction_indexes=((0, 0), (1, 1), (2, 2), (3, 3)),
-    window_sizes=(None,) * 4,
-    deform_heads=4,
-)
-
-
-def _tiny_segmenter(config: TrainConfig, run_dir: Path) -> torch.nn.Module:
-    from mpvgbench.downstream.upernet import build_upernet
-
-    return build_upernet(config.method, config.num_classes, head_channels=16, aux_channels=8,
-                         pretrain_img_size=64, **TINY_ADAPTER)
-
-
-def _ade_config(max_iters: int = 2) -> TrainConfig:
-    recipe = smoke_recipe(default_recipe("deit", "ade20k_synthetic"), "deit", "ade20k").model_copy(
-        update={"max_iters": max_iters})
-    return TrainConfig(model="deit_tiny", method="mpvg", dataset="ade20k_synthetic", img_size=64,
-                       num_classes=3, recipe=recipe)
-
+from tests.downstream.tiny import ade_config as _ade_config
+from tests.downstream.tiny import tiny_segmenter as _tiny_segmenter
 
 def test_train_dispatches_segmentation_and_keeps_the_run_dir_contract(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

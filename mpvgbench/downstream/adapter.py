@@ -9,7 +9,8 @@ says so, and the method's chain (LN'_l ...) is run on that interpolated ``pos_0`
 gets its layer-wise PE on the feature grid and each delivered PE token is an LN output as in
 classification. ``last_ln`` decides what happens after the last block (docs/downstream.md):
 ``"skip"`` (default, official ViT-Adapter: no final LN, so no Last-LN PE term) or ``"apply"``
-(Last LN per token plus MPVG's ``LN''(pos_k)``, the classification path).
+(Last LN per token plus MPVG's ``LN''(pos_k)``, the classification path). ``layer_scale``
+(default on, as official) gives every block learnable per-channel gammas initialised to 1.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import LayerScale, trunc_normal_
 from torch import Tensor, nn
 
 from mpvgbench.downstream.adapter_modules import InteractionBlock, SpatialPriorModule, run_block
@@ -55,6 +56,10 @@ class AdapterConfig:
     # per block: window size, or None for global attention (segmentation: all global)
     window_sizes: tuple[int | None, ...] = field(default_factory=lambda: (None,) * 12)
     last_ln: LastLN = "skip"
+    # czczup/ViT-Adapter {detection/mmdet_custom,segmentation/mmseg_custom}/models/backbones/
+    # base/vit.py: TIMMVisionTransformer(layer_scale=True), kept by the Ti configs; per-channel
+    # gammas on both branches of every block, initialised to ones (identity at init)
+    layer_scale: bool = True
 
     def __post_init__(self) -> None:
         if self.last_ln not in ("skip", "apply"):
@@ -76,6 +81,8 @@ class ViTAdapter(nn.Module):
             raise ValueError("build the ViT with num_classes=0: the adapter has no classifier")
         self.vit = vit
         self.config = config
+        # the checkpoint keys this adapter adds to the ViT (absent from classification checkpoints)
+        self.added_vit_keys: frozenset[str] = frozenset(_add_layer_scale(vit, dim) if config.layer_scale else ())
         self.level_embed = nn.Parameter(torch.zeros(3, dim))
         self.spm = SpatialPriorModule(config.conv_inplane, dim)
         n = len(config.interaction_indexes)
@@ -108,10 +115,21 @@ class ViTAdapter(nn.Module):
 
     def load_classification_weights(self, state: Mapping[str, Any]) -> None:
         """Load a classification checkpoint (a state dict or a trainer checkpoint with ``model``)
-        into ``self.vit``: every key must match except the classifier ``head.*``."""
+        into ``self.vit``: every key must match except the classifier ``head.*`` and the layer-scale
+        gammas this adapter added (left at their init, 1). Nothing is loaded on a key mismatch."""
         model_state = state["model"] if isinstance(state.get("model"), Mapping) else state
         backbone = {k: v for k, v in model_state.items() if not k.startswith("head.")}
-        self.vit.load_state_dict(backbone, strict=True)
+        expected = set(self.vit.state_dict())
+        unexpected = sorted(set(backbone) - expected)
+        missing = sorted(expected - set(backbone) - self.added_vit_keys)
+        if unexpected or missing:
+            # checked before loading so a wrong checkpoint (e.g. another PE method's) leaves the
+            # model untouched and names the keys, as strict=True would
+            raise ValueError(
+                f"checkpoint does not match the adapter's ViT: unexpected keys {unexpected}, missing keys {missing}"
+                " (only head.* and the adapter's layer-scale gammas may differ; is it another PE method's checkpoint?)"
+            )
+        self.vit.load_state_dict(backbone, strict=False)
 
     # -- forward -------------------------------------------------------------------------------
 
@@ -167,6 +185,22 @@ class ViTAdapter(nn.Module):
 
     def forward(self, img: Tensor) -> list[Tensor]:
         return self.forward_with_tokens(img)[0]
+
+
+def _add_layer_scale(vit: nn.Module, dim: int) -> list[str]:
+    """Give every block ``ls1``/``ls2`` = timm ``LayerScale(dim, init_values=1.0)`` where it has
+    none (official ``gamma1``/``gamma2``); returns the new parameter names within ``vit``."""
+    added = []
+    for i, block in enumerate(vit.blocks):
+        for name in ("ls1", "ls2"):
+            current = getattr(block, name)
+            if isinstance(current, LayerScale):
+                continue  # the ViT already has layer scale: its checkpoint carries the gammas
+            if not isinstance(current, nn.Identity):
+                raise ValueError(f"blocks.{i}.{name} is a {type(current).__name__}; layer_scale needs Identity or LayerScale")
+            setattr(block, name, LayerScale(dim, init_values=1.0))
+            added.append(f"blocks.{i}.{name}.gamma")
+    return added
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -110,13 +110,16 @@ def collate_detection(batch: Sequence[tuple[Tensor, Target]]) -> tuple[list[Tens
 
 def _resize_detection(image: Tensor, target: Target, short: int, long: int) -> tuple[Tensor, Target]:
     """Keep-ratio resize so the short side is ``short`` unless the long side would exceed ``long``
-    (MMDet's ``Resize(img_scale=(long, short), keep_ratio=True)``)."""
+    (MMDet's ``Resize(img_scale=(long, short), keep_ratio=True)``; boxes clipped to the image)."""
     h, w = image.shape[1:]
     scale = min(short / min(h, w), long / max(h, w))
     nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
     image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
     target = dict(target)
-    target["boxes"] = target["boxes"] * torch.tensor([nw / w, nh / h, nw / w, nh / h])
+    boxes = target["boxes"] * torch.tensor([nw / w, nh / h, nw / w, nh / h])
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, nw)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, nh)
+    target["boxes"] = boxes
     if target["masks"].numel():
         target["masks"] = F.interpolate(target["masks"][None].float(), size=(nh, nw), mode="nearest")[0].to(torch.uint8)
     else:
@@ -133,10 +136,12 @@ def _hflip_detection(image: Tensor, target: Target) -> tuple[Tensor, Target]:
     return image.flip(-1), target
 
 
-def _crop_detection(image: Tensor, target: Target, size: int, rng: random.Random) -> tuple[Tensor, Target]:
-    """Random crop to at most ``size x size``; boxes clipped, instances left empty dropped."""
+def _crop_detection(image: Tensor, target: Target, size: tuple[int, int], rng: random.Random) -> tuple[Tensor, Target]:
+    """Random crop to at most ``size = (h, w)`` at a uniform offset (MMDet's ``RandomCrop`` with
+    ``allow_negative_crop=True``): boxes shifted and clipped, instances left empty dropped, even
+    all of them (the caller's targets may then hold zero instances)."""
     h, w = image.shape[1:]
-    ch, cw = min(size, h), min(size, w)
+    ch, cw = min(size[0], h), min(size[1], w)
     top, left = rng.randint(0, h - ch), rng.randint(0, w - cw)
     target = dict(target)
     boxes = target["boxes"] - torch.tensor([left, top, left, top], dtype=torch.float32)
@@ -148,19 +153,50 @@ def _crop_detection(image: Tensor, target: Target, size: int, rng: random.Random
     return image[:, top : top + ch, left : left + cw], target
 
 
-class DetectionTrainTransform:
-    """Flip (p=0.5), multi-scale keep-ratio resize (short side from ``scales``, long <= 1333),
-    random crop to ``crop`` (the official 3x+MS pipeline without AutoAugment's crop branch)."""
+def _range_crop_size(h: int, w: int, low: int, high: int, rng: random.Random) -> tuple[int, int]:
+    """MMDet ``RandomCrop(crop_type="absolute_range", crop_size=(low, high))``: height and width
+    drawn independently and uniformly from ``[min(side, low), min(side, high)]`` (inclusive)."""
+    return rng.randint(min(h, low), min(h, high)), rng.randint(min(w, low), min(w, high))
 
-    def __init__(self, scales: Sequence[int] = tuple(range(480, 801, 32)), max_size: int = 1333, crop: int = 1024, seed: int | None = None) -> None:
+
+class DetectionTrainTransform:
+    """The official 3x+MS pipeline (``mask_rcnn_deit_adapter_tiny_fpn_3x_coco.py``, DETR's):
+
+    flip (p=0.5); then AutoAugment picks one of two policies uniformly:
+    1. keep-ratio resize, short side from ``scales`` (long side <= ``max_size``);
+    2. keep-ratio resize, short side from ``crop_scales`` (long <= ``max_size``), random crop of
+       ``h, w`` each uniform in ``crop_range`` (absolute_range), resize again as in 1 (override);
+    then a random crop to at most ``crop x crop``. Crops keep images left without instances
+    (``allow_negative_crop=True``). Every draw comes from ``self.rng`` (the trainer reseeds it
+    per sample for exact resume)."""
+
+    def __init__(
+        self,
+        scales: Sequence[int] = tuple(range(480, 801, 32)),
+        max_size: int = 1333,
+        crop: int = 1024,
+        crop_scales: Sequence[int] = (400, 500, 600),
+        crop_range: tuple[int, int] = (384, 600),
+        seed: int | None = None,
+    ) -> None:
+        if not scales or not crop_scales or min(*scales, *crop_scales, max_size, crop) < 1:
+            raise ValueError(f"scales {scales}, crop_scales {crop_scales}, max_size {max_size} and crop {crop} must be positive and non-empty")
+        if not 1 <= crop_range[0] <= crop_range[1]:
+            raise ValueError(f"crop_range must be (low, high) with 1 <= low <= high, got {crop_range}")
         self.scales, self.max_size, self.crop = tuple(scales), max_size, crop
+        self.crop_scales, self.crop_range = tuple(crop_scales), (int(crop_range[0]), int(crop_range[1]))
         self.rng = random.Random(seed)
 
     def __call__(self, image: Tensor, target: Target) -> tuple[Tensor, Target]:
-        if self.rng.random() < 0.5:
+        rng = self.rng
+        if rng.random() < 0.5:
             image, target = _hflip_detection(image, target)
-        image, target = _resize_detection(image, target, self.rng.choice(self.scales), self.max_size)
-        return _crop_detection(image, target, self.crop, self.rng)
+        if rng.random() < 0.5:  # AutoAugment's policy 2: resize, crop, then policy 1's resize
+            image, target = _resize_detection(image, target, rng.choice(self.crop_scales), self.max_size)
+            size = _range_crop_size(*image.shape[1:], *self.crop_range, rng)
+            image, target = _crop_detection(image, target, size, rng)
+        image, target = _resize_detection(image, target, rng.choice(self.scales), self.max_size)
+        return _crop_detection(image, target, (self.crop, self.crop), rng)
 
 
 class DetectionTestTransform:

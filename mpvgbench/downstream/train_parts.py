@@ -91,7 +91,11 @@ def build_dense_data(config: TrainConfig, data_root: Optional[str], run_dir: Pat
         # MMDet's short sides 480..800 step 32 (long <= 1333), test 800: scaled, multiples of 32
         scales = sorted({max(32, round(s * ratio / 32) * 32) for s in range(480, 801, 32)})
         long_side = round(1333 * ratio)
-        train_tf: Any = DetectionTrainTransform(scales, max_size=long_side, crop=crop)
+        # AutoAugment's second policy: short side 400/500/600, then an absolute crop of 384..600
+        crop_scales = tuple(max(1, round(s * ratio)) for s in (400, 500, 600))
+        crop_range = (max(1, round(384 * ratio)), max(1, round(600 * ratio)))
+        train_tf: Any = DetectionTrainTransform(scales, max_size=long_side, crop=crop,
+                                                crop_scales=crop_scales, crop_range=crop_range)
         val_ds: Dataset = CocoInstances(root, "val", DetectionTestTransform(round(800 * ratio), long_side))
         train_ds: Dataset = CocoInstances(root, "train")
         # COCOeval scores every image of the annotation file: no subset for detection

@@ -8,8 +8,13 @@ left out, so the share is a slight underestimate), over the profiled step's wall
 the grid_sample kernels' time over all kernel time. Everything else (the ViT, the SPM, the
 projections around the core, the heads, the losses) is "rest".
 
+``--modes fp32 bf16 bf16+compile`` times the same steps under bf16 autocast and with the
+ViT-Adapter compiled as well (what ``--amp``/``--compile`` ``auto`` do on CUDA) and prints each
+mode's ratio to the first one, measured in the same run; the core's share is printed for eager
+modes only (a compiled graph has no ``msda_core`` region).
+
     python benchmarks/bench_downstream.py --threads 1 --reps 2          # CPU, shared machine
-    python benchmarks/bench_downstream.py --device cuda --reps 5
+    python benchmarks/bench_downstream.py --device cuda --reps 5 --modes fp32 bf16 bf16+compile
 """
 
 from __future__ import annotations
@@ -18,16 +23,38 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mpvgbench.downstream.detection import build_mask_rcnn
-from mpvgbench.downstream.steps import detection_step, segmentation_step
+from mpvgbench.downstream.steps import DenseLosses
+from mpvgbench.downstream.train_parts import dense_backbone
 from mpvgbench.downstream.upernet import build_upernet
 
+MODES = ("fp32", "bf16", "bf16+compile", "fp32+compile")
 
-def detection_case(device: torch.device, size: int, batch: int) -> Callable[[], None]:
+
+def _step_fn(model: torch.nn.Module, task: str, images: Any, targets: Any, device: torch.device, mode: str) -> Callable[[], None]:
+    """One forward+backward of the training losses in ``mode`` (the trainer's ``_train_step``
+    without the optimiser)."""
+    if "compile" in mode:
+        dense_backbone(model).compile()  # in place, as the trainer does
+    forward = DenseLosses(model, task)
+    amp = mode.startswith("bf16")
+
+    def step() -> None:
+        forward.train()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            losses = forward(images, targets)
+        sum(v.float() for v in losses.values()).backward()  # type: ignore[union-attr]
+
+    return step
+
+
+def detection_case(device: torch.device, size: int, batch: int, mode: str = "fp32") -> Callable[[], None]:
+    torch.manual_seed(0)
     model = build_mask_rcnn("mpvg").to(device)
     images, targets = [], []
     for i in range(batch):
@@ -37,22 +64,15 @@ def detection_case(device: torch.device, size: int, batch: int) -> Callable[[], 
             m[y1:y2, x1:x2] = 1
         images.append(torch.rand(3, size, size, device=device))
         targets.append({"boxes": boxes, "labels": torch.tensor([1, 5, 9], device=device), "masks": masks})
-
-    def step() -> None:
-        detection_step(model, images, targets)["loss"].backward()
-
-    return step
+    return _step_fn(model, "detection", images, targets, device, mode)
 
 
-def segmentation_case(device: torch.device, size: int, batch: int) -> Callable[[], None]:
+def segmentation_case(device: torch.device, size: int, batch: int, mode: str = "fp32") -> Callable[[], None]:
+    torch.manual_seed(0)
     model = build_upernet("mpvg").to(device)
     images = torch.rand(batch, 3, size, size, device=device)
     labels = torch.randint(0, 150, (batch, size, size), device=device)
-
-    def step() -> None:
-        segmentation_step(model, images, labels)["loss"].backward()
-
-    return step
+    return _step_fn(model, "segmentation", images, labels, device, mode)
 
 
 def _sync(device: torch.device) -> None:
@@ -60,8 +80,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(name: str, step: Callable[[], None], device: torch.device, reps: int) -> None:
-    step()  # warm-up (allocator, lazy init)
+def measure(name: str, step: Callable[[], None], device: torch.device, reps: int,
+            baseline: Optional[float] = None, profile_core: bool = True) -> float:
+    """Print the step's median wall and CPU time (and its ratio to ``baseline``); return the wall."""
+    step()  # warm-up (allocator, lazy init, compilation)
     _sync(device)
     wall, cpu = [], []
     for _ in range(reps):
@@ -70,6 +92,11 @@ def measure(name: str, step: Callable[[], None], device: torch.device, reps: int
         _sync(device)
         wall.append(time.perf_counter() - w0)
         cpu.append(time.process_time() - c0)
+    median = statistics.median(wall)
+    ratio = f"  {baseline / median:5.2f}x the first mode" if baseline else ""
+    if not profile_core:
+        print(f"{name:<46} fwd+bwd wall {median:7.2f} s  cpu {statistics.median(cpu):7.2f} s{ratio}")
+        return median
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         w0 = time.perf_counter()
@@ -85,9 +112,10 @@ def measure(name: str, step: Callable[[], None], device: torch.device, reps: int
         total = profiled_wall * 1e6
     share = 100.0 * core / total if total else float("nan")
     print(
-        f"{name:<34} fwd+bwd wall {statistics.median(wall):7.2f} s  cpu {statistics.median(cpu):7.2f} s  "
-        f"MSDA core {share:5.1f}% of the profiled step"
+        f"{name:<46} fwd+bwd wall {median:7.2f} s  cpu {statistics.median(cpu):7.2f} s  "
+        f"MSDA core {share:5.1f}% of the profiled step{ratio}"
     )
+    return median
 
 
 def main() -> None:
@@ -100,14 +128,22 @@ def main() -> None:
                         "BatchNorm after the PPM's 1x1 pooling needs at least 2)")
     parser.add_argument("--det-size", type=int, default=1024)
     parser.add_argument("--seg-size", type=int, default=512)
+    parser.add_argument("--modes", nargs="+", default=["fp32"], choices=MODES,
+                        help="precision/compilation modes, each timed; ratios are to the first")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
     print(f"device {device}, threads {torch.get_num_threads()}, reps {args.reps}")
-    measure(f"Mask R-CNN {args.det_batch}x{args.det_size}x{args.det_size}", detection_case(device, args.det_size, args.det_batch), device, args.reps)
-    measure(f"UperNet {args.seg_batch}x{args.seg_size}x{args.seg_size}", segmentation_case(device, args.seg_size, args.seg_batch), device, args.reps)
+    cases = [(f"Mask R-CNN {args.det_batch}x{args.det_size}x{args.det_size}", detection_case, args.det_size, args.det_batch),
+             (f"UperNet {args.seg_batch}x{args.seg_size}x{args.seg_size}", segmentation_case, args.seg_size, args.seg_batch)]
+    for name, build, size, batch in cases:
+        baseline = None
+        for mode in args.modes:
+            wall = measure(f"{name} {mode}", build(device, size, batch, mode), device, args.reps,
+                           baseline, profile_core="compile" not in mode)
+            baseline = baseline or wall
 
 
 if __name__ == "__main__":

@@ -90,6 +90,6 @@ def test_gpu_bookkeeping() -> None:
 
 def test_ddp_jobs_run_under_torchrun_with_nproc_from_the_spec() -> None:
     argv = LocalExecutor(processes_per_job=2).worker_argv(Path("/runs/0123456789abcdef"))
-    assert argv[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert argv[1:5] == ["-m", "mpvgbench.ddp_launch", "--standalone", "--nproc_per_node=2"]
     assert argv[-3:] == ["-m", "mpvgbench.worker", "/runs/0123456789abcdef"] or argv[-2:] == [
         "mpvgbench.worker", "/runs/0123456789abcdef"]

@@ -263,8 +263,8 @@ class LocalExecutor(Executor):
 
     def worker_argv(self, run_dir: Path) -> list[str]:
         """The worker's command line (a seam for tests of the executor's bookkeeping)."""
-        if self.processes_per_job > 1:  # one-node DDP: the worker reads RANK/WORLD_SIZE from torchrun
-            return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+        if self.processes_per_job > 1:  # one-node DDP: torchrun (tied to us), RANK/WORLD_SIZE for the worker
+            return [sys.executable, "-m", "mpvgbench.ddp_launch", "--standalone",
                     f"--nproc_per_node={self.processes_per_job}", "-m", "mpvgbench.worker", str(run_dir)]
         return [sys.executable, "-m", "mpvgbench.worker", str(run_dir)]
 

@@ -114,3 +114,23 @@ def test_table3_table4_smoke_fill_the_dense_reports(tmp_path: Path) -> None:
         for row in rows:  # every method's cell shows its smoke run's measured value
             measured = [value for name, value in row.items() if name.endswith("measured")]
             assert len(measured) == len(metrics) and all(v is not None for v in measured), row
+
+
+@pytest.mark.slow
+def test_table4_smoke_under_ddp_through_the_local_executor(tmp_path: Path) -> None:
+    """The whole spine with two processes per job on CPU: local executor -> torchrun (gloo) ->
+    worker -> the DeiT-Ti parent and the UperNet fine-tune under DDP -> store -> report."""
+    db, runs = tmp_path / "results.db", tmp_path / "runs"
+    done = _cli("run", str(EXPERIMENTS / "table4.yaml"), "--smoke", "--db", str(db), "--runs-dir", str(runs),
+                "--device", "cpu", "--executor", "local", "--set", "executor.nproc_per_node=2",
+                "--only", "method=mpvg", cwd=tmp_path)
+    assert done.exit_code == 0, done.output[-3000:]
+    results = [json.loads(p.read_text()) for p in runs.rglob("result.json")]
+    assert len(results) == 2 and all(r["env"]["num_processes"] == 2 for r in results)
+    (dense,) = [r for r in results if r.get("task") == "segmentation"]
+    assert dense["iterations"] == 4 and dense["miou"] is not None
+    rendered = _cli("report", "--db", str(db), "--table", "4", "--format", "json", cwd=tmp_path)
+    assert rendered.exit_code == 0, rendered.output
+    rows = {row["Method"]: row for row in json.loads(rendered.output)["rows"]}
+    assert rows["MPVG"]["mIoU measured"]["values"] == [dense["miou"]]
+    assert rows["PVG"]["mIoU measured"]["n"] == 0  # --only: one method ran

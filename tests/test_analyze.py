@@ -19,13 +19,13 @@ from click.testing import CliRunner
 import mpvgbench.cli.analyze  # noqa: F401 - registers the command
 from mpvgbench.analyze import (
     NO_LAYERWISE_NOTE,
-    analyze_run,
     collect_activations,
     cosine,
     last_ln_stats,
     layer_correlations,
     pearson,
 )
+from mpvgbench.analyze_run import analyze_run
 from mpvgbench.cli import cli
 from mpvgbench.models import build_model
 

@@ -146,7 +146,7 @@ def analyze(targets: tuple[str, ...], images: int, out_dir: Path, weights: str, 
     """
     import torch
 
-    from mpvgbench.analyze import analyze_run
+    from mpvgbench.analyze_run import analyze_run
     from mpvgbench.curves import plot_correlation_by_method
 
     store = open_store(db, must_exist=True)

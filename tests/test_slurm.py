@@ -443,3 +443,26 @@ def test_status_shows_requeues_epochs_and_the_final_state(env: Env) -> None:
     row = env.row(job.key)
     assert row.status == "failed" and job_view(row).state == "failed (CANCELLED)", (row, job_view(row))
     assert job_view(row).attempts == 2
+
+
+@pytest.mark.slow  # a DeiT-Ti parent and an UperNet fine-tune, two tasks each
+def test_dense_fine_tune_waits_for_its_parent_and_trains_with_two_tasks(env: Env) -> None:
+    """Table 4's smoke cell on Slurm: the UperNet job depends on its DeiT-Ti parent (afterok),
+    both run as two tasks joined over gloo, the fine-tune with the global-batch BatchNorm."""
+    from mpvgbench.matrix import expand
+    from mpvgbench.rundir import read_json
+
+    spec = env.spec(name="densedp", models=["deit_tiny"], methods=["mpvg"], datasets=["ade20k"],
+                    init_from={"dataset": "imagenet"}, recipe={}, slurm={"tasks_per_node": 2})
+    jobs = expand(spec, smoke=True)
+    env.store.register_jobs(jobs, spec.name)
+    parent, child = jobs
+    assert child.depends_on == parent.key and child.dataset == "ade20k_synthetic"
+    summary = env.executor(spec).launch(jobs, env.store, env.ctx)
+    proc = subprocess.run(["squeue", "-h", "-t", "all", "-j", summary.external_ids[child.key], "-o", "%E"],
+                          capture_output=True, text=True, timeout=20)
+    assert f"afterok:{summary.external_ids[parent.key]}" in proc.stdout
+    assert env.follow(spec, jobs, timeout_s=600) == {"finished": 2}, (env.row(parent.key), env.row(child.key))
+    result = read_json(env.ctx.run_dir(child.key) / "result.json")
+    assert result and result["task"] == "segmentation" and result["env"]["num_processes"] == 2
+    assert result["iterations"] == 4 and result["miou"] is not None

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 HEARTBEAT_EVERY_S = 10.0
 POLL_EVERY_S = 0.2
+ELSEWHERE_POLL_S = 2.0  # how often jobs another coordinator runs are looked up
 
 
 def owner_is_alive(owner: str) -> bool:
@@ -170,22 +171,30 @@ class LocalExecutor(Executor):
                                  f"{len(free_gpus)} are visible; lower nproc_per_node or use more GPUs")
         slots = min(self.workers, len(free_gpus) // per_job) if free_gpus else self.workers
         running: dict[str, RunningJob] = {}
-        last_heartbeat = time.monotonic()
+        # Jobs another live coordinator is training: waited for (and taken over if it dies), so
+        # this run's exit status says whether the whole matrix finished, whoever trained it.
+        elsewhere: dict[str, Job] = {}
+        last_heartbeat = last_elsewhere = time.monotonic()
         stop = False
         try:
-            while (queue and not stop) or running:
+            while ((queue or elsewhere) and not stop) or running:
+                if elsewhere and time.monotonic() - last_elsewhere >= ELSEWHERE_POLL_S:
+                    queue[:0] = self._settled_elsewhere(elsewhere, store, ctx)
+                    last_elsewhere = time.monotonic()
                 while queue and not stop and len(running) < slots:
                     job = self._pop_ready(queue, store, owner, summary)
                     if job is None:
                         break  # the rest wait for the runs they start from (init_from)
                     if not self._claim(job, store, owner, ctx):
-                        summary.skipped.append(job.key)
-                        self.on_event("skipped", job, {"reason": "claimed by another run"})
+                        if job.key not in summary.skipped:
+                            summary.skipped.append(job.key)
+                            self.on_event("skipped", job, {"reason": "claimed by another run"})
+                        elsewhere[job.key] = job
                         continue
                     gpu = take_gpus(free_gpus, per_job)
                     running[job.key] = self._start(job, ctx, gpu, store, owner)
                     summary.launched.append(job.key)
-                if queue and not running and not stop:
+                if queue and not running and not elsewhere and not stop:
                     # Nothing runs here and nothing queued can start: the runs they start from
                     # are trained elsewhere (another coordinator, Slurm). Do not spin.
                     summary.messages.append(
@@ -229,6 +238,19 @@ class LocalExecutor(Executor):
         if stop and queue:
             summary.messages.append(f"--fail-fast: {len(queue)} job(s) not started")
         return summary
+
+    def _settled_elsewhere(self, elsewhere: dict[str, Job], store: Store, ctx: RunContext) -> list[Job]:
+        """Drop the jobs another coordinator has finished (or failed); return the rest for one
+        more claim attempt, which succeeds once that coordinator released them or died (the
+        same rule as any claim: dead owner on this host, or a heartbeat older than the limit)."""
+        states = store.statuses(list(elsewhere))
+        for key in list(elsewhere):
+            state = states.get(key)
+            if state in ("finished", "failed", "cancelled"):
+                self.on_event(state, elsewhere.pop(key), {"run_dir": ctx.run_dir(key), "error": "in another run"})
+        retry = list(elsewhere.values())
+        elsewhere.clear()
+        return retry
 
     def _pop_ready(self, queue: list[Job], store: Store, owner: str, summary: LaunchSummary) -> Job | None:
         """The first queued job whose init_from run is finished; fails jobs whose parent failed."""

@@ -9,6 +9,7 @@ tested with stand-in workers through ``LocalExecutor.worker_argv``.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -308,6 +309,65 @@ def test_claims_of_dead_or_stale_owners_are_reclaimed_live_ones_are_not(tmp_path
         jobs[2].key: (owners[jobs[2].key], 1), jobs[3].key: (me, 2)}
     # a claim is exclusive: the new owner's run cannot be taken again
     assert not executor._claim(jobs[1], store, "other:1:y", ctx)
+    store.close()
+
+
+def test_a_job_another_live_coordinator_runs_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run exits when the whole matrix is settled, whoever trained it: a job claimed by a
+    live coordinator is not trained here, and this run returns once that one finished it."""
+    import threading
+
+    import mpvgbench.executors.local as local
+
+    monkeypatch.setattr(local, "ELSEWHERE_POLL_S", 0.2)
+    spec = write_spec(tmp_path / "spec.yaml", seeds=[0, 1])
+    jobs = jobs_of(spec)
+    store = Store(tmp_path / "results.db")
+    store.register_jobs(jobs, "tiny")
+    other = f"{socket.gethostname()}:{os.getpid()}:other"  # alive: this very process
+    assert store.claim(jobs[1].key, other, stale_after_s=120)
+
+    def other_coordinator_finishes() -> None:
+        time.sleep(1.5)
+        run_dir = tmp_path / "elsewhere" / jobs[1].key
+        run_dir.mkdir(parents=True)
+        (run_dir / "result.json").write_text(json.dumps({
+            "key": jobs[1].key, "final_top1": 40.0, "best_top1": 40.0, "final_top5": 80.0,
+            "best_top5": 80.0, "epochs": 2, "wall_time_s": 1.0, "env": {}}))
+        with Store(tmp_path / "results.db") as its_store:
+            its_store.ingest_run_dir(run_dir)
+
+    finisher = threading.Thread(target=other_coordinator_finishes)
+    finisher.start()
+    executor = StandInWorkers(["ok"])
+    start = time.monotonic()
+    summary = executor.launch(jobs, store, RunContext(runs_root=tmp_path / "runs", device="cpu"))
+    finisher.join()
+    assert time.monotonic() - start >= 1.5  # it waited for the other coordinator
+    assert executor.launched == ["ok"] and summary.launched == [jobs[0].key]
+    assert summary.skipped == [jobs[1].key] and ("finished", jobs[1].key) in executor.events
+    assert store.statuses([j.key for j in jobs]) == {j.key: "finished" for j in jobs}
+    store.close()
+
+
+def test_a_job_whose_other_coordinator_dies_is_taken_over_while_waiting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mpvgbench.executors.local as local
+
+    monkeypatch.setattr(local, "ELSEWHERE_POLL_S", 0.2)
+    alive = {"yes": True}
+    monkeypatch.setattr(local, "owner_is_alive", lambda owner: alive["yes"] if owner.endswith(":other") else True)
+    spec = write_spec(tmp_path / "spec.yaml", seeds=[0])
+    (job,) = jobs_of(spec)
+    store = Store(tmp_path / "results.db")
+    store.register_jobs([job], "tiny")
+    assert store.claim(job.key, f"{socket.gethostname()}:{os.getpid()}:other", stale_after_s=120)
+    executor = StandInWorkers(["ok"])
+    executor.on_event = lambda event, j, info: (executor.events.append((event, j.key)),
+                                                alive.update(yes=False) if event == "skipped" else None)
+    summary = executor.launch([job], store, RunContext(runs_root=tmp_path / "runs", device="cpu"))
+    assert summary.skipped == [job.key] and summary.launched == [job.key]  # skipped, then taken over
+    assert store.statuses([job.key]) == {job.key: "finished"}
     store.close()
 
 

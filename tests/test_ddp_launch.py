@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from mpvgbench.executors.local import process_state
+
 ROOT = Path(__file__).resolve().parents[1]
 
 RANK_SCRIPT = """
@@ -29,13 +31,6 @@ agent = subprocess.Popen([sys.executable, "-m", "mpvgbench.ddp_launch", "--stand
 print(agent.pid, flush=True)
 sys.exit(agent.wait())
 """
-
-
-def process_state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return None
 
 
 def _gone(pid: int) -> bool:

@@ -52,7 +52,7 @@ def owner_is_alive(owner: str) -> bool:
     if started.isdigit() and int(started) and process_start_time(int(pid_text)) not in (None, int(started)):
         return False  # the pid was reused by a process that started later
     # a killed process its parent has not reaped yet is a zombie: dead all the same
-    return _process_state(int(pid_text)) != "Z"
+    return process_state(int(pid_text)) != "Z"
 
 
 WORKER_FILE = "worker.json"  # {"host", "pid", "start"} of the run's current worker process
@@ -75,7 +75,7 @@ def worker_is_training(run_dir: Path, within_s: float) -> bool:
         return False
 
 
-def _process_state(pid: int) -> str | None:
+def process_state(pid: int) -> str | None:
     """The state letter of /proc/PID/stat (``Z``: a zombie), None when it cannot be read."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
@@ -85,7 +85,7 @@ def _process_state(pid: int) -> str | None:
 
 def _running(pid: int) -> bool:
     """The process exists and is no zombie (a killed worker nobody reaped yet is dead)."""
-    return _process_state(pid) not in (None, "Z")
+    return process_state(pid) not in (None, "Z")
 
 
 def record_worker(run_dir: Path, pid: int) -> None:

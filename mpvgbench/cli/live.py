@@ -34,13 +34,18 @@ STATUS_STYLE = {
 }
 
 
+# (metrics.jsonl field, label in the top-1 column): classification, then Tables 3 and 4
+SCORES = (("top1", ""), ("ap_box", "AP"), ("miou", "mIoU"))
+
+
 @dataclass
 class JobLine:
     job: Job
     status: str = "queued"
     epoch: str = ""
     loss: str = ""
-    top1: str = ""
+    top1: str = ""  # a dense job's primary metric, e.g. "mIoU 37.12" (score_name "miou")
+    score_name: str = "top1"
     note: str = ""
     started: float | None = None  # time.monotonic() when its worker started
     ended: float | None = None
@@ -120,7 +125,7 @@ class LiveView:
             self._update_progress(line, Path(info["run_dir"]))
         if not self.interactive:  # one line per event, never wrapped: logs stay greppable
             note = f" {full_note or line.note}" if full_note or line.note else ""
-            acc = f" top1={line.top1}" if event == "finished" and line.top1 else ""
+            acc = f" {line.score_name}={line.top1.split()[-1]}" if event == "finished" and line.top1 else ""
             self.console.print(f"[{line.status}] {job.key} {_cell(job)}{acc}{note}", markup=False,
                                highlight=False, soft_wrap=True)
 
@@ -131,6 +136,7 @@ class LiveView:
             try:
                 epoch, step = int(progress.get("epoch", 0)), int(progress.get("step", 0))
                 steps = int(progress.get("steps_per_epoch") or 0)
+                total = int(progress.get("epochs") or total)  # dense jobs count evaluations
             except (TypeError, ValueError):
                 return  # a damaged progress file only costs the live view its numbers
             line.epoch = f"{epoch}/{total}"
@@ -138,9 +144,12 @@ class LiveView:
                 line.fraction = min(1.0, (epoch + step / steps) / max(total, 1))
             if progress.get("loss") is not None:
                 line.loss = f"{float(progress['loss']):.4f}"
-        metrics = _last_metrics(run_dir)
-        if metrics and metrics.get("top1") is not None:
-            line.top1 = f"{float(metrics['top1']):.2f}"
+        metrics = _last_metrics(run_dir) or {}
+        for name, label in SCORES:
+            if metrics.get(name) is not None:
+                value = f"{float(metrics[name]):.2f}"
+                line.top1, line.score_name = (f"{label} {value}" if label else value), name
+                break
 
     def matrix_eta(self, now: float) -> float | None:
         """Seconds until the matrix is done: the mean job time so far, over the jobs still to

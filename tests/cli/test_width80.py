@@ -4,6 +4,7 @@ ellipsis, short keys that stay unique, model names the paper's, paper values who
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,28 @@ def test_models_params_at_80_columns() -> None:
     for count in ("5,717,416", "5,721,640", "86,567,656", "28,589,410", "4,310,222"):
         assert count in res.output, count
     assert set(MODEL_NAMES) <= set(res.output.split())
+
+
+def test_live_view_shows_a_dense_job_by_evaluations_and_its_primary_metric(tmp_path: Path) -> None:
+    from mpvgbench.matrix import expand
+    from mpvgbench.spec import parse_spec
+
+    spec = parse_spec({"name": "t4", "models": ["deit_tiny"], "methods": ["mpvg"], "datasets": ["ade20k"],
+                       "init_from": {"dataset": "imagenet"}})
+    parent, child = expand(spec)
+    out = io.StringIO()
+    view = LiveView([parent, child], console=Console(file=out, width=80))  # not a terminal: one line per event
+    run_dir = tmp_path / child.key
+    run_dir.mkdir()
+    (run_dir / "progress.json").write_text(json.dumps({"epoch": 3, "epochs": 10, "step": 5, "steps_per_epoch": 16000}))
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 3, "iteration": 48000, "miou": 37.123}) + "\n")
+    view.handle("started", child, {"run_dir": str(run_dir)})
+    view.handle("progress", child, {"run_dir": str(run_dir)})
+    line = view.lines[child.key]
+    assert line.epoch == "3/10" and line.top1 == "mIoU 37.12"  # ten evaluations, not recipe.epochs (1)
+    buf = io.StringIO()
+    Console(file=buf, width=80).print(view.render())
+    assert_fits(buf.getvalue())
+    assert "mIoU 37.12" in buf.getvalue()
+    view.handle("finished", child, {"run_dir": str(run_dir)})
+    assert f"[finished] {child.key} " in out.getvalue() and out.getvalue().rstrip().endswith("miou=37.12")

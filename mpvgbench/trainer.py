@@ -60,6 +60,7 @@ from mpvgbench.training_parts import (
     dist_info,
     evaluate,
     load_init_weights,
+    per_process_batch,
     resolve_device,
     resolve_switch,
     seed_everything,
@@ -118,12 +119,7 @@ def _setup(
     recipe = config.recipe
     dist = dist_info()
     dev = resolve_device(device, dist)
-    if recipe.batch_size % dist.world_size:
-        raise ValueError(
-            f"recipe.batch_size={recipe.batch_size} is not divisible by the {dist.world_size} "
-            "processes; change batch_size or the number of processes"
-        )
-    batch_size = recipe.batch_size // dist.world_size
+    batch_size = per_process_batch(recipe.batch_size, dist.world_size)
     mixup = build_mixup(recipe, config.num_classes)
     if mixup is not None and batch_size % 2:
         raise ValueError(f"mixup/cutmix need an even per-process batch, got {batch_size}")

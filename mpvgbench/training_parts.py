@@ -82,6 +82,14 @@ def resolve_switch(name: str, value: str, auto: bool) -> bool:
     return auto if value == "auto" else value == "on"
 
 
+def per_process_batch(batch_size: int, world_size: int) -> int:
+    """Each DDP process's share of the global ``batch_size`` (which must split evenly)."""
+    if batch_size % world_size:
+        raise ValueError(f"recipe.batch_size={batch_size} is not divisible by the {world_size} "
+                         "processes; change batch_size or the number of processes")
+    return batch_size // world_size
+
+
 def resolve_device(device: str, dist: DistInfo) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

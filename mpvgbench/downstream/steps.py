@@ -8,7 +8,6 @@ no_sync); with one they zero the gradients, backpropagate, step, and return deta
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import Any, Optional
 
 import torch
@@ -47,10 +46,6 @@ class DenseLosses(nn.Module):
             keys = ("boxes", "labels", "masks")
             return self.model(list(images), [{k: t[k] for k in keys} for t in targets])
         return self.model.losses(images, targets)  # type: ignore[operator]
-
-
-def _autocast(device: torch.device, amp: bool) -> Any:
-    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
 
 
 def _shard(n: int, shard: tuple[int, int]) -> range:
@@ -114,19 +109,20 @@ def slide_inference(model: UperNetSegmenter, img: Tensor, crop: int = 512, strid
 @torch.no_grad()
 def evaluate_segmentation(
     model: UperNetSegmenter, dataset: Dataset, crop: int = 512, stride: int = 341,
-    *, shard: tuple[int, int] = (0, 1), amp: bool = False,
+    *, max_images: Optional[int] = None, shard: tuple[int, int] = (0, 1), amp: bool = False,
 ) -> dict[str, float]:
-    """mIoU and aAcc (percent) over the whole dataset from one confusion matrix. The dataset
-    yields ``(image, label)`` with the image resized for the model (SegmentationTestTransform)
+    """mIoU and aAcc (percent) over the whole dataset (its first ``max_images`` images if given)
+    from one confusion matrix. The dataset yields ``(image, label)`` with the image resized for the model (SegmentationTestTransform)
     and the label at its original size; logits are resized to the label before the argmax.
     ``shard=(rank, world)``: this process scores images ``rank, rank + world, ...`` and the
     matrices of all ranks are summed, so every rank returns the whole set's numbers."""
     model.eval()
     device = next(model.parameters()).device  # the dataset yields CPU tensors; so is the metric
     matrix = ConfusionMatrix(model.num_classes, model.ignore_index)
-    for i in _shard(len(dataset), shard):  # type: ignore[arg-type]
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))  # type: ignore[arg-type]
+    for i in _shard(n, shard):
         image, label = dataset[i]
-        with _autocast(device, amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = slide_inference(model, image[None].to(device), crop, stride)
         logits = F.interpolate(logits.float().cpu(), size=label.shape[-2:], mode="bilinear", align_corners=False)
         matrix.update(logits.argmax(1)[0], label)
@@ -157,7 +153,7 @@ def evaluate_detection(
         image_id = int(target["image_id"])
         image_ids.append(image_id)
         info = dataset.coco.imgs[image_id]
-        with _autocast(device, amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             (out,) = model([image.to(device)])
         sy, sx = info["height"] / image.shape[1], info["width"] / image.shape[2]
         out = {k: v.cpu().float() if v.is_floating_point() else v.cpu() for k, v in out.items()}

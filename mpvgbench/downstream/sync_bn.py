@@ -43,8 +43,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             raise ValueError(f"expected a 4-d input (N, C, H, W), got {x.dim()}-d")
         c = x.shape[1]
         xf = x.float()  # statistics in fp32 also under bf16 autocast
-        count = _all_reduce_sum(xf.new_tensor([float(x.numel() // c)]))
-        mean = _all_reduce_sum(xf.sum((0, 2, 3))) / count
+        # one all-reduce for the sums and the pixel count (ranks may hold different image sizes)
+        sums = _all_reduce_sum(torch.cat([xf.sum((0, 2, 3)), xf.new_tensor([float(x.numel() // c)])]))
+        mean, count = sums[:c] / sums[c], sums[c]
         centred = xf - mean.view(1, c, 1, 1)
         var = _all_reduce_sum(centred.square().sum((0, 2, 3))) / count  # biased, as BatchNorm's
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:

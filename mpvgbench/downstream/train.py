@@ -44,7 +44,8 @@ from mpvgbench.rundir import (
 )
 from mpvgbench.trainer_bookkeeping import CheckpointClock, Heartbeat, ProgressCallback, checkpoint_requested
 from mpvgbench.training_parts import (
-    DistInfo, NonFiniteLossError, derive_seed, dist_info, resolve_device, resolve_switch, seed_everything,
+    DistInfo, NonFiniteLossError, derive_seed, dist_info, per_process_batch, resolve_device, resolve_switch,
+    seed_everything,
 )
 
 __all__ = ["evaluate_dense", "train_downstream"]
@@ -63,7 +64,7 @@ def evaluate_dense(task: str, model: torch.nn.Module, val: Any, slide_crop: int,
         coco = evaluate_detection(model, val, max_images=max_images, shard=shard, amp=amp)
         # COCOeval reports -1 for "no ground truth in this range"; 0 keeps the value a percentage
         return {"ap_box": 100 * max(coco["bbox_AP"], 0.0), "ap_mask": 100 * max(coco["segm_AP"], 0.0)}
-    seg = evaluate_segmentation(model, val, slide_crop, slide_stride, shard=shard, amp=amp)  # type: ignore[arg-type]
+    seg = evaluate_segmentation(model, val, slide_crop, slide_stride, max_images=max_images, shard=shard, amp=amp)  # type: ignore[arg-type]
     return {"miou": seg["mIoU"], "aacc": seg["aAcc"]}
 
 
@@ -112,8 +113,8 @@ def train_downstream(
 
     # ------------------------------------------------------------------------------- setup
     eval_max_images = None if recipe.eval_max_batches is None else recipe.eval_max_batches * recipe.batch_size
-    data = build_dense_data(config, data_root, rd.path, eval_max_images)
-    position_batches(0, 0, recipe.batch_size, dist.rank, dist.world_size)  # a batch that does not split: fail now
+    data = build_dense_data(config, data_root, rd.path)
+    per_process_batch(recipe.batch_size, dist.world_size)  # a batch that does not split fails now, not at the loader
     iters_per_epoch = len(data.train) // recipe.batch_size  # type: ignore[arg-type]
     if recipe.max_steps_per_epoch is not None:
         iters_per_epoch = min(iters_per_epoch, recipe.max_steps_per_epoch)

@@ -21,12 +21,12 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from mpvgbench.config import TrainConfig
 from mpvgbench.errors import DataError
 from mpvgbench.recipes import DOWNSTREAM_TASKS
-from mpvgbench.training_parts import derive_seed, resolve_init_from
+from mpvgbench.training_parts import derive_seed, per_process_batch, resolve_init_from
 
 __all__ = [
     "OFFICIAL_CROP", "PRIMARY_METRIC", "DenseData", "SeededSamples", "build_dense_data",
@@ -76,7 +76,7 @@ def _root(config: TrainConfig, data_root: Optional[str], run_dir: Path) -> Path:
     return root
 
 
-def build_dense_data(config: TrainConfig, data_root: Optional[str], run_dir: Path, eval_max_images: Optional[int]) -> DenseData:
+def build_dense_data(config: TrainConfig, data_root: Optional[str], run_dir: Path) -> DenseData:
     """Training set, its transform, and the evaluation set at ``config.img_size``'s scale."""
     from mpvgbench.downstream.data import (
         ADE20K, CocoInstances, DetectionTestTransform, DetectionTrainTransform,
@@ -98,13 +98,10 @@ def build_dense_data(config: TrainConfig, data_root: Optional[str], run_dir: Pat
                                                 crop_scales=crop_scales, crop_range=crop_range)
         val_ds: Dataset = CocoInstances(root, "val", DetectionTestTransform(round(800 * ratio), long_side))
         train_ds: Dataset = CocoInstances(root, "train")
-        # COCOeval scores every image of the annotation file: no subset for detection
         return DenseData(train_ds, train_tf, val_ds, crop, crop)
     scale = (round(2048 * ratio), round(512 * ratio))
     train_tf = SegmentationTrainTransform(crop, scale)
     val_ds = ADE20K(root, "validation", SegmentationTestTransform(scale))
-    if eval_max_images is not None and eval_max_images < len(val_ds):  # type: ignore[arg-type]
-        val_ds = Subset(val_ds, range(eval_max_images))
     return DenseData(ADE20K(root, "training"), train_tf, val_ds, crop, max(1, round(341 * ratio)))
 
 
@@ -133,10 +130,7 @@ def position_batches(first_iteration: int, total_iterations: int, batch_size: in
     """This rank's sample positions of iterations ``first_iteration .. total_iterations - 1``:
     the ``rank``-th of ``world_size`` equal slices of each global batch, so the ranks together
     see exactly the samples (and augmentations) one process with the whole batch would."""
-    if batch_size % world_size:
-        raise ValueError(f"recipe.batch_size={batch_size} is not divisible by the {world_size} "
-                         "processes; change batch_size or executor.nproc_per_node")
-    per_rank = batch_size // world_size
+    per_rank = per_process_batch(batch_size, world_size)
     starts = (it * batch_size + rank * per_rank for it in range(first_iteration, total_iterations))
     return [list(range(start, start + per_rank)) for start in starts]
 

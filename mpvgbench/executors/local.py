@@ -174,6 +174,7 @@ class LocalExecutor(Executor):
         # Jobs another live coordinator is training: waited for (and taken over if it dies), so
         # this run's exit status says whether the whole matrix finished, whoever trained it.
         elsewhere: dict[str, Job] = {}
+        reported_skipped: set[str] = set()
         last_heartbeat = last_elsewhere = time.monotonic()
         stop = False
         try:
@@ -186,7 +187,8 @@ class LocalExecutor(Executor):
                     if job is None:
                         break  # the rest wait for the runs they start from (init_from)
                     if not self._claim(job, store, owner, ctx):
-                        if job.key not in summary.skipped:
+                        if job.key not in reported_skipped:  # once, however often it is retried
+                            reported_skipped.add(job.key)
                             summary.skipped.append(job.key)
                             self.on_event("skipped", job, {"reason": "claimed by another run"})
                         elsewhere[job.key] = job

@@ -9,7 +9,8 @@
 | imagefolder | any ``<root>/train/<class>/``, ``<root>/val/<class>/`` | ``data.roots.imagefolder`` |
 | synthetic | deterministic random tensors (smoke runs, benchmarks) | none |
 
-RGB data uses timm's ``create_transform`` driven by the recipe. Nothing is downloaded unless
+RGB data uses timm's ``create_transform`` driven by the recipe (through ``augment.recipe_transform``,
+which keeps RandAugment's 0-bit posterize a black image under Pillow 13). Nothing is downloaded unless
 asked (``data.download: true``, CIFAR-100 only). Problems are one-line :class:`DataError`s
 naming the spec field to fix. torch/timm are imported inside the functions so that importing
 this module stays cheap (``run --dry-run``).
@@ -125,18 +126,18 @@ def _check_classes(name: str, train: Any, num_classes: int) -> None:
 
 
 def _transform(config: TrainConfig, *, is_training: bool) -> Callable[[Any], Any]:
-    from timm.data import create_transform
+    from mpvgbench.augment import recipe_transform  # timm's create_transform, Pillow-13 safe
 
     recipe = config.recipe
     mean, std = (
         (CIFAR100_MEAN, CIFAR100_STD) if config.dataset == "cifar100" else (IMAGENET_MEAN, IMAGENET_STD)
     )
     if not is_training:
-        return create_transform(
+        return recipe_transform(
             input_size=config.img_size, is_training=False, interpolation="bicubic",
             crop_pct=recipe.eval_crop_pct, mean=mean, std=std,
         )
-    return create_transform(
+    return recipe_transform(
         input_size=config.img_size, is_training=True, scale=recipe.train_crop_scale,
         hflip=0.5, color_jitter=recipe.color_jitter or None, auto_augment=recipe.randaugment,
         interpolation="bicubic", re_prob=recipe.random_erasing, re_mode="pixel", re_count=1,

@@ -1,10 +1,15 @@
-"""The package's user errors: one base class, one line each, and the one pydantic formatter.
+"""Every error type of the package, the one one-line formatter, and the one pydantic formatter.
 
 A :class:`MpvgbenchError` is bad input that the user can fix (a spec, a dataset root, a database
-URL, a run directory): the CLI prints its message as one line and exits 2. Anything else that
-escapes a command is a bug in mpvgbench (or in a library under it): the CLI lets its traceback
-show and exits 1. The subclasses also derive from ``ValueError`` so that pydantic validators,
-which turn ``ValueError`` into validation errors, accept them as they are.
+URL, a run directory, a job's configuration): the CLI prints its message as one line and exits 2;
+the worker records it in error.json with kind ``user``. Anything else that escapes a command is
+a bug in mpvgbench (or in a library under it): the CLI lets its traceback show and exits 1. The
+subclasses also derive from ``ValueError`` so that pydantic validators, which turn ``ValueError``
+into validation errors, accept them as they are.
+
+Two outcomes of a job are neither bad input nor bugs: :class:`NonFiniteError` (the training
+diverged; error.json kind ``nonfinite``) and :class:`InfraError` (the job could not start or lost
+its peers; kind ``infra``, retried).
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from typing import Any, Optional, Union
 from pydantic import BaseModel, ValidationError
 
 __all__ = [
-    "DataError", "FieldError", "MethodError", "MpvgbenchError", "RunDirError", "SlurmError",
-    "SpecError", "StoreError", "UnknownNameError", "first_validation_error", "short_repr",
+    "ConfigError", "DataError", "FieldError", "InfraError", "MethodError", "MpvgbenchError",
+    "NonFiniteError", "NonFiniteLossError", "RunDirError", "SlurmError", "SpecError", "StoreError",
+    "UnknownNameError", "first_validation_error", "one_line", "short_repr",
 ]
 
 
@@ -51,6 +57,47 @@ class RunDirError(MpvgbenchError, ValueError):
 
 class SlurmError(MpvgbenchError, ValueError):
     """No Slurm here, sbatch rejected the job, the controller is down."""
+
+
+class ConfigError(MpvgbenchError, ValueError):
+    """A job's configuration cannot run as given (batch size vs processes or dataset, a switch
+    value, a device this machine lacks)."""
+
+
+class NonFiniteError(RuntimeError):
+    """Training diverged: a loss, the weights or the validation loss became NaN/inf.
+    ``epoch`` and ``step`` are 1-based (``step`` None: after the epoch's last step)."""
+
+    def __init__(self, message: str, epoch: int, step: Optional[int]) -> None:
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+
+class NonFiniteLossError(NonFiniteError):
+    """The training loss became NaN/inf at ``epoch``/``step``."""
+
+    def __init__(self, epoch: int, step: int, loss: float) -> None:
+        super().__init__(
+            f"non-finite training loss ({loss}) at epoch {epoch} step {step}; lower the lr, "
+            "set recipe.grad_clip, or check the data", epoch, step,
+        )
+        self.loss = loss
+
+
+class InfraError(RuntimeError):
+    """The job could not start or talk to its peers (process group, environment)."""
+
+
+def one_line(exc: BaseException, *, with_type: bool = False, limit: int = 300) -> str:
+    """``exc`` as one line: its message with whitespace collapsed (a SQLAlchemy error's driver
+    message, ``exc.orig``, rather than the statement dump), cut to ``limit`` characters;
+    ``with_type`` puts the exception's class name in front (for bugs, where the type matters)."""
+    inner = getattr(exc, "orig", None) or exc
+    text = " ".join(str(inner).split())
+    if with_type:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    text = text or type(inner).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class FieldError(ValueError):

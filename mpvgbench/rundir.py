@@ -25,7 +25,7 @@ from typing import IO, Any, Optional, Union
 PathLike = Union[str, "os.PathLike[str]"]  # includes RunDir
 
 
-from mpvgbench.errors import RunDirError  # noqa: E402 - re-exported
+from mpvgbench.errors import RunDirError, one_line  # noqa: E402 - RunDirError re-exported
 
 
 # The files of a run directory (docs/architecture.md), by the RunDir attribute that names them.
@@ -149,29 +149,7 @@ def remove_leftover_tmp_files(run_dir: PathLike) -> list[Path]:
     return removed
 
 
-def write_job_files(
-    run_dir: PathLike,
-    config: Any,
-    *,
-    data_root: Optional[str] = None,
-    device: str = "auto",
-    num_workers: int = 0,
-) -> RunDir:
-    """What an executor writes before launching a worker: config.json and job.json."""
-    rd = RunDir(run_dir)
-    rd.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(rd.config, config.model_dump(mode="json"))
-    job = {"key": config.key(), "data_root": data_root, "device": device, "num_workers": num_workers}
-    atomic_write_json(rd.job, job)
-    return rd
-
-
 # ----------------------------------------------------------------------------------------- reads
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def read_json(path: PathLike, *, missing_ok: bool = False) -> Optional[dict[str, Any]]:
@@ -194,7 +172,7 @@ def _json_object(text: str, path: Path, what: str) -> dict[str, Any]:
             raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     except ValueError as exc:
         raise RunDirError(
-            f"run dir {path.parent}: {what} is corrupted ({_one_line(exc)}); "
+            f"run dir {path.parent}: {what} is corrupted ({one_line(exc, limit=200)}); "
             f"delete it{_fix_for(path.name)}"
         ) from None
     return obj
@@ -241,7 +219,7 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> Optional[dict[
             raise  # a time-out signal landed during the load: the file is fine
         raise RunDirError(
             f"run dir {path.parent}: {path.name} is corrupted ({type(exc).__name__}: "
-            f"{_one_line(exc)}); delete it to restart the run from scratch"
+            f"{one_line(exc, limit=200)}); delete it to restart the run from scratch"
         ) from None
     return ckpt
 
@@ -409,5 +387,4 @@ __all__ = [
     "read_json",
     "read_jsonl",
     "read_result",
-    "write_job_files",
 ]

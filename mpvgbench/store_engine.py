@@ -10,6 +10,7 @@ from typing import Any, Union
 import sqlalchemy as sa
 
 from mpvgbench.errors import StoreError
+from mpvgbench.errors import one_line as _one_line  # store.py imports it from here
 
 DEFAULT_DB = "results.db"
 ENV_DB = "MPVGBENCH_DB"
@@ -61,15 +62,9 @@ def server_timeouts(url: sa.URL) -> tuple[sa.URL, dict[str, Any]]:
     return url.set(query=query), connect_args
 
 
-def _one_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    text = " ".join(str(orig).split()) or type(orig).__name__
-    return text if len(text) <= 240 else text[:237] + "..."
-
-
 def store_error(exc: BaseException, where: str, is_sqlite: bool, timeouts: dict[str, Any]) -> StoreError:
     """A driver or database failure as one line that names the fix."""
-    text = _one_line(exc)
+    text = _one_line(exc, limit=240)
     lowered = text.lower()
     if is_sqlite and any(w in lowered for w in ("malformed", "corrupt")):
         return StoreError(

@@ -1,16 +1,18 @@
 """The process that trains one job: ``python -m mpvgbench.worker RUN_DIR``.
 
 It reads ``config.json`` + ``job.json``, joins a process group when it is one of several tasks
-(torchrun's env vars, or ``submitit.JobEnvironment`` under Slurm), calls ``trainer.train`` (which
-resumes from ``checkpoint.pt``), and leaves ``result.json`` (exit 0) or ``error.json`` (exit 1).
+(torchrun's env vars, or ``submitit.JobEnvironment`` under Slurm), picks the job's task
+(``train.task_for``) and runs the training loop on it (``train.train_job``, which resumes from
+``checkpoint.pt``), and leaves ``result.json`` (exit 0) or ``error.json`` (exit 1).
 ``run_job`` is the same thing as a function; :class:`CheckpointableJob` wraps it for submitit so
 a preempted/timed-out Slurm job is requeued and resumes from its last checkpoint, which the
 requeue signal first gets written at a step boundary (``_defer_requeue_signal``).
 
 At start the worker arms PR_SET_PDEATHSIG when an executor passed its pid
 (``die_with_parent``) and applies the job's thread plan (``mpvgbench.threads``). error.json
-``kind``: nonfinite, oom, infra (retrying may succeed: lost peers, a full disk), timeout
-(submitit's last time-out, wherever it landed) or exception.
+``kind``: user (an ``MpvgbenchError``: bad input the user can fix, e.g. a missing data root),
+nonfinite, oom, infra (retrying may succeed: lost peers, a full disk), timeout (submitit's last
+time-out, wherever it landed) or exception (a bug).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, Callable, Optional
 
 import submitit
 
+from mpvgbench.errors import InfraError, MpvgbenchError, NonFiniteError, one_line
 from mpvgbench.rundir import (
     RunDir,
     atomic_write_json,
@@ -35,25 +38,20 @@ from mpvgbench.rundir import (
     retire_stale_error,
 )
 from mpvgbench.threads import apply_thread_plan, plan_threads
-from mpvgbench.training_parts import NonFiniteLossError
 
-ERROR_KINDS = ("exception", "nonfinite", "oom", "infra", "timeout")
+ERROR_KINDS = ("exception", "user", "nonfinite", "oom", "infra", "timeout")
 
 # The local executor puts its pid here; the worker then asks the kernel to kill it when that
 # process dies (see die_with_parent).
 PARENT_PID_ENV = "MPVGBENCH_PARENT_PID"
 PR_SET_PDEATHSIG = 1
-# How long a requeue signal waits for the trainer's next step boundary (where it checkpoints)
+# How long a requeue signal waits for the training loop's next step boundary (where it checkpoints)
 # before submitit's handler runs anyway; submitit signals 90 s before the time limit.
 REQUEUE_GRACE_S = 45.0
 
 # How often progress.json (the heartbeat) is rewritten; an operational knob, so an env var
 # rather than part of job.json or the config.
 PROGRESS_INTERVAL_ENV = "MPVGBENCH_PROGRESS_INTERVAL_S"
-
-
-class InfraError(RuntimeError):
-    """The job could not start or talk to its peers (process group, environment)."""
 
 
 # ------------------------------------------------------------------------------ distributed
@@ -113,10 +111,12 @@ def _port_from_job_id(job_id: str) -> int:
 
 
 def classify_error(exc: BaseException, phase: str = "train") -> str:
-    """error.json's ``kind``: nonfinite, oom, infra or exception."""
+    """error.json's ``kind``: user, nonfinite, timeout, oom, infra or exception."""
     import torch
 
-    if isinstance(exc, NonFiniteLossError):
+    if isinstance(exc, MpvgbenchError):
+        return "user"
+    if isinstance(exc, NonFiniteError):
         return "nonfinite"
     if isinstance(exc, submitit.core.utils.UncompletedJobError):
         return "timeout"  # submitit's last time-out: Slurm stops the job, no requeue left
@@ -141,12 +141,6 @@ def classify_error(exc: BaseException, phase: str = "train") -> str:
     return "exception"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return line if len(line) <= 500 else line[:497] + "..."
-
-
 def error_record(key: Optional[str], exc: BaseException, run_dir: RunDir, phase: str) -> dict[str, Any]:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     epoch: Optional[int] = getattr(exc, "epoch", None)
@@ -158,8 +152,9 @@ def error_record(key: Optional[str], exc: BaseException, run_dir: RunDir, phase:
             progress = {}
         epoch, step = progress.get("epoch"), progress.get("step")
     kind = classify_error(exc, phase)
-    where = getattr(exc, "mpvgbench_phase", None)  # set by trainer.phase: load, save, eval
-    message = _one_line(exc)
+    where = getattr(exc, "mpvgbench_phase", None)  # set by train.bookkeeping.phase: load, save, eval
+    # a user mistake reads as its message (it names the fix); anything else keeps its type
+    message = one_line(exc, with_type=kind != "user", limit=500)
     if kind == "timeout":
         message = f"Slurm time limit reached{f' during {where}' if where else ''}: {message}"
     elif where:
@@ -200,11 +195,12 @@ def run_job(run_dir: str) -> dict[str, Any]:
         if rank == 0:
             retire_stale_error(rd)
         phase = "train"
-        from mpvgbench.trainer import train
+        from mpvgbench.train import task_for, train_job
 
-        return train(
+        return train_job(
             config,
             rd.path,
+            task=task_for(config),
             data_root=job["data_root"],
             download=bool(job.get("download", False)),
             device=job["device"],
@@ -240,8 +236,8 @@ def _defer_requeue_signal() -> Optional[Callable[[], None]]:
 
     submitit's own handler requeues (or, on the last time-out, raises UncompletedJobError) at
     whatever line the signal lands on, losing the steps since the last checkpoint. Ours asks the
-    trainer for a checkpoint at its next step boundary (``trainer.request_checkpoint``) and
-    returns; the trainer then calls the function returned here, which runs submitit's handler.
+    training loop for a checkpoint at its next step boundary (``train.request_checkpoint``) and
+    returns; the loop then calls the function returned here, which runs submitit's handler.
     Should no step boundary come within REQUEUE_GRACE_S (a long eval), the signal is re-sent to
     this process with submitit's handler back in place, so the job is still requeued in time.
     Returns None (nothing to do) outside submitit.
@@ -258,7 +254,7 @@ def _defer_requeue_signal() -> Optional[Callable[[], None]]:
     received: list[tuple[int, Any]] = []
     timers: list[threading.Timer] = []
 
-    from mpvgbench.trainer_bookkeeping import request_checkpoint  # not inside the handler
+    from mpvgbench.train.bookkeeping import request_checkpoint  # not inside the handler
 
     def on_signal(signum: int, frame: Any) -> None:
         received.append((signum, frame))
@@ -308,7 +304,7 @@ class CheckpointableJob(submitit.helpers.Checkpointable):
     """What the Slurm executor submits: ``CheckpointableJob()(run_dir)``.
 
     On preemption/timeout submitit calls :meth:`checkpoint`, which requeues the same call; the
-    trainer then resumes from the run directory's checkpoint.pt, so no state travels in the pickle.
+    training loop then resumes from the run directory's checkpoint.pt, so no state travels in the pickle.
     """
 
     def __call__(self, run_dir: str) -> dict[str, Any]:
@@ -330,9 +326,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         result = run_job(args[0])
     except BaseException as exc:  # error.json holds the record; stderr.log gets the traceback
         traceback.print_exc()
-        print(f"mpvgbench.worker: {_one_line(exc)}", file=sys.stderr)
+        print(f"mpvgbench.worker: {one_line(exc, with_type=True, limit=500)}", file=sys.stderr)
         return 1
-    print(f"mpvgbench.worker: finished {result.get('key')} top1={result.get('final_top1')}")
+    metric = result.get("primary_metric", "top1")
+    print(f"mpvgbench.worker: finished {result.get('key')} {metric}={result.get('final_top1')}")
     return 0
 
 

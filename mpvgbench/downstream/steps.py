@@ -1,13 +1,9 @@
-"""One training step and the evaluation loops for detection and segmentation.
-
-The step functions take an optional optimizer: without one they return the losses with their
-graph (the caller backpropagates ``losses["loss"]``, e.g. under its own GradScaler / DDP
-no_sync); with one they zero the gradients, backpropagate, step, and return detached losses.
-"""
+"""The training forward of a detector or segmenter as one module (:class:`DenseLosses`, what the
+training loop wraps in DDP, autocast and compile) and the evaluation loops for detection and
+segmentation (sharded over the ranks of a process group)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Optional
 
 import torch
@@ -20,14 +16,7 @@ from mpvgbench.downstream.data import CocoInstances
 from mpvgbench.downstream.metrics import ConfusionMatrix, coco_evaluate, detections_to_coco
 from mpvgbench.downstream.upernet import UperNetSegmenter
 
-__all__ = [
-    "DenseLosses",
-    "detection_step",
-    "evaluate_detection",
-    "evaluate_segmentation",
-    "segmentation_step",
-    "slide_inference",
-]
+__all__ = ["DenseLosses", "evaluate_detection", "evaluate_segmentation", "slide_inference"]
 
 
 class DenseLosses(nn.Module):
@@ -51,40 +40,6 @@ class DenseLosses(nn.Module):
 def _shard(n: int, shard: tuple[int, int]) -> range:
     rank, world = shard
     return range(rank, n, world)
-
-
-def _finish(losses: dict[str, Tensor], optimizer: torch.optim.Optimizer | None) -> dict[str, Tensor]:
-    losses = dict(losses)
-    losses["loss"] = sum(losses.values())  # type: ignore[assignment]
-    if optimizer is None:
-        return losses
-    optimizer.zero_grad(set_to_none=True)
-    losses["loss"].backward()
-    optimizer.step()
-    return {k: v.detach() for k, v in losses.items()}
-
-
-def detection_step(
-    model: nn.Module,
-    images: Sequence[Tensor],
-    targets: Sequence[dict[str, Tensor]],
-    optimizer: torch.optim.Optimizer | None = None,
-) -> dict[str, Tensor]:
-    """Mask R-CNN losses (``loss_classifier``, ``loss_box_reg``, ``loss_mask``,
-    ``loss_objectness``, ``loss_rpn_box_reg``) and their sum ``loss``."""
-    model.train()
-    return _finish(DenseLosses(model, "detection")(images, targets), optimizer)
-
-
-def segmentation_step(
-    model: UperNetSegmenter,
-    images: Tensor,
-    labels: Tensor,
-    optimizer: torch.optim.Optimizer | None = None,
-) -> dict[str, Tensor]:
-    """UperNet losses (``loss_seg``, ``loss_aux`` already x0.4) and their sum ``loss``."""
-    model.train()
-    return _finish(DenseLosses(model, "segmentation")(images, labels), optimizer)
 
 
 @torch.no_grad()

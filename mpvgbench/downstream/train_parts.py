@@ -1,4 +1,4 @@
-"""What the downstream trainer builds from a :class:`TrainConfig`: data, transforms, model, optimiser.
+"""What the dense task (``mpvgbench.train.dense``) builds from a :class:`TrainConfig`: data, transforms, model, optimiser.
 
 The official sizes (COCO crop 1024, ADE20K crop 512) are scaled by ``config.img_size / crop``,
 so a smoke cell at 64 px runs the same pipeline on tiny images (``coco_synthetic`` and
@@ -26,7 +26,8 @@ from torch.utils.data import Dataset
 from mpvgbench.config import TrainConfig
 from mpvgbench.errors import DataError
 from mpvgbench.recipes import DOWNSTREAM_TASKS
-from mpvgbench.training_parts import derive_seed, per_process_batch, resolve_init_from
+from mpvgbench.train.init_weights import resolve_init_from
+from mpvgbench.train.runtime import derive_seed, per_process_batch
 
 __all__ = [
     "OFFICIAL_CROP", "PRIMARY_METRIC", "DenseData", "SeededSamples", "build_dense_data",

@@ -1,28 +1,61 @@
-"""Bookkeeping of the training loop in ``trainer.py``: the loss log, when a mid-epoch
-checkpoint is due (incl. ``request_checkpoint``), and the progress heartbeat."""
+"""Bookkeeping of the training loop (``loop.py``): the loss log, when a mid-interval checkpoint
+is due (incl. ``request_checkpoint``), the progress heartbeat, the run's wall clock, and the
+phase tag that error.json reports ("during eval")."""
 
 from __future__ import annotations
 
 import math
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as torch_dist
 
+from mpvgbench.errors import NonFiniteLossError
 from mpvgbench.rundir import RunDir, atomic_write_json
-from mpvgbench.training_parts import DistInfo, NonFiniteLossError
+from mpvgbench.train.runtime import DistInfo
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
 checkpoint_requested = threading.Event()
 
 
-def request_checkpoint() -> None:
-    """Ask the running ``train`` for a checkpoint at its next step boundary (signal-safe).
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Tag an exception with the phase it escaped from (``checkpoint load``, ``eval``...), so
+    error.json can say where a time-out or failure landed."""
+    try:
+        yield
+    except BaseException as exc:
+        if getattr(exc, "mpvgbench_phase", None) is None:
+            try:
+                exc.mpvgbench_phase = name  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
+        raise
 
-    For a Slurm pre-timeout signal: the handler calls this and returns, the trainer writes the
+
+class WallClock:
+    """The run's training seconds over all its attempts: ``prior_s`` (from the checkpoint) plus
+    this attempt's, on the monotonic clock, so a wall-clock step (NTP, a suspended VM, a
+    changed date) never yields a negative or inflated duration. A negative or non-finite
+    ``prior_s`` (written by an older version under such a step) counts as 0."""
+
+    def __init__(self, prior_s: float) -> None:
+        self.prior_s = prior_s if math.isfinite(prior_s) and prior_s > 0 else 0.0
+        self.start = time.monotonic()
+
+    def total_s(self) -> float:
+        return self.prior_s + time.monotonic() - self.start
+
+
+def request_checkpoint() -> None:
+    """Ask the running training loop for a checkpoint at its next step boundary (signal-safe).
+
+    For a Slurm pre-timeout signal: the handler calls this and returns, the loop writes the
     checkpoint between two steps (never in the middle of one) and then calls its
     ``on_requested_checkpoint`` callback (which requeues the job)."""
     checkpoint_requested.set()
@@ -73,7 +106,7 @@ class LossLog:
 
 
 class CheckpointClock:
-    """When a mid-epoch checkpoint is due: every ``every_steps`` steps, every ``every_min``
+    """When a mid-interval checkpoint is due: every ``every_steps`` steps, every ``every_min``
     minutes, or on ``request_checkpoint()``. Under DDP the time/request part is agreed on by an
     all-reduce every ``sync_every`` steps, so every rank saves at the same step boundary."""
 

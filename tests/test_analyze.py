@@ -168,10 +168,10 @@ def test_hooks_removed_and_mode_restored() -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """default, pvg and mpvg on digits (vit_micro, 2 epochs of 4 steps), stored as a spec's runs."""
     from mpvgbench.matrix import expand
-    from mpvgbench.rundir import write_job_files
     from mpvgbench.spec import load_spec
     from mpvgbench.store import Store
-    from mpvgbench.trainer import train
+    from mpvgbench.train import train_job
+    from tests.jobs import prepare_job
 
     root = tmp_path_factory.mktemp("analyze")
     spec_path = root / "spec.yaml"
@@ -183,9 +183,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     store.register_jobs(jobs, spec.name)
     keys = {}
     for job in jobs:
-        run_dir = root / "runs" / job.key
-        write_job_files(run_dir, job.config, data_root=None, device="cpu")
-        train(job.config, run_dir, device="cpu")
+        run_dir = prepare_job(root / "runs", job.config)
+        train_job(job.config, run_dir, device="cpu")
         assert store.ingest_run_dir(run_dir) == "finished"
         keys[job.method_label] = job.key
     store.close()
@@ -234,9 +233,9 @@ def test_analyze_run_by_key_prefix_matches_function(trained: dict[str, Any], tmp
 
 
 def test_command_errors_are_one_line(trained: dict[str, Any], tmp_path: Path) -> None:
-    from mpvgbench.rundir import write_job_files
     from mpvgbench.spec import load_spec
     from mpvgbench.store import Store
+    from tests.jobs import prepare_job
 
     db = str(trained["db"])
     result = _invoke("ffffffffffff", "--db", db)
@@ -261,7 +260,7 @@ def test_command_errors_are_one_line(trained: dict[str, Any], tmp_path: Path) ->
     pending_db = str(tmp_path / "pending.db")
     store = Store(pending_db)
     store.register_jobs([job], spec.name)
-    write_job_files(tmp_path / "p" / job.key, job.config)
+    prepare_job(tmp_path / "p", job.config)
     result = _invoke(job.key, "--db", pending_db)
     assert result.exit_code == 2 and "not finished" in result.output
     result = _invoke(str(trained["spec"]), "--db", pending_db)

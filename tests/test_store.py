@@ -47,7 +47,9 @@ def make_job(seed: int = 0, method: Any = "mpvg", model: str = "deit_tiny", data
 def write_run_dir(root: Path, job: FakeJob, *, epochs: int = 3, final: float | None = 70.0,
                   error: dict[str, Any] | None = None) -> Path:
     """A run directory as a worker leaves it: config, metrics, and result.json or error.json."""
-    rd = rundir.write_job_files(root / job.key, job.config)
+    rd = rundir.RunDir(root / job.key)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    rundir.atomic_write_json(rd.config, job.config.model_dump(mode="json"))  # what ingest reads
     rows = [{"epoch": e, "train_loss": 5.0 - e, "val_loss": 4.0 - e, "top1": final - epochs + e + 1
              if final is not None else 1.0, "top5": 90.0, "lr": 1e-3, "epoch_time_s": 1.5,
              "images_per_s": 100.0} for e in range(epochs)]
@@ -216,7 +218,8 @@ def test_ingest_unknown_run_dirs(store: Store, tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no config.json"):
         store.ingest_run_dir(stray)
     misnamed = tmp_path / "fedcba9876543210"
-    rundir.write_job_files(misnamed, job.config)
+    misnamed.mkdir()
+    rundir.atomic_write_json(misnamed / "config.json", job.config.model_dump(mode="json"))
     with pytest.raises(StoreError, match="must be named by its key"):
         store.ingest_run_dir(misnamed)
 

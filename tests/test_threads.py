@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from mpvgbench.config import Recipe, TrainConfig
-from mpvgbench.rundir import write_job_files
 from mpvgbench.threads import job_cpus, plan_threads
+from tests.jobs import prepare_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def test_worker_under_slurm_records_threads_and_loader_workers(tmp_path: Path) -
         recipe=Recipe(epochs=1, warmup_epochs=0, batch_size=32, lr_base_batch=None, ema=False,
                       max_steps_per_epoch=1, eval_max_batches=1),
     )
-    run = write_job_files(tmp_path / "run", config, device="cpu", num_workers=3).path
+    run = prepare_job(tmp_path, config, num_workers=3)
     env = {k: v for k, v in os.environ.items()
            if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPVGBENCH_CPUS", "RANK", "WORLD_SIZE")}
     env.update(PYTHONPATH=str(ROOT), SLURM_CPUS_PER_TASK="1")

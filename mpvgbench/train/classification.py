@@ -97,11 +97,10 @@ class ClassificationTask(Task):
         self.criterion = build_train_loss(recipe)
 
     def start_fresh(self) -> None:
-        """No checkpoint: start from ``init_from``'s weights (and the EMA from them too)."""
+        """No checkpoint: start from ``init_from``'s weights. (The EMA copies the model at its
+        first update: timm's ModelEmaV3 uses decay 0 at step 1.)"""
         if self.config.init_from:
             load_init_weights(self.model, self.config.init_from, self.run_dir)
-            if self.ema is not None:
-                self.ema.set(self.model)  # type: ignore[operator]
 
     def training_forward(self) -> nn.Module:
         return ClassifierLoss(self.model, self.criterion)

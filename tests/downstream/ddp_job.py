@@ -2,7 +2,7 @@
 
 MODE ``bn``: each rank normalises its half of a fixed batch with ``GlobalBatchNorm2d`` and saves
 its output, input gradient, parameter gradients and running statistics to ``OUT/rank{r}.pt``.
-MODE ``segmentation`` / ``detection``: ``train_downstream`` of a tiny model into run dir ``OUT``.
+MODE ``segmentation`` / ``detection``: ``train_job`` of a tiny model into run dir ``OUT``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import torch.distributed as torch_dist
 
 from mpvgbench.downstream.sync_bn import GlobalBatchNorm2d
-from mpvgbench.downstream.train import train_downstream
+from mpvgbench.train import train_job
 from tests.downstream import tiny
 
 BN_BATCH = 4
@@ -50,10 +50,10 @@ def main() -> None:
         if mode == "bn":
             _bn(out)
         elif mode == "segmentation":
-            train_downstream(tiny.ade_config(max_iters=3), out, device="cpu", checkpoint_every_min=None,
+            train_job(tiny.ade_config(max_iters=3), out, device="cpu", checkpoint_every_min=None,
                              model_factory=tiny.tiny_segmenter_without_dropout)
         elif mode == "detection":
-            train_downstream(tiny.coco_config(), out, device="cpu", checkpoint_every_min=None,
+            train_job(tiny.coco_config(), out, device="cpu", checkpoint_every_min=None,
                              model_factory=tiny.tiny_detector)
         else:
             raise SystemExit(f"unknown mode {mode!r}")

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpvgbench.downstream.train import train_downstream
 from mpvgbench.downstream.train_parts import dense_backbone
+from mpvgbench.errors import ConfigError
 from mpvgbench.rundir import read_checkpoint, read_jsonl
+from mpvgbench.train import train_job
 from tests.downstream import tiny
 
 
@@ -18,7 +19,7 @@ from tests.downstream import tiny
 def test_bf16_autocast_trains_and_evaluates(tmp_path: Path, task: str) -> None:
     config, factory = ((tiny.ade_config(max_iters=2), tiny.tiny_segmenter) if task == "segmentation"
                        else (tiny.coco_config(max_steps_per_epoch=1), tiny.tiny_detector))
-    result = train_downstream(config, tmp_path, device="cpu", amp="on", compile="off",
+    result = train_job(config, tmp_path, device="cpu", amp="on", compile="off",
                               checkpoint_every_min=None, model_factory=factory)
     assert result["env"]["amp"] is True and result["env"]["compiled"] is False
     rows = read_jsonl(tmp_path / "metrics.jsonl")
@@ -28,11 +29,11 @@ def test_bf16_autocast_trains_and_evaluates(tmp_path: Path, task: str) -> None:
 
 
 def test_auto_keeps_cpu_runs_fp32_and_eager(tmp_path: Path) -> None:
-    result = train_downstream(tiny.ade_config(max_iters=1), tmp_path, device="cpu", checkpoint_every_min=None,
+    result = train_job(tiny.ade_config(max_iters=1), tmp_path, device="cpu", checkpoint_every_min=None,
                               model_factory=tiny.tiny_segmenter)
     assert result["env"]["amp"] is False and result["env"]["compiled"] is False
-    with pytest.raises(ValueError, match="use auto, on or off"):
-        train_downstream(tiny.ade_config(max_iters=1), tmp_path / "bad", device="cpu", amp="yes",
+    with pytest.raises(ConfigError, match="use auto, on or off"):
+        train_job(tiny.ade_config(max_iters=1), tmp_path / "bad", device="cpu", amp="yes",
                          model_factory=tiny.tiny_segmenter)
 
 
@@ -54,9 +55,9 @@ def test_the_adapter_is_one_graph(tmp_path: Path, task: str) -> None:
 @pytest.mark.slow
 def test_compiled_adapter_trains_and_checkpoints_under_plain_names(tmp_path: Path) -> None:
     torch._dynamo.reset()
-    result = train_downstream(tiny.ade_config(max_iters=2), tmp_path / "compiled", device="cpu", compile="on",
+    result = train_job(tiny.ade_config(max_iters=2), tmp_path / "compiled", device="cpu", compile="on",
                               checkpoint_every_min=None, model_factory=tiny.tiny_segmenter_without_dropout)
-    eager = train_downstream(tiny.ade_config(max_iters=2), tmp_path / "eager", device="cpu", compile="off",
+    eager = train_job(tiny.ade_config(max_iters=2), tmp_path / "eager", device="cpu", compile="off",
                              checkpoint_every_min=None, model_factory=tiny.tiny_segmenter_without_dropout)
     assert result["env"]["compiled"] is True
     c, e = read_checkpoint(tmp_path / "compiled" / "checkpoint.pt"), read_checkpoint(tmp_path / "eager" / "checkpoint.pt")

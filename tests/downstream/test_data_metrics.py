@@ -19,7 +19,7 @@ from mpvgbench.downstream.data import (
 )
 from mpvgbench.downstream.detection import build_mask_rcnn
 from mpvgbench.downstream.metrics import ConfusionMatrix, coco_evaluate, detections_to_coco
-from mpvgbench.downstream.steps import detection_step
+from mpvgbench.downstream.steps import DenseLosses
 from mpvgbench.downstream.synthetic import make_synthetic_ade20k, make_synthetic_coco
 from tests.downstream.test_steps import TINY_ADAPTER
 
@@ -197,9 +197,9 @@ def test_negative_crops_are_kept_and_train(tmp_path) -> None:
     # torchvision's Mask R-CNN trains on an image without instances next to one with an instance
     images, targets = small_batch_with(out, t)
     model = build_mask_rcnn("gap", num_classes=3, fpn_channels=32, detector_kwargs=dict(box_batch_size_per_image=32), **TINY_ADAPTER)
-    losses = detection_step(model, images, targets)
+    losses = DenseLosses(model.train(), "detection")(images, targets)
     assert all(torch.isfinite(v) for v in losses.values()), losses
-    losses["loss"].backward()
+    sum(losses.values()).backward()
     assert model.backbone.body.spm.fc1.weight.grad is not None
 
 

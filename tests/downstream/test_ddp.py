@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from mpvgbench.downstream.sync_bn import GlobalBatchNorm2d, convert_to_global_batchnorm
-from mpvgbench.downstream.train import train_downstream
 from mpvgbench.rundir import read_checkpoint, read_jsonl
+from mpvgbench.train import train_job
 from tests.downstream import tiny
 from tests.downstream.ddp_job import bn_inputs
 
@@ -70,7 +70,7 @@ def test_global_batchnorm_equals_batchnorm_over_the_whole_batch(tmp_path: Path) 
 @pytest.mark.slow
 def test_two_processes_train_the_segmenter_as_one_process_with_the_whole_batch(tmp_path: Path) -> None:
     config = tiny.ade_config(max_iters=3)
-    single = train_downstream(config, tmp_path / "single", device="cpu", checkpoint_every_min=None,
+    single = train_job(config, tmp_path / "single", device="cpu", checkpoint_every_min=None,
                               model_factory=tiny.tiny_segmenter_without_dropout)
     _torchrun("segmentation", tmp_path / "ddp")
     rows1, rows2 = read_jsonl(tmp_path / "single" / "metrics.jsonl"), read_jsonl(tmp_path / "ddp" / "metrics.jsonl")

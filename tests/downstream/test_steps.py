@@ -1,4 +1,5 @@
-"""Training steps, sliding-window inference, and a tiny Mask R-CNN overfitting 4 images."""
+"""The training forward (DenseLosses), sliding-window inference, and a tiny Mask R-CNN overfitting
+4 images."""
 
 from __future__ import annotations
 
@@ -9,15 +10,22 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 
 from mpvgbench.downstream.data import ADE20K, CocoInstances, SegmentationTestTransform, collate_detection
 from mpvgbench.downstream.detection import build_mask_rcnn
-from mpvgbench.downstream.steps import (
-    detection_step,
-    evaluate_detection,
-    evaluate_segmentation,
-    segmentation_step,
-    slide_inference,
-)
+from mpvgbench.downstream.steps import DenseLosses, evaluate_detection, evaluate_segmentation, slide_inference
 from mpvgbench.downstream.synthetic import make_synthetic_ade20k, make_synthetic_coco
 from mpvgbench.downstream.upernet import UperNetSegmenter, build_upernet
+
+def train_step(model: torch.nn.Module, task: str, images, targets, optimizer=None) -> dict[str, torch.Tensor]:
+    """The losses of one training forward and their sum ``loss``; with an optimizer, one update
+    (what the training loop does, without it)."""
+    losses = DenseLosses(model.train(), task)(images, targets)
+    losses["loss"] = sum(losses.values())
+    if optimizer is None:
+        return losses
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    optimizer.step()
+    return {k: v.detach() for k, v in losses.items()}
+
 
 TINY_ADAPTER = dict(
     vit_kwargs=dict(depth=4, embed_dim=64, num_heads=2),
@@ -46,7 +54,7 @@ def test_slide_inference_covers_the_image_with_mmseg_windows() -> None:
     torch.testing.assert_close(out[:, 1], 2 * img[:, 0])  # overlapping windows average to the same value
 
 
-def test_segmentation_step_updates_and_evaluation_runs(tmp_path) -> None:
+def test_segmentation_losses_train_and_evaluation_runs(tmp_path) -> None:
     torch.manual_seed(0)
     model = build_upernet("mpvg", num_classes=3, head_channels=32, aux_channels=16, **TINY_ADAPTER)
     root = make_synthetic_ade20k(tmp_path, n_images=2, size=(64, 96))
@@ -54,20 +62,20 @@ def test_segmentation_step_updates_and_evaluation_runs(tmp_path) -> None:
     images = torch.stack([ds[i][0] for i in range(2)])
     labels = torch.stack([ds[i][1] for i in range(2)])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    first = segmentation_step(model, images, labels, opt)
+    first = train_step(model, "segmentation", images, labels, opt)
     for _ in range(4):
-        last = segmentation_step(model, images, labels, opt)
+        last = train_step(model, "segmentation", images, labels, opt)
     assert set(first) == {"loss_seg", "loss_aux", "loss"} and not first["loss"].requires_grad
     assert last["loss"] < first["loss"]
     metrics = evaluate_segmentation(model, ADE20K(root, "validation", SegmentationTestTransform(scale=(96, 64))), crop=64, stride=43)
     assert 0.0 <= metrics["mIoU"] <= 100.0 and 0.0 <= metrics["aAcc"] <= 100.0
 
 
-def test_detection_step_without_optimizer_returns_the_graph(tmp_path) -> None:
+def test_detection_losses_keep_the_graph(tmp_path) -> None:
     root = make_synthetic_coco(tmp_path, n_images=2, size=(64, 96))
     images, targets = collate_detection([CocoInstances(root, "train")[i] for i in range(2)])
     model = build_mask_rcnn("pvg", num_classes=3, fpn_channels=32, detector_kwargs=dict(box_batch_size_per_image=32), **TINY_ADAPTER)
-    losses = detection_step(model, images, targets)
+    losses = train_step(model, "detection", images, targets)
     assert losses["loss"].requires_grad
     torch.testing.assert_close(losses["loss"], sum(v for k, v in losses.items() if k != "loss"))
 
@@ -85,7 +93,7 @@ def test_tiny_mask_rcnn_overfits_four_images(tmp_path) -> None:
     )
     model = build_mask_rcnn("mpvg", num_classes=3, fpn_channels=64, detector_kwargs=small, **TINY_ADAPTER)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    losses = [float(detection_step(model, images, targets, opt)["loss"]) for _ in range(50)]
+    losses = [float(train_step(model, "detection", images, targets, opt)["loss"]) for _ in range(50)]
     assert sum(losses[-5:]) / 5 < 0.3 * losses[0], losses
     metrics = evaluate_detection(model, CocoInstances(root, "val"))
     assert metrics["bbox_AP50"] > 0.6 and metrics["segm_AP50"] > 0.5, metrics

@@ -1,6 +1,7 @@
-"""The dense-prediction trainer on the spine: ``trainer.train`` dispatches coco/ade20k jobs to
-``train_downstream``, which keeps the run-directory contract (result schema, metrics per
-evaluation, checkpoint, exact resume) and loads a classification parent by ``init_from``."""
+"""The dense-prediction task: ``train_job`` picks it for coco/ade20k jobs; it keeps the
+run-directory contract (result schema, metrics per evaluation) and loads a classification parent
+by ``init_from``. (What every task shares, resume and checkpoints, is tested once per task in
+test_loop.py.)"""
 
 from __future__ import annotations
 
@@ -11,22 +12,30 @@ from typing import Any
 import pytest
 import torch
 
-from mpvgbench.downstream import train as downstream_train
 from mpvgbench.downstream.train_parts import build_dense_model, pretrain_img_size
 from mpvgbench.errors import SpecError
 from mpvgbench.matrix import expand
 from mpvgbench.rundir import atomic_torch_save, read_checkpoint, read_jsonl
 from mpvgbench.spec import parse_spec
 from mpvgbench.store_schema import result_problem
-from mpvgbench.trainer import train
+from mpvgbench.train import task_for, train_job
+from mpvgbench.train import dense as dense_task
+from mpvgbench.train.classification import ClassificationTask
+from mpvgbench.train.dense import DenseTask
 from tests.downstream.tiny import ade_config as _ade_config
+from tests.downstream.tiny import coco_config as _coco_config
 from tests.downstream.tiny import tiny_segmenter as _tiny_segmenter
 
-def test_train_dispatches_segmentation_and_keeps_the_run_dir_contract(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(downstream_train, "build_dense_model", _tiny_segmenter)
+
+def test_the_task_follows_the_dataset() -> None:
+    assert task_for(_ade_config()) is DenseTask and task_for(_coco_config()) is DenseTask
+    assert task_for(_ade_config().model_copy(update={"dataset": "digits"})) is ClassificationTask
+
+
+def test_segmentation_keeps_the_run_dir_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dense_task, "build_dense_model", _tiny_segmenter)  # the worker's path: no factory
     config = _ade_config()
-    result = train(config, tmp_path / "run", device="cpu", checkpoint_every_min=None)
+    result = train_job(config, tmp_path / "run", device="cpu", checkpoint_every_min=None)
     assert result_problem(result) is None
     assert result["task"] == "segmentation" and result["iterations"] == 2
     assert result["final_top1"] == result["miou"] == result["final_miou"]
@@ -37,27 +46,6 @@ def test_train_dispatches_segmentation_and_keeps_the_run_dir_contract(
     ckpt = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ckpt is not None and ckpt["key"] == config.key() and ckpt["loop"]["num_updates"] == 2
     assert json.loads((tmp_path / "run" / "progress.json").read_text())["epoch"] == 2
-
-
-def test_a_killed_run_resumes_to_the_same_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(downstream_train, "build_dense_model", _tiny_segmenter)
-    config = _ade_config()
-    whole = train(config, tmp_path / "whole", device="cpu", checkpoint_every_min=None)
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_first_evaluation(progress: dict[str, Any]) -> None:
-        if progress["epoch"] == 1 and (tmp_path / "killed" / "metrics.jsonl").stat().st_size:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(config, tmp_path / "killed", device="cpu", checkpoint_every_min=None,
-              progress_callback=kill_after_first_evaluation)
-    resumed = train(config, tmp_path / "killed", device="cpu", checkpoint_every_min=None)
-    assert resumed["final_miou"] == whole["final_miou"]
-    assert [r["train_loss"] for r in read_jsonl(tmp_path / "killed" / "metrics.jsonl")] == \
-        [r["train_loss"] for r in read_jsonl(tmp_path / "whole" / "metrics.jsonl")]
 
 
 def test_init_from_loads_the_classification_parent_on_its_own_grid(tmp_path: Path) -> None:

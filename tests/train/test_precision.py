@@ -1,5 +1,6 @@
-"""amp/compile switches: bf16 autocast and torch.compile run on CPU when asked (the CUDA code
-path, testable here); ``auto`` keeps CPU runs fp32 and eager; compiled runs save plain keys."""
+"""amp/compile switches of the classification task: bf16 autocast and torch.compile run on CPU
+when asked (the CUDA code path, testable here); ``auto`` keeps CPU runs fp32 and eager; compiled
+runs save plain keys. (The dense task's: tests/downstream/test_amp_compile.py.)"""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from mpvgbench.models import build_model_for_config
 from mpvgbench.rundir import read_checkpoint, read_jsonl
-from mpvgbench.trainer import build_model_for_config, train
-from tests.test_trainer import Interrupt, interrupt_at, make_config
+from mpvgbench.train import train_job as train
+from tests.train.cases import Interrupt, interrupt_at, make_config
 
 
 class RecordDtype(nn.Module):
@@ -44,11 +46,6 @@ def test_amp_switch_on_cpu(tmp_path: Path, amp: str, dtype: torch.dtype) -> None
     result = train(config, tmp_path, device="cpu", amp=amp, model_factory=factory)
     assert models[0].dtypes == {dtype} and _finite(result)
     assert (result["env"]["amp"], result["env"]["compiled"]) == (amp == "on", False)
-
-
-def test_bad_switch_value_names_the_fix(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="compile='yes'; use auto, on or off"):
-        train(make_config(), tmp_path, device="cpu", compile="yes")
 
 
 def test_compiled_run_saves_plain_keys_and_resumes_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -37,7 +37,7 @@ MODES = ("fp32", "bf16", "bf16+compile", "fp32+compile")
 
 
 def _step_fn(model: torch.nn.Module, task: str, images: Any, targets: Any, device: torch.device, mode: str) -> Callable[[], None]:
-    """One forward+backward of the training losses in ``mode`` (the trainer's ``_train_step``
+    """One forward+backward of the training losses in ``mode`` (the training loop's ``_optimisation_step``
     without the optimiser)."""
     if "compile" in mode:
         dense_backbone(model).compile()  # in place, as the trainer does

@@ -10,7 +10,7 @@ now). Before, mpvgbench ran AdamW at 5e-2 on every parameter. This script:
    prototypes and new ones, so the pretrained features help) for ``--steps`` steps at the
    Table 7 lr with three optimizer setups:
      - ``new``:      the default recipe (mpvgbench.optim.build_optimizer: SGD, param groups),
-     - ``adamw``:    v1's recipe (AdamW at 5e-2 on everything, training_parts.build_optimizer),
+     - ``adamw``:    v1's recipe (AdamW at 5e-2 on everything, optim.build_optimizer without param_groups),
      - ``sgd-flat``: v1's recipe with ``optimizer: sgd`` (one lr for every parameter);
 3. prints the fine-tune loss at the start (mean of the first 20 steps), its peak, the end (mean
    of the last 20), the validation accuracy before/after, how far the pretrained backbone moved
@@ -36,8 +36,7 @@ import mpvgbench.models as M
 from mpvgbench.config import Recipe
 from mpvgbench.optim import build_optimizer
 from mpvgbench.recipes import default_recipe
-from mpvgbench.training_parts import build_optimizer as v1_build_optimizer
-from mpvgbench.training_parts import build_scheduler
+from mpvgbench.train.classification_parts import build_scheduler
 
 IMG, PRE_CLASSES, FT_CLASSES = 32, 10, 20
 
@@ -99,7 +98,7 @@ def finetune(name: str, backbone: dict[str, Tensor], setup: str, data: tuple[Ten
     build: Callable[[nn.Module, Recipe], torch.optim.Optimizer] = build_optimizer
     if setup != "new":
         recipe = v1_recipe(recipe)
-        build = v1_build_optimizer
+        build = build_optimizer  # v1's optimizer: the same without param_groups (optim.py)
         if setup == "sgd-flat":
             recipe = recipe.model_copy(update={"optimizer": "sgd"})
     torch.manual_seed(0)  # same new head and drop-path draws for every setup

@@ -14,7 +14,7 @@ each group's initial lr) warm up and decay every group from its own peak to the 
 Groups are ordered by decreasing lr: ``param_groups[0]["lr"]`` (what the trainer logs) is the
 recipe's lr whenever any parameter trains at it.
 
-With neither option set, this builds exactly what ``training_parts.build_optimizer`` built.
+With neither option set, this builds exactly what the first version's optimizer builder built.
 """
 
 from __future__ import annotations

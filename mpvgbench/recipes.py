@@ -36,8 +36,8 @@ DATASET_INFO: dict[str, DatasetInfo] = {
     "coco_synthetic": DatasetInfo(3, 64, 3),
     "ade20k_synthetic": DatasetInfo(3, 64, 3),
 }
-# The task each dense-prediction dataset trains (mpvgbench.downstream.train); every other
-# dataset is image classification (mpvgbench.trainer).
+# The task each dense-prediction dataset trains (mpvgbench.train.dense); every other
+# dataset is image classification (mpvgbench.train.classification).
 DOWNSTREAM_TASKS: dict[str, str] = {
     "coco": "detection", "coco_synthetic": "detection",
     "ade20k": "segmentation", "ade20k_synthetic": "segmentation",

@@ -19,9 +19,8 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("spec", ("mpvgbench.spec", "mpvgbench.slurm_settings")),
     ("matrix", ("mpvgbench.matrix",)),
     ("executor", ("mpvgbench.executors",)),
-    ("trainer", ("mpvgbench.worker", "mpvgbench.trainer", "mpvgbench.training_parts",
-                 "mpvgbench.checkpoint", "mpvgbench.threads", "mpvgbench.data", "mpvgbench.models",
-                 "mpvgbench.optim", "mpvgbench.analyze", "mpvgbench.downstream")),
+    ("trainer", ("mpvgbench.worker", "mpvgbench.train", "mpvgbench.threads", "mpvgbench.data",
+                 "mpvgbench.models", "mpvgbench.optim", "mpvgbench.analyze", "mpvgbench.downstream")),
     ("store", ("mpvgbench.store",)),
     ("report", ("mpvgbench.report", "mpvgbench.curves")),
 ]
@@ -105,4 +104,26 @@ def test_only_the_cli_wires_the_stages() -> None:
     """Library modules never import the command line."""
     offenders = [m for m, targets in import_graph().items() if not m.startswith("mpvgbench.cli")
                  and m != "mpvgbench.__main__" and any(t.startswith("mpvgbench.cli") for t in targets)]
+    assert not offenders, offenders
+
+
+# The one training loop and what it is made of; a task (classification, dense) plugs into it.
+LOOP_CORE = ("mpvgbench.train.loop", "mpvgbench.train.task", "mpvgbench.train.checkpoint",
+             "mpvgbench.train.bookkeeping", "mpvgbench.train.runtime", "mpvgbench.train")
+TASKS = ("mpvgbench.train.classification", "mpvgbench.train.dense", "mpvgbench.downstream",
+         "mpvgbench.data", "mpvgbench.models")
+
+
+def test_the_loop_knows_no_task() -> None:
+    """The loop never imports a task or what a task is built from (at import time: the package
+    picks the task inside ``task_for``, as the worker asks it to)."""
+    offenders = []
+    for module in LOOP_CORE:
+        path = PACKAGE.parent / (module.replace(".", "/") + ("/__init__.py" if module == "mpvgbench.train" else ".py"))
+        tree = ast.parse(path.read_text())
+        top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        lazy = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and n not in top_level]
+        for node in top_level + (lazy if module != "mpvgbench.train" else []):
+            names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            offenders += [f"{module} imports {n}" for n in names if n and n.startswith(TASKS)]
     assert not offenders, offenders

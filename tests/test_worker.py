@@ -18,11 +18,13 @@ import torch
 
 from mpvgbench import worker
 from mpvgbench.config import Recipe, TrainConfig
-from mpvgbench.rundir import read_checkpoint, read_json, read_jsonl, write_job_files
-from mpvgbench.trainer import NonFiniteLossError, train
+from mpvgbench.errors import DataError, InfraError, NonFiniteError, NonFiniteLossError
+from mpvgbench.rundir import read_checkpoint, read_json, read_jsonl
+from mpvgbench.train import train_job as train
+from tests.jobs import prepare_job
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = {"epoch_time_s", "images_per_s"}
+TIMING = {"epoch_time_s", "eval_time_s", "images_per_s"}
 
 
 def make_config(model: str = "vit_micro", **recipe: Any) -> TrainConfig:
@@ -56,7 +58,7 @@ def test_kill_9_mid_epoch_then_rerun_matches_uninterrupted(tmp_path: Path) -> No
     config = make_config(max_steps_per_epoch=10)
     baseline = train(config, tmp_path / "baseline", device="cpu")
 
-    run = write_job_files(tmp_path / config.key(), config, device="cpu").path
+    run = prepare_job(tmp_path, config)
     proc = subprocess.Popen(
         [sys.executable, "-m", "mpvgbench.worker", str(run)], cwd=ROOT,
         env=worker_env(MPVGBENCH_PROGRESS_INTERVAL_S="0"),
@@ -97,7 +99,7 @@ def test_kill_9_mid_epoch_then_rerun_matches_uninterrupted(tmp_path: Path) -> No
 
 def _prepare(tmp_path: Path, config: TrainConfig | None = None) -> Path:
     config = config or make_config(epochs=1, max_steps_per_epoch=2, eval_max_batches=1)
-    return write_job_files(tmp_path / "run", config, device="cpu").path
+    return prepare_job(tmp_path, config)
 
 
 def test_success_exit_0_and_stale_error_removed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,13 +112,13 @@ def test_success_exit_0_and_stale_error_removed(tmp_path: Path, capsys: pytest.C
     assert "finished" in capsys.readouterr().out
 
 
-def test_exception_in_training_writes_error_json(tmp_path: Path) -> None:
+def test_a_user_mistake_found_in_the_worker_is_recorded_as_such(tmp_path: Path) -> None:
     config = make_config(epochs=1).model_copy(update={"model": "no_such_model"})
     run = _prepare(tmp_path, config)
     assert worker.main([str(run)]) == 1
     err = json.loads((run / "error.json").read_text())
-    assert err["kind"] == "exception" and err["key"] == config.key()
-    assert "\n" not in err["error"] and "unknown model 'no_such_model'" in err["error"]
+    assert err["kind"] == "user" and err["key"] == config.key()
+    assert "\n" not in err["error"] and err["error"].startswith("unknown model 'no_such_model'")
     assert 0 < len(err["traceback_tail"].splitlines()) <= 20
     assert not (run / "result.json").exists()
 
@@ -126,22 +128,24 @@ def test_corrupted_config_is_an_error_record(tmp_path: Path) -> None:
     (run / "config.json").write_text("{not json")
     assert worker.main([str(run)]) == 1
     err = json.loads((run / "error.json").read_text())
-    assert err["kind"] == "exception" and "config.json is corrupted" in err["error"]
+    assert err["kind"] == "user" and "config.json is corrupted" in err["error"]
 
 
 @pytest.mark.parametrize(
     ("exc", "kind"),
     [
         (NonFiniteLossError(2, 3, float("nan")), "nonfinite"),
+        (NonFiniteError("non-finite val_loss (nan) after epoch 2", 2, None), "nonfinite"),
+        (DataError("imagenet needs its data root; set data.roots.imagenet"), "user"),
         (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "oom"),
         (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), "oom"),
         (RuntimeError("CUDA error: out of memory"), "oom"),
-        (worker.InfraError("could not join the process group"), "infra"),
+        (InfraError("could not join the process group"), "infra"),
         (RuntimeError("boom\nsecond line"), "exception"),
     ],
 )
 def test_error_kinds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: BaseException, kind: str) -> None:
-    import mpvgbench.trainer
+    import mpvgbench.train
 
     run = _prepare(tmp_path)
     (run / "progress.json").write_text(json.dumps({"epoch": 4, "step": 7}))
@@ -149,13 +153,14 @@ def test_error_kinds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: BaseE
     def fail(*args: Any, **kwargs: Any) -> dict[str, Any]:
         raise exc
 
-    monkeypatch.setattr(mpvgbench.trainer, "train", fail)
+    monkeypatch.setattr(mpvgbench.train, "train_job", fail)
     with pytest.raises(type(exc)):
         worker.run_job(str(run))
     err = json.loads((run / "error.json").read_text())
     assert err["kind"] == kind and "\n" not in err["error"]
     assert set(err) == {"key", "kind", "error", "traceback_tail", "epoch", "step"}
-    assert (err["epoch"], err["step"]) == ((2, 3) if kind == "nonfinite" else (4, 7))
+    assert (err["epoch"], err["step"]) == {"nonfinite": (2, getattr(exc, "step", None))}.get(kind, (4, 7))
+    assert err["error"].startswith(f"{type(exc).__name__}: ") == (kind != "user")  # bugs keep their type
 
 
 def test_checkpointable_job_requeues_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

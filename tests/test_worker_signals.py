@@ -1,6 +1,6 @@
-"""A Slurm requeue/time-out landing anywhere: submitit's last-time-out error during checkpoint
-load, save or eval is a ``timeout`` failure that says where, never a corrupted checkpoint; the
-requeue signal first gets a checkpoint written at the next step boundary."""
+"""A Slurm requeue/time-out landing anywhere, for either task: submitit's last-time-out error
+during checkpoint load, save or eval is a ``timeout`` failure that says where, never a corrupted
+checkpoint; the requeue signal first gets a checkpoint written at the next step boundary."""
 
 from __future__ import annotations
 
@@ -15,11 +15,15 @@ import pytest
 import submitit
 import torch
 
-import mpvgbench.trainer
-import mpvgbench.trainer_bookkeeping
+import mpvgbench.train.bookkeeping
+import mpvgbench.train.checkpoint
+import mpvgbench.train.dense
 from mpvgbench import worker
-from mpvgbench.rundir import atomic_torch_save, read_jsonl, write_job_files
-from tests.test_trainer import make_config
+from mpvgbench.rundir import atomic_torch_save, read_jsonl
+from mpvgbench.train import task_for
+from tests.downstream import tiny
+from tests.jobs import prepare_job
+from tests.train.cases import CASES, TaskCase
 
 LAST_TIMEOUT = "Job not requeued because: timed-out too many times."
 
@@ -34,26 +38,28 @@ def _restore_threads(monkeypatch: pytest.MonkeyPatch) -> Any:
     torch.set_num_threads(threads)
 
 
-def _run_dir(tmp_path: Path) -> Path:
-    config = make_config(epochs=2, max_steps_per_epoch=2, eval_max_batches=1)
-    return write_job_files(tmp_path / "run", config, device="cpu").path
+def _run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: TaskCase) -> Path:
+    """The case's job prepared as an executor does; the worker builds the tiny dense model."""
+    monkeypatch.setattr(mpvgbench.train.dense, "build_dense_model", tiny.tiny_segmenter)
+    return prepare_job(tmp_path, case.config)
 
 
 def _time_out(*args: Any, **kwargs: Any) -> Any:
     raise submitit.core.utils.UncompletedJobError(LAST_TIMEOUT)
 
 
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 @pytest.mark.parametrize("where", ["checkpoint load", "checkpoint save", "eval"])
 def test_last_timeout_anywhere_is_a_timeout_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    where: str) -> None:
-    run = _run_dir(tmp_path)
+                                                    where: str, case: TaskCase) -> None:
+    run = _run_dir(tmp_path, monkeypatch, case)
     if where == "checkpoint load":
         atomic_torch_save(run / "checkpoint.pt", {"model": {}, "key": "x"})  # a file to be loading
         monkeypatch.setattr(torch, "load", _time_out)
     elif where == "checkpoint save":
-        monkeypatch.setattr(mpvgbench.trainer, "atomic_torch_save", _time_out)
+        monkeypatch.setattr(mpvgbench.train.checkpoint, "atomic_torch_save", _time_out)
     else:
-        monkeypatch.setattr(mpvgbench.trainer, "_evaluate_epoch", _time_out)
+        monkeypatch.setattr(task_for(case.config), "evaluate", _time_out)
     with pytest.raises(submitit.core.utils.UncompletedJobError):
         worker.run_job(str(run))
     err = json.loads((run / "error.json").read_text())
@@ -62,18 +68,19 @@ def test_last_timeout_anywhere_is_a_timeout_failure(tmp_path: Path, monkeypatch:
     assert "corrupted" not in err["error"]
 
 
-def test_full_disk_while_saving_is_infra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run = _run_dir(tmp_path)
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_full_disk_while_saving_is_infra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: TaskCase) -> None:
+    run = _run_dir(tmp_path, monkeypatch, case)
 
     def full(*args: Any, **kwargs: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(mpvgbench.trainer, "atomic_torch_save", full)
+    monkeypatch.setattr(mpvgbench.train.checkpoint, "atomic_torch_save", full)
     with pytest.raises(OSError):
         worker.run_job(str(run))
     err = json.loads((run / "error.json").read_text())
     assert err["kind"] == "infra" and err["error"].startswith("during checkpoint save: OSError")
-    assert len(read_jsonl(run / "metrics.jsonl")) == 1  # the epoch trained; only the save failed
+    assert len(read_jsonl(run / "metrics.jsonl")) == 1  # the interval trained; only the save failed
 
 
 @pytest.fixture
@@ -81,18 +88,18 @@ def fake_submitit(monkeypatch: pytest.MonkeyPatch) -> Any:
     calls: list[int] = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
     monkeypatch.setattr(worker, "_submitit_env", lambda: object())
-    mpvgbench.trainer_bookkeeping.checkpoint_requested.clear()
+    mpvgbench.train.bookkeeping.checkpoint_requested.clear()
     yield calls
     signal.signal(signal.SIGUSR2, previous)
-    mpvgbench.trainer_bookkeeping.checkpoint_requested.clear()
+    mpvgbench.train.bookkeeping.checkpoint_requested.clear()
 
 
 def test_requeue_signal_waits_for_the_checkpoint(fake_submitit: list[int]) -> None:
     after_checkpoint = worker._defer_requeue_signal()
     assert after_checkpoint is not None
     os.kill(os.getpid(), signal.SIGUSR2)
-    assert mpvgbench.trainer_bookkeeping.checkpoint_requested.is_set() and fake_submitit == []
-    after_checkpoint()  # what the trainer calls once the checkpoint is on disk
+    assert mpvgbench.train.bookkeeping.checkpoint_requested.is_set() and fake_submitit == []
+    after_checkpoint()  # what the training loop calls once the checkpoint is on disk
     assert fake_submitit == [signal.SIGUSR2]
 
 

@@ -28,7 +28,7 @@ from mpvgbench.executors.base import RunContext
 from mpvgbench.executors.local import LocalExecutor, owner_is_alive
 from mpvgbench.rundir import read_checkpoint, read_config, read_json, read_jsonl
 from mpvgbench.store import Store
-from mpvgbench.trainer import train
+from mpvgbench.train import train_job as train
 
 from .conftest import (
     TIMING, children, cli_env, invoke, is_gone, jobs_of, read_progress, result_of, run_cli,
@@ -227,9 +227,9 @@ def test_exception_and_oom_are_recorded_and_other_jobs_go_on(tmp_path: Path) -> 
     with Store(tmp_path / "results.db") as store:
         exc, oom = store.failure(lite.key), store.failure(micro.key)
     assert exc is not None and oom is not None
-    assert exc["kind"] == "exception" and exc["attempts"] == 1
-    assert exc["error"].startswith("ValueError: the training set (1437 images) is smaller than one per-process batch (4096)")
-    assert "trainer.py" in exc["traceback_tail"]
+    assert exc["kind"] == "user" and exc["attempts"] == 1
+    assert exc["error"].startswith("the digits training set (1437 images) is smaller than one per-process batch (4096)")
+    assert "classification.py" in exc["traceback_tail"]
     assert oom["kind"] == "oom" and oom["attempts"] == 1
     assert "can't allocate memory" in oom["error"] or "out of memory" in oom["error"].lower()
     assert oom["traceback_tail"]

@@ -1,7 +1,7 @@
 """Issue "Nothing lost, nothing run twice, under attack": one test per way main used to break.
 
 docs/reliability.md maps each item to its test here (and to tests/test_checkpoint.py,
-tests/test_worker_signals.py, tests/test_trainer_midepoch.py for the trainer's items).
+tests/test_worker_signals.py, tests/train/test_loop.py for the training loop's items).
 """
 
 from __future__ import annotations

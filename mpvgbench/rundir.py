@@ -209,7 +209,7 @@ def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> Optional[dict[
     if not path.exists():
         return None
     try:
-        # weights_only: the trainer stores only tensors and plain Python values, so the safe
+        # weights_only: the training loop stores only tensors and plain Python values, so the safe
         # unpickler suffices and a foreign/malicious file cannot execute code.
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
         if not isinstance(ckpt, dict) or "model" not in ckpt:
@@ -257,7 +257,7 @@ def read_config(run_dir: PathLike) -> Any:
 
 
 # Operational job.json settings (never part of the job key), their defaults, and what they mean:
-# amp/compile: auto|on|off (trainer.train); checkpoints every N steps and/or M minutes.
+# amp/compile: auto|on|off (train.train_job); checkpoints every N steps and/or M minutes.
 JOB_OPERATIONAL_DEFAULTS: dict[str, Any] = {
     "amp": "auto",
     "compile": "auto",

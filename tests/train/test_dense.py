@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from mpvgbench.rundir import atomic_torch_save, read_checkpoint, read_jsonl
 from mpvgbench.spec import parse_spec
 from mpvgbench.store_schema import result_problem
 from mpvgbench.train import task_for, train_job
-from mpvgbench.train import dense as dense_task
+from mpvgbench.train import dense as dense_module
 from mpvgbench.train.classification import ClassificationTask
 from mpvgbench.train.dense import DenseTask
 from tests.downstream.tiny import ade_config as _ade_config
@@ -33,7 +32,7 @@ def test_the_task_follows_the_dataset() -> None:
 
 
 def test_segmentation_keeps_the_run_dir_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dense_task, "build_dense_model", _tiny_segmenter)  # the worker's path: no factory
+    monkeypatch.setattr(dense_module, "build_dense_model", _tiny_segmenter)  # the worker's path: no factory
     config = _ade_config()
     result = train_job(config, tmp_path / "run", device="cpu", checkpoint_every_min=None)
     assert result_problem(result) is None

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from mpvgbench import store_migrations as M
 from mpvgbench import store_schema as S
 from mpvgbench.store_schema import (
     SCHEMA_VERSION, STATUSES, MetricRow, ResultRow, RunRow, chunks, select_keys, upsert,
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 from mpvgbench.store_engine import (  # noqa: E402, F401 - re-exported: where the database is
     DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_DB, DEFAULT_STATEMENT_TIMEOUT_S, ENV_DB, PathOrUrl, _one_line,
-    resolve_url, server_timeouts, store_error)
+    resolve_url, server_timeouts, sqlite_file_writable, sqlite_reader_engine, store_error)
 
 
 from mpvgbench.errors import RunDirError, StoreError  # noqa: E402 - re-exported
@@ -63,7 +64,14 @@ class JobLike(Protocol):
 class Store:
     """Runs, claims, metrics and results in one SQL database. See the module docstring."""
 
-    def __init__(self, url_or_path: PathOrUrl = None) -> None:
+    def __init__(self, url_or_path: PathOrUrl = None, *, create: bool = True,
+                 check_schema: bool = True) -> None:
+        """``create``: make the tables in a new or empty database (``mpvgbench run``). Without it
+        (``report``, ``status``, ``logs``, ``analyze``, ``run --dry-run``) a missing database is a
+        one-line error, and a SQLite file this process cannot write is opened read-only
+        (:attr:`writable` False). A database that is not mpvgbench's is refused before anything
+        touches it; an older schema is refused with the ``mpvgbench db upgrade`` hint
+        (``check_schema=False``: opened anyway, for that upgrade)."""
         self.url = resolve_url(url_or_path)
         try:
             url = sa.make_url(self.url)
@@ -72,22 +80,80 @@ class Store:
         #: where the database is, for messages (password hidden)
         self.where: str = url.render_as_string(hide_password=True)
         self.is_sqlite = url.get_backend_name() == "sqlite"
-        if self.is_sqlite and url.database:
-            self.where = url.database
-            parent = Path(url.database).parent
-            try:
-                parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                why = "a file is in the way" if isinstance(exc, FileExistsError) else exc.strerror
-                raise StoreError(f"cannot create the directory {parent} of the results database "
-                                 f"({why}); pass a writable --db") from None
         #: PostgreSQL's connect/statement timeouts in effect (None on SQLite), for messages
         self.timeouts: dict[str, Any] = {"connect_timeout": None, "statement_timeout": None}
-        self._engine = self._make_engine(url)
+        #: False: a read-only SQLite file (or folder); every write raises StoreError
+        self.writable = True
+        path = url.database if self.is_sqlite and url.database else None
+        if path is not None:
+            self.where = path
+            self._check_sqlite_path(Path(path), create)
+        self._engine = self._open(url, path, create=create, check_schema=check_schema)
         self._reader = self._engine.execution_options(**{S.READ_ONLY: True})
-        self._init_schema()
 
     # ----------------------------------------------------------------------------- plumbing
+
+    def _check_sqlite_path(self, path: Path, create: bool) -> None:
+        if not create:
+            if not path.is_file():
+                raise M.MissingDatabaseError(f"no results database at {path}; run `mpvgbench run SPEC` "
+                                             "first or pass --db")
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = "a file is in the way" if isinstance(exc, FileExistsError) else exc.strerror
+            raise StoreError(f"cannot create the directory {path.parent} of the results database "
+                             f"({why}); pass a writable --db") from None
+
+    def _open(self, url: sa.URL, path: Optional[str], *, create: bool, check_schema: bool) -> Engine:
+        """The engine, once the database is known to be mpvgbench's (or empty, to create)."""
+        reader = None
+        if path is not None and os.path.isfile(path) and os.path.getsize(path) > 0:
+            reader, state = self._inspect_sqlite_file(path)  # never a byte written to find out
+        else:
+            engine = self._make_engine(url)
+            with self._one_line_errors(), engine.connect() as conn:
+                state = M.database_state(conn)
+        if state.version is None and not (create and (state.empty or not self.is_sqlite)):
+            raise M.not_ours(self.where, state)  # PostgreSQL: other schemas' tables are fine
+        if state.version is not None and check_schema:
+            M.check_version(self.where, state.version)
+        if reader is not None and not create and not sqlite_file_writable(path or ""):
+            self.writable = False
+            return reader
+        if reader is not None:
+            reader.dispose()
+            engine = self._make_engine(url)
+        if state.version is None:
+            self._create_schema(engine)
+        return engine
+
+    def _inspect_sqlite_file(self, path: str) -> tuple[Engine, M.DatabaseState]:
+        """A read-only engine of an existing file and what the file holds."""
+        for immutable in (False, True):
+            reader = sqlite_reader_engine(path, immutable=immutable)
+            try:
+                with reader.connect() as conn:
+                    return reader, M.database_state(conn)
+            except sa.exc.OperationalError as exc:
+                reader.dispose()
+                # a WAL file in a read-only folder: no -shm can be made; read it as immutable
+                text = str(exc.orig).lower()
+                if immutable or not ("readonly" in text or "unable to open" in text):
+                    raise self._fail(exc) from None
+            except sa.exc.DatabaseError as exc:  # e.g. "file is not a database"
+                reader.dispose()
+                raise self._fail(exc) from None
+        raise AssertionError("unreachable: the immutable attempt returns or raises")
+
+    def _create_schema(self, engine: Engine) -> None:
+        with self._one_line_errors(), engine.begin() as conn:  # serialised against concurrent creators
+            M.lock_for_schema_change(conn)
+            state = M.database_state(conn)
+            if state.version is not None:
+                return M.check_version(self.where, state.version)
+            M.create_schema(conn)
 
     def _make_engine(self, url: sa.URL) -> Engine:
         if not self.is_sqlite:
@@ -108,6 +174,9 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
+        if not self.writable:
+            raise StoreError(f"{self.where} is read-only here (file or folder permissions); "
+                             "this command needs to write it: run it where the file is writable")
         with self._one_line_errors(), self._engine.begin() as conn:
             yield conn
 
@@ -123,45 +192,6 @@ class Store:
             yield
         except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DatabaseError) as exc:
             raise self._fail(exc) from None
-
-    def _schema_version(self, conn: Connection) -> Optional[int]:
-        names = set(sa.inspect(conn).get_table_names())
-        if "meta" not in names:
-            if names & set(S.metadata.tables):
-                raise StoreError(f"{self.where} has mpvgbench-like tables but no schema version; "
-                                 "use another --db")
-            return None
-        version = conn.execute(
-            sa.select(S.meta.c.value).where(S.meta.c.name == "schema_version")
-        ).scalar()
-        return int(version) if version is not None else None
-
-    def _check_version(self, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.where} was written by a newer mpvgbench (schema {version} > "
-                f"{SCHEMA_VERSION}); upgrade mpvgbench or use another --db"
-            )
-        if version < SCHEMA_VERSION:  # no migration exists yet: no older schema was released
-            raise StoreError(f"{self.where} has schema {version} but this mpvgbench needs "
-                             f"{SCHEMA_VERSION}; use another --db")
-
-    def _init_schema(self) -> None:
-        try:
-            with self._read() as conn:  # a read first: an existing database may be read-only
-                version = self._schema_version(conn)
-        except sa.exc.DatabaseError as exc:  # e.g. "file is not a database"
-            raise self._fail(exc) from None
-        if version is not None:
-            return self._check_version(version)
-        with self._write() as conn:  # create, serialised against concurrent creators
-            if conn.dialect.name == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7243190)"))
-            version = self._schema_version(conn)
-            if version is not None:
-                return self._check_version(version)
-            S.metadata.create_all(conn)
-            conn.execute(sa.insert(S.meta).values(name="schema_version", value=str(SCHEMA_VERSION)))
 
     def close(self) -> None:
         self._engine.dispose()
@@ -392,8 +422,8 @@ class Store:
         """Finished runs joined with their results, in one query (failed runs never appear)."""
         r, x = S.runs.c, S.results.c
         stmt = sa.select(
-            r.key, r.model, r.method_label, r.method, r.dataset, r.seed, r.variant, x.final_top1,
-            x.best_top1, x.final_top5, x.best_top5, x.epochs, r.wall_time_s, x.extra,
+            r.key, r.model, r.method_label, r.method, r.dataset, r.seed, r.variant,
+            *(S.results.c[f] for f in S.RESULT_FIELDS), r.wall_time_s, x.extra,
         ).join_from(S.runs, S.results, r.key == x.key).where(r.status == "finished")
         stmt = S.filter_runs(stmt, spec_name=spec_name)
         if dataset is not None:
@@ -460,6 +490,13 @@ class Store:
             for row in conn.execute(stmt):
                 out.setdefault(row.key, {})[row.name] = row.value
         return out
+
+
+def upgrade_database(url_or_path: PathOrUrl = None) -> tuple[int, int]:
+    """Upgrade an mpvgbench database to this code's schema in one transaction (``mpvgbench db
+    upgrade``); returns ``(from_version, to_version)``, equal when it was up to date."""
+    with Store(url_or_path, create=False, check_schema=False) as store, store._write() as conn:
+        return M.upgrade(conn, store.where)
 
 
 __all__ = [

@@ -89,3 +89,34 @@ def store_error(exc: BaseException, where: str, is_sqlite: bool, timeouts: dict[
         f"results database {where}: {text}; "
         "check the --db path, its permissions and the database server"
     )
+
+
+def sqlite_reader_engine(path: str, *, immutable: bool = False) -> sa.Engine:
+    """An engine that can only read the SQLite file at ``path`` (``mode=ro`` and ``query_only``):
+    a read-only command never writes a byte into a file it was pointed at, not even the WAL
+    journal mode that :func:`~mpvgbench.store_schema.sqlite_engine` sets.
+
+    ``immutable``: for a WAL database that cannot be opened read-only because its ``-shm`` file
+    is missing and cannot be made (a read-only folder or mount): SQLite then reads the file
+    without locks, which is right when nothing can write it, and ignores a left-over ``-wal``.
+    """
+    from urllib.parse import quote
+
+    flag = "immutable=1" if immutable else "mode=ro"
+    engine = sa.create_engine(f"sqlite:///file:{quote(path)}?{flag}&uri=true",
+                              connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # autocommit: plain reads take no write lock
+        cur = dbapi_conn.cursor()
+        for pragma in ("busy_timeout = 30000", "query_only = ON"):
+            cur.execute(f"PRAGMA {pragma}")
+        cur.close()
+
+    return engine
+
+
+def sqlite_file_writable(path: str) -> bool:
+    """Whether this process may write the SQLite file and create its ``-wal``/``-shm`` next to it."""
+    return os.access(path, os.W_OK) and os.access(os.path.dirname(path) or ".", os.W_OK)

@@ -252,7 +252,7 @@ def test_newer_schema_is_refused(db_url: str) -> None:
     with engine.begin() as conn:
         conn.execute(sa.update(S.meta).where(S.meta.c.name == "schema_version").values(value="99"))
     engine.dispose()
-    with pytest.raises(StoreError, match=r"newer mpvgbench \(schema 99 > 1\); upgrade mpvgbench or use "
+    with pytest.raises(StoreError, match=rf"newer mpvgbench \(schema 99 > {S.SCHEMA_VERSION}\); upgrade mpvgbench or use "
                                          r"another --db") as info:
         Store(db_url)
     assert "\n" not in str(info.value)

@@ -501,5 +501,5 @@ def upgrade_database(url_or_path: PathOrUrl = None) -> tuple[int, int]:
 
 __all__ = [
     "SCHEMA_VERSION", "STATUSES", "JobLike", "MetricRow", "ResultRow", "RunRow", "Store",
-    "StoreError", "resolve_url",
+    "StoreError", "resolve_url", "upgrade_database",
 ]

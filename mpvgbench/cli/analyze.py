@@ -162,7 +162,8 @@ def analyze(targets: tuple[str, ...], images: int, out_dir: Path, weights: str, 
         click.echo(f"analysing {row.key} ({row.model} / {row.method_label} / {row.dataset})", err=True)
         analysis = analyze_run(row.run_dir, images=images, out_dir=out_dir, device=device,
                                weights=weights, n_samples=samples, data_root=data_root)
-        store.add_analysis(row.key, _store_values(analysis))
+        if store.writable:  # a read-only database: the numbers are in analysis.json only
+            store.add_analysis(row.key, _store_values(analysis))
         analyses.append(analysis)
     plot_correlation_by_method(analyses, out_dir / "correlation.png")
     (out_dir / "analysis.json").write_text(json.dumps(analyses, indent=1, sort_keys=True) + "\n")

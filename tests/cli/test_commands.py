@@ -258,7 +258,10 @@ def test_report_paper_table(tmp_path: Path, number: int | str) -> None:
     measured = {m.name: 40.0 + i for i, m in enumerate(table.metrics)}
     config = TrainConfig(model=row.model, method=row.pe_method, dataset=row.dataset, img_size=224,
                          num_classes=1000, seed=0)
-    extra = {} if "top1" in measured else measured
+    # a dense run's result.json names its primary metric and holds final_/best_ of each metric
+    extra = {} if "top1" in measured else {
+        "primary_metric": table.metrics[0].name,
+        **{f"{which}_{name}": value for name, value in measured.items() for which in ("final", "best")}}
     with Store(tmp_path / "results.db") as store:
         fabricate_run(store, tmp_path / "runs", config, top1=measured.get("top1", 77.0), **extra)
     res = invoke("report", "--table", number, "--format", "json")

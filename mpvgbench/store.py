@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 
 from mpvgbench.store_engine import (  # noqa: E402, F401 - re-exported: where the database is
     DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_DB, DEFAULT_STATEMENT_TIMEOUT_S, ENV_DB, PathOrUrl, _one_line,
-    resolve_url, server_timeouts, sqlite_file_writable, sqlite_reader_engine, store_error)
+    READ_ONLY, resolve_url, server_timeouts, store_error)
+from mpvgbench.store_open import open_database  # noqa: E402
 
 
 from mpvgbench.errors import RunDirError, StoreError  # noqa: E402 - re-exported
@@ -72,104 +73,26 @@ class Store:
         (:attr:`writable` False). A database that is not mpvgbench's is refused before anything
         touches it; an older schema is refused with the ``mpvgbench db upgrade`` hint
         (``check_schema=False``: opened anyway, for that upgrade)."""
-        self.url = resolve_url(url_or_path)
-        try:
-            url = sa.make_url(self.url)
-        except sa.exc.ArgumentError:
-            raise StoreError(f"--db {self.url!r} is neither a file path nor a database URL") from None
-        #: where the database is, for messages (password hidden)
-        self.where: str = url.render_as_string(hide_password=True)
-        self.is_sqlite = url.get_backend_name() == "sqlite"
-        #: PostgreSQL's connect/statement timeouts in effect (None on SQLite), for messages
-        self.timeouts: dict[str, Any] = {"connect_timeout": None, "statement_timeout": None}
+        self._db = open_database(url_or_path, create=create, check_schema=check_schema)
+        self.url = self._db.url
+        #: where the database is, for messages (the file, or the URL without its password)
+        self.where: str = self._db.where
+        self.is_sqlite = self._db.is_sqlite
         #: False: a read-only SQLite file (or folder); every write raises StoreError
-        self.writable = True
-        path = url.database if self.is_sqlite and url.database else None
-        if path is not None:
-            self.where = path
-            self._check_sqlite_path(Path(path), create)
-        self._engine = self._open(url, path, create=create, check_schema=check_schema)
-        self._reader = self._engine.execution_options(**{S.READ_ONLY: True})
+        self.writable = self._db.writable
+        assert self._db.engine is not None
+        self._engine: Engine = self._db.engine
+        self._reader = self._engine.execution_options(**{READ_ONLY: True})
+
+    @property
+    def timeouts(self) -> dict[str, Any]:
+        """PostgreSQL's connect/statement timeouts in effect (None on SQLite), for messages."""
+        return self._db.timeouts
 
     # ----------------------------------------------------------------------------- plumbing
 
-    def _check_sqlite_path(self, path: Path, create: bool) -> None:
-        if not create:
-            if not path.is_file():
-                raise M.MissingDatabaseError(f"no results database at {path}; run `mpvgbench run SPEC` "
-                                             "first or pass --db")
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            why = "a file is in the way" if isinstance(exc, FileExistsError) else exc.strerror
-            raise StoreError(f"cannot create the directory {path.parent} of the results database "
-                             f"({why}); pass a writable --db") from None
-
-    def _open(self, url: sa.URL, path: Optional[str], *, create: bool, check_schema: bool) -> Engine:
-        """The engine, once the database is known to be mpvgbench's (or empty, to create)."""
-        reader = None
-        if path is not None and os.path.isfile(path) and os.path.getsize(path) > 0:
-            reader, state = self._inspect_sqlite_file(path)  # never a byte written to find out
-        else:
-            engine = self._make_engine(url)
-            with self._one_line_errors(), engine.connect() as conn:
-                state = M.database_state(conn)
-        if state.version is None and not (create and (state.empty or not self.is_sqlite)):
-            raise M.not_ours(self.where, state)  # PostgreSQL: other schemas' tables are fine
-        if state.version is not None and check_schema:
-            M.check_version(self.where, state.version)
-        if reader is not None and not create and not sqlite_file_writable(path or ""):
-            self.writable = False
-            return reader
-        if reader is not None:
-            reader.dispose()
-            engine = self._make_engine(url)
-        if state.version is None:
-            self._create_schema(engine)
-        return engine
-
-    def _inspect_sqlite_file(self, path: str) -> tuple[Engine, M.DatabaseState]:
-        """A read-only engine of an existing file and what the file holds."""
-        for immutable in (False, True):
-            reader = sqlite_reader_engine(path, immutable=immutable)
-            try:
-                with reader.connect() as conn:
-                    return reader, M.database_state(conn)
-            except sa.exc.OperationalError as exc:
-                reader.dispose()
-                # a WAL file in a read-only folder: no -shm can be made; read it as immutable
-                text = str(exc.orig).lower()
-                if immutable or not ("readonly" in text or "unable to open" in text):
-                    raise self._fail(exc) from None
-            except sa.exc.DatabaseError as exc:  # e.g. "file is not a database"
-                reader.dispose()
-                raise self._fail(exc) from None
-        raise AssertionError("unreachable: the immutable attempt returns or raises")
-
-    def _create_schema(self, engine: Engine) -> None:
-        with self._one_line_errors(), engine.begin() as conn:  # serialised against concurrent creators
-            M.lock_for_schema_change(conn)
-            state = M.database_state(conn)
-            if state.version is not None:
-                return M.check_version(self.where, state.version)
-            M.create_schema(conn)
-
-    def _make_engine(self, url: sa.URL) -> Engine:
-        if not self.is_sqlite:
-            url, connect_args = server_timeouts(url)
-            self.timeouts = connect_args.pop("_timeouts")
-            try:
-                return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
-            except Exception as exc:  # unknown dialect, missing driver, bad options
-                raise StoreError(
-                    f"cannot open the results database {self.where}: {_one_line(exc)}; use a file "
-                    "path or a URL like postgresql+psycopg://user:pass@host/db (pip install psycopg)"
-                ) from None
-        return S.sqlite_engine(url)
-
     def _fail(self, exc: BaseException) -> StoreError:
-        return store_error(exc, self.where, self.is_sqlite, self.timeouts)
+        return self._db.error(exc)
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -177,21 +100,13 @@ class Store:
         if not self.writable:
             raise StoreError(f"{self.where} is read-only here (file or folder permissions); "
                              "this command needs to write it: run it where the file is writable")
-        with self._one_line_errors(), self._engine.begin() as conn:
+        with self._db.one_line_errors(), self._engine.begin() as conn:
             yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self._one_line_errors(), self._reader.connect() as conn:
+        with self._db.one_line_errors(), self._reader.connect() as conn:
             yield conn
-
-    @contextmanager
-    def _one_line_errors(self) -> Iterator[None]:
-        """Driver and database failures (locked, unreachable, damaged) as one StoreError line."""
-        try:
-            yield
-        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DatabaseError) as exc:
-            raise self._fail(exc) from None
 
     def close(self) -> None:
         self._engine.dispose()

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from mpvgbench.catalog import METRICS, TASKS, TaskInfo
@@ -255,36 +254,6 @@ def finite_or_none(value: Any) -> Optional[float]:
 
 
 # ------------------------------------------------------------------------- portable SQL helpers
-
-READ_ONLY = "mpvg_read_only"  # execution option of read-only connections: plain BEGIN on SQLite
-
-
-def sqlite_engine(url: sa.URL) -> Engine:
-    """A SQLite engine for concurrent processes: WAL, 30 s busy timeout, foreign keys, and
-    ``BEGIN IMMEDIATE`` for every transaction except on connections with :data:`READ_ONLY`
-    (the write lock is taken up front, so read-then-write transactions queue on the busy
-    timeout instead of failing with "database is locked" when they upgrade)."""
-    kw: dict[str, Any] = {"connect_args": {"timeout": 30}}
-    if not url.database:
-        kw["poolclass"] = sa.pool.StaticPool  # ":memory:": one shared connection
-    engine = sa.create_engine(url, **kw)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # the driver's own BEGIN off: "begin" below emits it
-        cur = dbapi_conn.cursor()
-        for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "synchronous = NORMAL",
-                       "foreign_keys = ON"):
-            cur.execute(f"PRAGMA {pragma}")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        read_only = conn.get_execution_options().get(READ_ONLY, False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-    return engine
-
 
 CHUNK = 500  # keys per IN (...) list: far below SQLite's and PostgreSQL's bound-parameter limits
 

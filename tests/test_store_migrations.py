@@ -24,6 +24,7 @@ from mpvgbench import store_migrations as M
 from mpvgbench import store_schema as S
 from mpvgbench.cli import cli
 from mpvgbench.store import Store, StoreError, upgrade_database
+from mpvgbench.store_engine import sqlite_engine
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "main_v1.db"
@@ -145,7 +146,7 @@ def test_downgrade_then_upgrade_round_trips(tmp_path: Path) -> None:
     db = tmp_path / "results.db"
     shutil.copy(FIXTURE, db)
     upgrade_database(db)
-    engine = S.sqlite_engine(sa.make_url(f"sqlite:///{db}"))
+    engine = sqlite_engine(sa.make_url(f"sqlite:///{db}"))
     with engine.begin() as conn:
         command.downgrade(M.alembic_config(conn), "0001")
     engine.dispose()

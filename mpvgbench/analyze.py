@@ -194,7 +194,6 @@ def _grid(model: nn.Module, last_shape: torch.Size, n_tokens: int, n_prefix: int
     return side, side
 
 
-@torch.no_grad()
 class _Recorder:
     """Forward hooks that sum activations over images (and keep input-independent tensors and
     the first batch's per-image maps); :meth:`attach` registers them, the handles remove them."""
@@ -266,6 +265,7 @@ def _forward_in_batches(model: nn.Module, images: Tensor, batch_size: int, devic
     return n_batches
 
 
+@torch.no_grad()
 def collect_activations(
     model: nn.Module,
     images: Tensor,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from mpvgbench.catalog import METRICS, TASKS, TaskInfo
 from mpvgbench.errors import MpvgbenchError, short_repr

@@ -177,8 +177,9 @@ def test_upgrade_refuses_what_it_cannot_upgrade(tmp_path: Path) -> None:
     with sqlite3.connect(other) as conn:
         conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
     before = other.read_bytes()
-    with pytest.raises(StoreError, match=r"is not an mpvgbench results database \(its tables: notes\)"):
-        upgrade_database(other)
+    for open_it in (upgrade_database, Store, lambda db: Store(db, create=False)):  # run refuses it too
+        with pytest.raises(StoreError, match=r"is not an mpvgbench results database \(its tables: notes\)"):
+            open_it(other)
     assert other.read_bytes() == before
     newer = tmp_path / "newer.db"
     Store(newer).close()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mpvgbench.cli.common import (DEFAULT_DB, DEFAULT_RUNS_DIR, cli, db_option, open_store,
+from mpvgbench.cli.common import (DEFAULT_RUNS_DIR, cli, db_option, open_store,
                                    resolve_runs_root, user_errors)
 from mpvgbench.cli.preflight import (adopt_finished_run_dirs, check_data_roots, check_init_from,
                                      check_run_dirs, check_writable_dir, clear_training_state,

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Protocol, Union
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -407,14 +407,20 @@ class Store:
         return out
 
 
-def upgrade_database(url_or_path: PathOrUrl = None) -> tuple[int, int]:
+class SchemaUpgrade(NamedTuple):
+    where: str  # the file, or the URL without its password
+    from_version: int
+    to_version: int  # equal to from_version: it was up to date
+
+
+def upgrade_database(url_or_path: PathOrUrl = None) -> SchemaUpgrade:
     """Upgrade an mpvgbench database to this code's schema in one transaction (``mpvgbench db
-    upgrade``); returns ``(from_version, to_version)``, equal when it was up to date."""
+    upgrade``)."""
     with Store(url_or_path, create=False, check_schema=False) as store, store._write() as conn:
-        return M.upgrade(conn, store.where)
+        return SchemaUpgrade(store.where, *M.upgrade(conn, store.where))
 
 
 __all__ = [
     "SCHEMA_VERSION", "STATUSES", "JobLike", "MetricRow", "ResultRow", "RunRow", "Store",
-    "StoreError", "resolve_url", "upgrade_database",
+    "SchemaUpgrade", "StoreError", "resolve_url", "upgrade_database",
 ]

@@ -29,11 +29,9 @@ def upgrade(db: str | None) -> None:
       mpvgbench db upgrade --db results.db
     """
     from mpvgbench.store import upgrade_database
-    from mpvgbench.store_engine import resolve_url
 
-    before, after = upgrade_database(db)
-    where = resolve_url(db).removeprefix("sqlite:///")
-    if before == after:
-        click.echo(f"{where}: schema {after}, up to date; nothing to do")
+    done = upgrade_database(db)
+    if done.from_version == done.to_version:
+        click.echo(f"{done.where}: schema {done.to_version}, up to date; nothing to do")
     else:
-        click.echo(f"{where}: upgraded from schema {before} to {after}")
+        click.echo(f"{done.where}: upgraded from schema {done.from_version} to {done.to_version}")

@@ -1,7 +1,9 @@
 """The results database: runs, their claims and status, per-epoch metrics and final results.
 
 ``Store(url_or_path)`` opens (and on first use creates) a SQLite file or any SQLAlchemy URL
-(PostgreSQL: ``postgresql+psycopg://user:pass@host:port/db``). Only the coordinating process
+(PostgreSQL: ``postgresql+psycopg://user:pass@host:port/db``); ``Store(..., create=False)``
+never creates, upgrades or converts one (:mod:`mpvgbench.store_open`; schema upgrades only
+through :func:`upgrade_database`, :mod:`mpvgbench.store_migrations`). Only the coordinating process
 writes it; workers write run directories, which :meth:`Store.ingest_run_dir` folds in
 idempotently. Status lifecycle::
 

@@ -57,7 +57,8 @@ def v1_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def _copy_v1_rows(engine: sa.Engine) -> None:
-    source = sa.create_engine(f"sqlite:///file:{FIXTURE}?mode=ro&uri=true")
+    # immutable: read the committed file without making -wal/-shm files next to it
+    source = sa.create_engine(f"sqlite:///file:{FIXTURE}?immutable=1&uri=true")
     tables = sa.MetaData()
     tables.reflect(source)
     with engine.begin() as conn:

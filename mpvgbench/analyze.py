@@ -194,6 +194,77 @@ def _grid(model: nn.Module, last_shape: torch.Size, n_tokens: int, n_prefix: int
     return side, side
 
 
+class _Recorder:
+    """Forward hooks that sum activations over images (and keep input-independent tensors and
+    the first batch's per-image maps); :meth:`attach` registers them, the handles remove them."""
+
+    def __init__(self, n_samples: int) -> None:
+        self.n_samples = n_samples
+        self.sums: dict[str, Tensor] = {}
+        self.last: dict[str, Tensor] = {}  # input-independent tensors: the value of the last call
+        self.calls: dict[str, int] = {}
+        self.samples: dict[str, Tensor] = {}  # "in"/"out": the first batch's first images
+        self.norm_in_shape: Optional[torch.Size] = None  # (B, N, C) or (B, H, W, C): the grid's source
+
+    def accumulate(self, name: str, t: Tensor) -> None:
+        t = _as_tokens(t).double()
+        self.sums[name] = self.sums.get(name, 0) + t.sum(0)  # type: ignore[assignment]
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def block_hook(self, idx: int):  # type: ignore[no-untyped-def]
+        def hook(_m: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            self.accumulate(f"in{idx}", inputs[0])
+            self.accumulate(f"norm{idx}", output)
+        return hook
+
+    def keep(self, name: str):  # type: ignore[no-untyped-def]
+        def hook(_m: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            self.last[name] = _as_tokens(output)[0]
+            self.calls[name] = self.calls.get(name, 0) + 1
+        return hook
+
+    def norm_hook(self, _m: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        self.accumulate("last_in", inputs[0])
+        self.accumulate("last_ln", output)
+        if not self.samples:  # first batch: per-image maps
+            self.norm_in_shape = inputs[0].shape
+            self.samples = {"in": _as_tokens(inputs[0][: self.n_samples]),
+                            "out": _as_tokens(output[: self.n_samples])}
+
+    def attach(self, chain: Any, blocks: list[nn.Module], norm: nn.Module) -> list[Any]:
+        handles = [blk.norm1.register_forward_hook(self.block_hook(i)) for i, blk in enumerate(blocks)]
+        handles += [chain.pe_norms[str(i)].register_forward_hook(self.keep(f"pe{i}")) for i in chain.pe_blocks]
+        if chain.last_norm_pe is not None:
+            handles.append(chain.last_norm_pe.register_forward_hook(self.keep("last_pe")))
+        handles.append(norm.register_forward_hook(self.norm_hook))
+        return handles
+
+    def check_calls(self, n_blocks: int, n_batches: int) -> None:
+        if n_batches == 0:
+            raise ValueError("no images to analyze")
+        for name in ("last_in", *(f"norm{i}" for i in range(n_blocks))):
+            # a module called more than once per forward would make the averages meaningless
+            if self.calls.get(name) != n_batches:
+                raise ValueError(f"hook {name} fired {self.calls.get(name, 0)} times for {n_batches} batches")
+
+
+def _forward_in_batches(model: nn.Module, images: Tensor, batch_size: int, device: torch.device | str,
+                        handles: list[Any]) -> int:
+    """Eval-mode forwards over ``images``; removes ``handles`` and restores the mode after."""
+    was_training = model.training
+    model.eval()
+    n_batches = 0
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            model(images[start:start + batch_size].to(device))
+            n_batches += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return n_batches
+
+
 @torch.no_grad()
 def collect_activations(
     model: nn.Module,
@@ -215,68 +286,20 @@ def collect_activations(
         raise ValueError(f"{type(model).__name__} is not a PE model (no pe_chain)")
     blocks = _blocks(model, chain.depth)
     norm = _last_norm(model)
-    sums: dict[str, Tensor] = {}
-    last: dict[str, Tensor] = {}  # input-independent tensors: the value of the last call
-    calls: dict[str, int] = {}
-    samples: dict[str, list[Tensor]] = {"in": [], "out": []}
-    last_shape: list[torch.Size] = []  # (B, N, C) or (B, H, W, C): where the patch grid comes from
-
-    def accumulate(name: str, t: Tensor) -> None:
-        t = _as_tokens(t).double()
-        sums[name] = sums.get(name, 0) + t.sum(0)  # type: ignore[assignment]
-        calls[name] = calls.get(name, 0) + 1
-
-    def block_hook(idx: int):  # type: ignore[no-untyped-def]
-        def hook(_m: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            accumulate(f"in{idx}", inputs[0])
-            accumulate(f"norm{idx}", output)
-        return hook
-
-    def keep(name: str):  # type: ignore[no-untyped-def]
-        def hook(_m: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            last[name] = _as_tokens(output)[0]
-            calls[name] = calls.get(name, 0) + 1
-        return hook
-
-    def norm_hook(_m: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        accumulate("last_in", inputs[0])
-        accumulate("last_ln", output)
-        if not samples["in"]:  # first batch: per-image maps
-            last_shape.append(inputs[0].shape)
-            samples["in"].append(_as_tokens(inputs[0][:n_samples]))
-            samples["out"].append(_as_tokens(output[:n_samples]))
-
-    handles = [blk.norm1.register_forward_hook(block_hook(i)) for i, blk in enumerate(blocks)]
-    handles += [chain.pe_norms[str(i)].register_forward_hook(keep(f"pe{i}")) for i in chain.pe_blocks]
-    if chain.last_norm_pe is not None:
-        handles.append(chain.last_norm_pe.register_forward_hook(keep("last_pe")))
-    handles.append(norm.register_forward_hook(norm_hook))
-    was_training = model.training
-    model.eval()
-    n_batches = 0
-    try:
-        for start in range(0, images.shape[0], batch_size):
-            model(images[start:start + batch_size].to(device))
-            n_batches += 1
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    if n_batches == 0:
-        raise ValueError("no images to analyze")
-    for name in ("last_in", *(f"norm{i}" for i in range(len(blocks)))):
-        # a module called more than once per forward would make the averages meaningless
-        if calls.get(name) != n_batches:
-            raise ValueError(f"hook {name} fired {calls.get(name, 0)} times for {n_batches} batches")
+    rec = _Recorder(n_samples)
+    n_batches = _forward_in_batches(model, images, batch_size, device, rec.attach(chain, blocks, norm))
+    rec.check_calls(len(blocks), n_batches)
     n = images.shape[0]
-    avg = {k: (v / n).float() for k, v in sums.items()}
+    avg = {k: (v / n).float() for k, v in rec.sums.items()}
     n_prefix = int(getattr(model, "num_prefix_tokens", 1 if chain.method.has_class_token else 0))
     n_tokens = avg["last_in"].shape[0]
-    grid = _grid(model, last_shape[0], n_tokens, n_prefix)
+    assert rec.norm_in_shape is not None  # check_calls: the last norm ran
+    grid = _grid(model, rec.norm_in_shape, n_tokens, n_prefix)
     n_patch = grid[0] * grid[1]
-    pe_out = last.get("last_pe")
-    s_in = samples["in"][0]
-    s_out = samples["out"][0] + (pe_out if pe_out is not None else 0)
+    pe_out = rec.last.get("last_pe")
+    s_out = rec.samples["out"] + (pe_out if pe_out is not None else 0)
+    gamma = norm.weight.detach().float().cpu().clone()
+    bias = getattr(norm, "bias", None)
     return Activations(
         method=chain.method,
         n_images=n,
@@ -284,16 +307,15 @@ def collect_activations(
         grid=grid,
         block_in=[avg[f"in{i}"] for i in range(len(blocks))],
         block_norm=[avg[f"norm{i}"] for i in range(len(blocks))],
-        pe=[last.get(f"pe{i}") for i in range(len(blocks))],
+        pe=[rec.last.get(f"pe{i}") for i in range(len(blocks))],
         last_in=avg["last_in"],
         last_ln=avg["last_ln"],
         last_pe=pe_out,
-        sample_norms_in=s_in[:, -n_patch:].norm(dim=-1),
+        sample_norms_in=rec.samples["in"][:, -n_patch:].norm(dim=-1),
         sample_norms_out=s_out[:, -n_patch:].norm(dim=-1),
         sample_images=images[:n_samples].detach().float().cpu(),
-        gamma=norm.weight.detach().float().cpu().clone(),
-        beta=(norm.bias.detach().float().cpu().clone() if getattr(norm, "bias", None) is not None
-              else torch.zeros_like(norm.weight.detach().float().cpu())),
+        gamma=gamma,
+        beta=bias.detach().float().cpu().clone() if bias is not None else torch.zeros_like(gamma),
     )
 
 

@@ -16,10 +16,33 @@ from torch import Tensor, nn
 from mpvgbench.analyze import (
     NO_LAYERWISE_NOTE, collect_activations, last_ln_stats, layer_correlations,
 )
+from mpvgbench.catalog import task_of
+from mpvgbench.errors import MpvgbenchError
 from mpvgbench.methods import method_label
 from mpvgbench.rundir import RunDir, RunDirError, read_checkpoint, read_config, read_job, read_result
 
-__all__ = ["analyze_run", "load_model", "load_val_images"]
+__all__ = ["NotAnalysableError", "analyze_run", "load_model", "load_val_images", "not_analysable_reason"]
+
+
+class NotAnalysableError(MpvgbenchError):
+    """A run whose model is not a classifier whose forward pass the analysis measures."""
+
+
+def not_analysable_reason(key: str, dataset: str, init_from: Optional[str]) -> Optional[str]:
+    """Why a run cannot be analysed, in one line naming what to analyse instead (None: it can).
+
+    A dense-prediction run's DeiT runs inside ViT-Adapter-Ti on multi-scale features with its
+    PE interpolated to each image's grid; hooking it as a classifier on classification images
+    would measure a forward pass it was never trained for, so its numbers would not be the
+    paper's (Figs. 2-8 analyse the ImageNet classifiers). Its parent is such a classifier.
+    """
+    task = task_of(dataset)
+    if task.name == "classification":
+        return None
+    instead = (f"analyze the DeiT-Ti it was fine-tuned from: mpvgbench analyze {init_from[:16]}"
+               if init_from else "it was trained from scratch, so no classification run stands behind it")
+    return (f"run {key[:8]} is a {task.name} run ({dataset}, ViT-Adapter-Ti) whose DeiT sees multi-scale "
+            f"features and an interpolated PE, not a classifier's forward pass; {instead}")
 
 
 def load_model(run_dir: Path | str, *, weights: str = "model", device: str = "cpu") -> tuple[nn.Module, Any, str]:
@@ -35,6 +58,9 @@ def load_model(run_dir: Path | str, *, weights: str = "model", device: str = "cp
         raise ValueError(f"weights must be 'model' or 'ema', got {weights!r}")
     rd = RunDir(run_dir)
     config = read_config(rd.path)
+    reason = not_analysable_reason(rd.path.name, config.dataset, config.init_from)
+    if reason is not None:
+        raise NotAnalysableError(reason)
     ckpt = read_checkpoint(rd.path)
     if ckpt is None:
         raise RunDirError(f"run {rd.path.name} has no checkpoint.pt in {rd.path}; it cannot be analyzed (retrain it)")

@@ -1,12 +1,15 @@
-"""The model catalog: one table of facts about every short model name, importable without torch.
+"""The catalog: one table of facts about every model and every dataset, importable without torch.
 
-`mpvgbench.models` registers these with timm; spec validation and matrix expansion read the
-same table without importing torch or timm (3 s), so `run --dry-run` stays fast.
+`mpvgbench.models` registers the models with timm; `mpvgbench.data` and `mpvgbench.downstream`
+read the datasets; spec validation, matrix expansion, the store and the report read the same
+tables without importing torch or timm (3 s), so `run --dry-run` stays fast. Each task names its
+metrics and the primary one (what a run's result is, and what the report shows).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from mpvgbench.errors import UnknownNameError
 
@@ -53,3 +56,98 @@ def model_info(name: str) -> ModelInfo:
 
 def known_models() -> list[str]:
     return list(MODEL_TABLE)
+
+
+# ------------------------------------------------------------------------------- tasks
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a task reports: its metrics (percentages) and the primary one, a run's result."""
+
+    name: str
+    metrics: tuple[str, ...]
+    primary_metric: str
+
+
+TASKS: dict[str, TaskInfo] = {
+    t.name: t
+    for t in (
+        TaskInfo("classification", ("top1", "top5"), "top1"),
+        TaskInfo("detection", ("ap_box", "ap_mask"), "ap_box"),  # COCO: box and mask AP x100
+        TaskInfo("segmentation", ("miou",), "miou"),  # ADE20K: mean IoU x100
+    )
+}
+#: every metric a result can hold, in a fixed order (the store's result columns)
+METRICS: tuple[str, ...] = tuple(dict.fromkeys(m for t in TASKS.values() for m in t.metrics))
+METRIC_LABELS: dict[str, str] = {
+    "top1": "top-1", "top5": "top-5", "ap_box": "AP box", "ap_mask": "AP mask", "miou": "mIoU",
+}
+
+
+# ---------------------------------------------------------------------------- datasets
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset name and its defaults; a spec's ``dataset_overrides`` may change the first two."""
+
+    name: str
+    num_classes: Optional[int]  # None: the spec must say (dataset_overrides.<name>.num_classes)
+    img_size: int  # native size of the images (dense prediction: the training crop)
+    in_chans: int
+    task: str = "classification"
+    # what `run --smoke` trains instead (same task, generated data); None: it is a stand-in
+    smoke_stand_in: Optional[str] = "synthetic"
+    needs_root: bool = True  # read from the spec's data.roots.<name>
+
+    @property
+    def root_field(self) -> Optional[str]:
+        """The spec field that says where the data is (None: bundled or generated)."""
+        return f"data.roots.{self.name}" if self.needs_root else None
+
+    @property
+    def primary_metric(self) -> str:
+        return TASKS[self.task].primary_metric
+
+
+DATASET_TABLE: dict[str, DatasetInfo] = {
+    d.name: d
+    for d in (
+        DatasetInfo("digits", 10, 8, 1, needs_root=False),  # sklearn's 1797 8x8 digits, bundled
+        DatasetInfo("cifar100", 100, 32, 3),
+        DatasetInfo("imagenet", 1000, 224, 3),
+        DatasetInfo("imagefolder", None, 224, 3),  # root/train/<class>/*, root/val/<class>/*
+        # random tensors: smoke runs and benchmarks
+        DatasetInfo("synthetic", 1000, 224, 3, smoke_stand_in=None, needs_root=False),
+        # Dense prediction (paper Tables 3-4): img_size is the training crop (Tables 8-9).
+        DatasetInfo("coco", 80, 1024, 3, "detection", "coco_synthetic"),  # train2017, val2017, annotations
+        DatasetInfo("ade20k", 150, 512, 3, "segmentation", "ade20k_synthetic"),  # ADEChallengeData2016
+        # their smoke stand-ins: a few generated images in the same on-disk format, 3 classes
+        DatasetInfo("coco_synthetic", 3, 64, 3, "detection", None, needs_root=False),
+        DatasetInfo("ade20k_synthetic", 3, 64, 3, "segmentation", None, needs_root=False),
+    )
+}
+#: the dense-prediction datasets and their task (every other dataset is classification)
+DOWNSTREAM_TASKS: dict[str, str] = {
+    d.name: d.task for d in DATASET_TABLE.values() if d.task != "classification"
+}
+#: `run --smoke` keeps a dense-prediction cell's task: its stand-in (classification: synthetic)
+SMOKE_DATASETS: dict[str, str] = {
+    d.name: d.smoke_stand_in for d in DATASET_TABLE.values()
+    if d.task != "classification" and d.smoke_stand_in is not None
+}
+DOWNSTREAM_MODELS = frozenset({"deit_tiny"})  # ViT-Adapter-Ti wraps DeiT-Ti only
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Facts about a dataset name; a one-line ``UnknownNameError`` naming the known ones otherwise."""
+    try:
+        return DATASET_TABLE[name]
+    except KeyError:
+        raise UnknownNameError(f"unknown dataset {name!r}; allowed: {', '.join(DATASET_TABLE)}") from None
+
+
+def task_of(dataset: str) -> TaskInfo:
+    """The task a dataset trains (unknown names are classification: a forward-compatible default
+    for stored runs of datasets this version does not know)."""
+    info = DATASET_TABLE.get(dataset)
+    return TASKS[info.task if info is not None else "classification"]

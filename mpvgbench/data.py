@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from mpvgbench.config import TrainConfig
-from mpvgbench.recipes import DATASET_INFO, DatasetInfo, dataset_info
+from mpvgbench.catalog import DATASET_TABLE, DatasetInfo, dataset_info
 
-DATASETS: dict[str, DatasetInfo] = DATASET_INFO
+DATASETS: dict[str, DatasetInfo] = DATASET_TABLE  # the catalog's table, under its old name
 IN_MEMORY_DATASETS = frozenset({"digits"})
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)

@@ -1,63 +1,26 @@
 """Default training recipes per model family and dataset (paper Table 7 + each family's own defaults).
 
 A cell's recipe is ``default_recipe(family, dataset)`` with the spec's overrides on top
-(``matrix.expand``). This module also holds the dataset defaults (classes, image size,
-channels); the model facts (family, depth, sizes) are in the torch-free ``mpvgbench.catalog``,
-so ``run --dry-run`` never imports torch or timm (~3 s).
+(``matrix.expand``). The model and dataset facts (family, depth, sizes; classes, image size,
+channels, task) are in the torch-free ``mpvgbench.catalog``, so ``run --dry-run`` never imports
+torch or timm (~3 s).
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional
 
-from mpvgbench.catalog import model_info
+from mpvgbench.catalog import (  # noqa: F401 - dataset names re-exported from the catalog
+    DATASET_TABLE, DOWNSTREAM_MODELS, DOWNSTREAM_TASKS, SMOKE_DATASETS, DatasetInfo, dataset_info,
+    model_info,
+)
 from mpvgbench.config import ParamGroup, Recipe
-from mpvgbench.errors import UnknownNameError
 
 # ---------------------------------------------------------------------------- datasets
-
-
-class DatasetInfo(NamedTuple):
-    num_classes: Optional[int]  # None: the spec must say (dataset_overrides.<name>.num_classes)
-    img_size: int  # native size of the images (the model's own size is used for large images)
-    in_chans: int
-
-
-DATASET_INFO: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo(10, 8, 1),  # sklearn's 1797 8x8 handwritten digits, bundled
-    "cifar100": DatasetInfo(100, 32, 3),
-    "imagenet": DatasetInfo(1000, 224, 3),
-    "imagefolder": DatasetInfo(None, 224, 3),  # root/train/<class>/*, root/val/<class>/*
-    "synthetic": DatasetInfo(1000, 224, 3),  # random tensors: smoke runs and benchmarks
-    # Dense prediction (paper Tables 3-4): img_size is the training crop (Tables 8-9).
-    "coco": DatasetInfo(80, 1024, 3),  # root/train2017, root/val2017, root/annotations
-    "ade20k": DatasetInfo(150, 512, 3),  # root/ADEChallengeData2016 (or root is it)
-    # their smoke stand-ins: a few generated images in the same on-disk format, 3 classes
-    "coco_synthetic": DatasetInfo(3, 64, 3),
-    "ade20k_synthetic": DatasetInfo(3, 64, 3),
-}
-# The task each dense-prediction dataset trains (mpvgbench.train.dense); every other
-# dataset is image classification (mpvgbench.train.classification).
-DOWNSTREAM_TASKS: dict[str, str] = {
-    "coco": "detection", "coco_synthetic": "detection",
-    "ade20k": "segmentation", "ade20k_synthetic": "segmentation",
-}
-# ``run --smoke`` keeps a dense-prediction cell's task: it trains on the stand-in dataset
-# (classification cells all go to ``synthetic``).
-SMOKE_DATASETS: dict[str, str] = {"coco": "coco_synthetic", "ade20k": "ade20k_synthetic"}
-DOWNSTREAM_MODELS = frozenset({"deit_tiny"})  # ViT-Adapter-Ti wraps DeiT-Ti only
+# The dataset facts live in mpvgbench.catalog; these names are its, re-exported.
+DATASET_INFO = DATASET_TABLE
 SMALL_IMAGE_DATASETS = frozenset({"digits", "cifar100"})
 SMOKE_NUM_CLASSES = 10
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """``(num_classes, img_size, in_chans)`` defaults of a dataset name."""
-    try:
-        return DATASET_INFO[name]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown dataset {name!r}; allowed: {', '.join(DATASET_INFO)}"
-        ) from None
 
 
 # ------------------------------------------------------------------------------ models

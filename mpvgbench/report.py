@@ -21,14 +21,16 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Optional, Union
 
+from mpvgbench.catalog import METRIC_LABELS
 from mpvgbench.errors import MpvgbenchError
 from mpvgbench.methods import PRESETS, PEMethod
 from mpvgbench.recipes import SMOKE_DATASETS
-from mpvgbench.paper import DATASET_NAMES, MODEL_NAMES, TOP1, Metric, PaperTable, TableId, get_table
+from mpvgbench.paper import DATASET_NAMES, MODEL_NAMES, Metric, PaperTable, TableId, get_table
 from mpvgbench.store import Store
 from mpvgbench.store_schema import ResultRow
 
 METRICS: tuple[str, ...] = ("final", "best")
+PRIMARY = Metric("primary", "primary metric")  # each run's own: top-1, AP box or mIoU
 _SMOKE_STAND_IN_FOR = {stand_in: dataset for dataset, stand_in in SMOKE_DATASETS.items()}
 FORMATS: tuple[str, ...] = ("table", "markdown", "latex", "csv", "json")
 ColumnKind = Literal["label", "params", "measured", "paper", "diff"]
@@ -95,13 +97,12 @@ class ReportTable:
 # ---------------------------------------------------------------------------------- building
 
 def _metric_value(row: ResultRow, metric: Metric, which: str) -> Optional[float]:
-    if metric.name == "top1":
-        value: Any = row.final_top1 if which == "final" else row.best_top1
-    else:  # downstream metrics, once a downstream trainer stores them in results.extra
-        value = row.extra.get(f"{which}_{metric.name}", row.extra.get(metric.name))
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    """A run's value of ``metric``, read from its own column (``primary``: the run's primary
+    metric, the one its task reports: top-1, AP box or mIoU)."""
+    value = row.primary(which) if metric.name == PRIMARY.name else row.metric(metric.name, which)
+    if value is None or not math.isfinite(value):
         return None
-    return float(value)
+    return value
 
 
 class _Index:
@@ -194,7 +195,11 @@ def _pivot(index: _Index, which: str) -> ReportTable:
                    key=lambda dm: (dm[0], model_order.get(dm[1], len(model_order)), dm[1]))
     for dataset, model in cells:
         out.rows.append([DATASET_NAMES.get(dataset, dataset), MODEL_NAMES.get(model, model)]
-                        + [index.measured(model, dataset, k, TOP1, which) for k in methods])
+                        + [index.measured(model, dataset, k, PRIMARY, which) for k in methods])
+    dense = sorted({r.primary_metric for rows in index.cells.values() for r in rows} - {"top1"})
+    if dense:
+        out.notes.append("dense-prediction rows show their primary metric ("
+                         + ", ".join(METRIC_LABELS[m] for m in dense) + ")")
     if not out.rows:
         out.notes.append("no finished runs in the database yet")
     return out

@@ -1,7 +1,9 @@
 """The results database: runs, their claims and status, per-epoch metrics and final results.
 
 ``Store(url_or_path)`` opens (and on first use creates) a SQLite file or any SQLAlchemy URL
-(PostgreSQL: ``postgresql+psycopg://user:pass@host:port/db``). Only the coordinating process
+(PostgreSQL: ``postgresql+psycopg://user:pass@host:port/db``); ``Store(..., create=False)``
+never creates, upgrades or converts one (:mod:`mpvgbench.store_open`; schema upgrades only
+through :func:`upgrade_database`, :mod:`mpvgbench.store_migrations`). Only the coordinating process
 writes it; workers write run directories, which :meth:`Store.ingest_run_dir` folds in
 idempotently. Status lifecycle::
 
@@ -29,11 +31,12 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Protocol, Union
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from mpvgbench import store_migrations as M
 from mpvgbench import store_schema as S
 from mpvgbench.store_schema import (
     SCHEMA_VERSION, STATUSES, MetricRow, ResultRow, RunRow, chunks, select_keys, upsert,
@@ -44,7 +47,8 @@ if TYPE_CHECKING:
 
 from mpvgbench.store_engine import (  # noqa: E402, F401 - re-exported: where the database is
     DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_DB, DEFAULT_STATEMENT_TIMEOUT_S, ENV_DB, PathOrUrl, _one_line,
-    resolve_url, server_timeouts, store_error)
+    READ_ONLY, resolve_url, server_timeouts, store_error)
+from mpvgbench.store_open import open_database  # noqa: E402
 
 
 from mpvgbench.errors import RunDirError, StoreError  # noqa: E402 - re-exported
@@ -63,105 +67,48 @@ class JobLike(Protocol):
 class Store:
     """Runs, claims, metrics and results in one SQL database. See the module docstring."""
 
-    def __init__(self, url_or_path: PathOrUrl = None) -> None:
-        self.url = resolve_url(url_or_path)
-        try:
-            url = sa.make_url(self.url)
-        except sa.exc.ArgumentError:
-            raise StoreError(f"--db {self.url!r} is neither a file path nor a database URL") from None
-        #: where the database is, for messages (password hidden)
-        self.where: str = url.render_as_string(hide_password=True)
-        self.is_sqlite = url.get_backend_name() == "sqlite"
-        if self.is_sqlite and url.database:
-            self.where = url.database
-            parent = Path(url.database).parent
-            try:
-                parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                why = "a file is in the way" if isinstance(exc, FileExistsError) else exc.strerror
-                raise StoreError(f"cannot create the directory {parent} of the results database "
-                                 f"({why}); pass a writable --db") from None
-        #: PostgreSQL's connect/statement timeouts in effect (None on SQLite), for messages
-        self.timeouts: dict[str, Any] = {"connect_timeout": None, "statement_timeout": None}
-        self._engine = self._make_engine(url)
-        self._reader = self._engine.execution_options(**{S.READ_ONLY: True})
-        self._init_schema()
+    def __init__(self, url_or_path: PathOrUrl = None, *, create: bool = True,
+                 check_schema: bool = True) -> None:
+        """``create``: make the tables in a new or empty database (``mpvgbench run``). Without it
+        (``report``, ``status``, ``logs``, ``analyze``, ``run --dry-run``) a missing database is a
+        one-line error, and a SQLite file this process cannot write is opened read-only
+        (:attr:`writable` False). A database that is not mpvgbench's is refused before anything
+        touches it; an older schema is refused with the ``mpvgbench db upgrade`` hint
+        (``check_schema=False``: opened anyway, for that upgrade)."""
+        self._db = open_database(url_or_path, create=create, check_schema=check_schema)
+        self.url = self._db.url
+        #: where the database is, for messages (the file, or the URL without its password)
+        self.where: str = self._db.where
+        self.is_sqlite = self._db.is_sqlite
+        #: False: a read-only SQLite file (or folder); every write raises StoreError
+        self.writable = self._db.writable
+        assert self._db.engine is not None
+        self._engine: Engine = self._db.engine
+        self._reader = self._engine.execution_options(**{READ_ONLY: True})
+
+    @property
+    def timeouts(self) -> dict[str, Any]:
+        """PostgreSQL's connect/statement timeouts in effect (None on SQLite), for messages."""
+        return self._db.timeouts
 
     # ----------------------------------------------------------------------------- plumbing
 
-    def _make_engine(self, url: sa.URL) -> Engine:
-        if not self.is_sqlite:
-            url, connect_args = server_timeouts(url)
-            self.timeouts = connect_args.pop("_timeouts")
-            try:
-                return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
-            except Exception as exc:  # unknown dialect, missing driver, bad options
-                raise StoreError(
-                    f"cannot open the results database {self.where}: {_one_line(exc)}; use a file "
-                    "path or a URL like postgresql+psycopg://user:pass@host/db (pip install psycopg)"
-                ) from None
-        return S.sqlite_engine(url)
-
     def _fail(self, exc: BaseException) -> StoreError:
-        return store_error(exc, self.where, self.is_sqlite, self.timeouts)
+        return self._db.error(exc)
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One write transaction (``BEGIN IMMEDIATE`` on SQLite)."""
-        with self._one_line_errors(), self._engine.begin() as conn:
+        if not self.writable:
+            raise StoreError(f"{self.where} is read-only here (file or folder permissions); "
+                             "this command needs to write it: run it where the file is writable")
+        with self._db.one_line_errors(), self._engine.begin() as conn:
             yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self._one_line_errors(), self._reader.connect() as conn:
+        with self._db.one_line_errors(), self._reader.connect() as conn:
             yield conn
-
-    @contextmanager
-    def _one_line_errors(self) -> Iterator[None]:
-        """Driver and database failures (locked, unreachable, damaged) as one StoreError line."""
-        try:
-            yield
-        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DatabaseError) as exc:
-            raise self._fail(exc) from None
-
-    def _schema_version(self, conn: Connection) -> Optional[int]:
-        names = set(sa.inspect(conn).get_table_names())
-        if "meta" not in names:
-            if names & set(S.metadata.tables):
-                raise StoreError(f"{self.where} has mpvgbench-like tables but no schema version; "
-                                 "use another --db")
-            return None
-        version = conn.execute(
-            sa.select(S.meta.c.value).where(S.meta.c.name == "schema_version")
-        ).scalar()
-        return int(version) if version is not None else None
-
-    def _check_version(self, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.where} was written by a newer mpvgbench (schema {version} > "
-                f"{SCHEMA_VERSION}); upgrade mpvgbench or use another --db"
-            )
-        if version < SCHEMA_VERSION:  # no migration exists yet: no older schema was released
-            raise StoreError(f"{self.where} has schema {version} but this mpvgbench needs "
-                             f"{SCHEMA_VERSION}; use another --db")
-
-    def _init_schema(self) -> None:
-        try:
-            with self._read() as conn:  # a read first: an existing database may be read-only
-                version = self._schema_version(conn)
-        except sa.exc.DatabaseError as exc:  # e.g. "file is not a database"
-            raise self._fail(exc) from None
-        if version is not None:
-            return self._check_version(version)
-        with self._write() as conn:  # create, serialised against concurrent creators
-            if conn.dialect.name == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7243190)"))
-            version = self._schema_version(conn)
-            if version is not None:
-                return self._check_version(version)
-            S.metadata.create_all(conn)
-            conn.execute(sa.insert(S.meta).values(name="schema_version", value=str(SCHEMA_VERSION)))
 
     def close(self) -> None:
         self._engine.dispose()
@@ -392,8 +339,8 @@ class Store:
         """Finished runs joined with their results, in one query (failed runs never appear)."""
         r, x = S.runs.c, S.results.c
         stmt = sa.select(
-            r.key, r.model, r.method_label, r.method, r.dataset, r.seed, r.variant, x.final_top1,
-            x.best_top1, x.final_top5, x.best_top5, x.epochs, r.wall_time_s, x.extra,
+            r.key, r.model, r.method_label, r.method, r.dataset, r.seed, r.variant,
+            *(S.results.c[f] for f in S.RESULT_FIELDS), r.wall_time_s, x.extra,
         ).join_from(S.runs, S.results, r.key == x.key).where(r.status == "finished")
         stmt = S.filter_runs(stmt, spec_name=spec_name)
         if dataset is not None:
@@ -462,7 +409,20 @@ class Store:
         return out
 
 
+class SchemaUpgrade(NamedTuple):
+    where: str  # the file, or the URL without its password
+    from_version: int
+    to_version: int  # equal to from_version: it was up to date
+
+
+def upgrade_database(url_or_path: PathOrUrl = None) -> SchemaUpgrade:
+    """Upgrade an mpvgbench database to this code's schema in one transaction (``mpvgbench db
+    upgrade``)."""
+    with Store(url_or_path, create=False, check_schema=False) as store, store._write() as conn:
+        return SchemaUpgrade(store.where, *M.upgrade(conn, store.where))
+
+
 __all__ = [
     "SCHEMA_VERSION", "STATUSES", "JobLike", "MetricRow", "ResultRow", "RunRow", "Store",
-    "StoreError", "resolve_url",
+    "SchemaUpgrade", "StoreError", "resolve_url", "upgrade_database",
 ]

@@ -1,5 +1,6 @@
 """Where the results database is and how to reach it: URL resolution, PostgreSQL timeouts,
-and driver failures as one line. Kept apart from :mod:`mpvgbench.store` (the tables' logic)."""
+SQLite engines (writing: WAL, ``BEGIN IMMEDIATE``; reading: ``mode=ro``), driver failures as
+one line. Kept apart from :mod:`mpvgbench.store` (the tables' logic)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 from typing import Any, Union
 
 import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
 
 from mpvgbench.errors import StoreError
 from mpvgbench.errors import one_line as _one_line  # store.py imports it from here
@@ -84,3 +87,64 @@ def store_error(exc: BaseException, where: str, is_sqlite: bool, timeouts: dict[
         f"results database {where}: {text}; "
         "check the --db path, its permissions and the database server"
     )
+
+
+def sqlite_reader_engine(path: str, *, immutable: bool = False) -> sa.Engine:
+    """An engine that can only read the SQLite file at ``path`` (``mode=ro`` and ``query_only``):
+    a read-only command never writes a byte into a file it was pointed at, not even the WAL
+    journal mode that :func:`sqlite_engine` sets.
+
+    ``immutable``: for a WAL database that cannot be opened read-only because its ``-shm`` file
+    is missing and cannot be made (a read-only folder or mount): SQLite then reads the file
+    without locks, which is right when nothing can write it, and ignores a left-over ``-wal``.
+    """
+    from urllib.parse import quote
+
+    flag = "immutable=1" if immutable else "mode=ro"
+    engine = sa.create_engine(f"sqlite:///file:{quote(path)}?{flag}&uri=true",
+                              connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # autocommit: plain reads take no write lock
+        cur = dbapi_conn.cursor()
+        for pragma in ("busy_timeout = 30000", "query_only = ON"):
+            cur.execute(f"PRAGMA {pragma}")
+        cur.close()
+
+    return engine
+
+
+def sqlite_file_writable(path: str) -> bool:
+    """Whether this process may write the SQLite file and create its ``-wal``/``-shm`` next to it."""
+    return os.access(path, os.W_OK) and os.access(os.path.dirname(path) or ".", os.W_OK)
+
+
+READ_ONLY = "mpvg_read_only"  # execution option of read-only connections: plain BEGIN on SQLite
+
+
+def sqlite_engine(url: sa.URL) -> Engine:
+    """A SQLite engine for concurrent processes: WAL, 30 s busy timeout, foreign keys, and
+    ``BEGIN IMMEDIATE`` for every transaction except on connections with :data:`READ_ONLY`
+    (the write lock is taken up front, so read-then-write transactions queue on the busy
+    timeout instead of failing with "database is locked" when they upgrade)."""
+    kw: dict[str, Any] = {"connect_args": {"timeout": 30}}
+    if not url.database:
+        kw["poolclass"] = sa.pool.StaticPool  # ":memory:": one shared connection
+    engine = sa.create_engine(url, **kw)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver's own BEGIN off: "begin" below emits it
+        cur = dbapi_conn.cursor()
+        for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "synchronous = NORMAL",
+                       "foreign_keys = ON"):
+            cur.execute(f"PRAGMA {pragma}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine

@@ -1,8 +1,13 @@
 """Tables, row types and portable SQL helpers of the results database (:mod:`mpvgbench.store`).
 
 Times are POSIX seconds (floats) so that SQLite and PostgreSQL compare them the same way.
-Bump :data:`SCHEMA_VERSION` on every change to the tables; a database written by a newer
-schema is refused (``Store`` raises ``StoreError``) rather than misread.
+Every change to the tables is an Alembic revision in ``mpvgbench/migrations/versions/`` and bumps
+:data:`SCHEMA_VERSION` (stored in ``meta``): a database written by a newer schema is refused,
+an older one is upgraded only by ``mpvgbench db upgrade`` (docs/architecture.md, Store).
+
+A result stores each metric of its task under its own name (``final_top1``/``best_top1`` for
+classification, ``final_ap_box``/``final_ap_mask`` for COCO, ``final_miou`` for ADE20K) and
+names the primary one in ``primary_metric`` (:mod:`mpvgbench.catalog` ``TASKS``).
 """
 
 from __future__ import annotations
@@ -15,16 +20,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
+from mpvgbench.catalog import METRICS, TASKS, TaskInfo
 from mpvgbench.errors import MpvgbenchError, short_repr
 from mpvgbench.methods import PEMethod
 
 if TYPE_CHECKING:
     from mpvgbench.config import TrainConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: main before Alembic; 2: metrics under their own names
 
 STATUSES: tuple[str, ...] = ("pending", "running", "finished", "failed", "cancelled")
 FAILURE_KINDS: tuple[str, ...] = ("exception", "nonfinite", "oom", "infra", "timeout", "lost")
@@ -115,11 +120,10 @@ results = sa.Table(
     "results",
     metadata,
     sa.Column("key", sa.String(64), sa.ForeignKey("runs.key", ondelete="CASCADE"), primary_key=True),
-    sa.Column("final_top1", sa.Float),
-    sa.Column("best_top1", sa.Float),
-    sa.Column("final_top5", sa.Float),
-    sa.Column("best_top5", sa.Float),
-    sa.Column("epochs", sa.Integer),
+    sa.Column("primary_metric", sa.String(32), nullable=False, server_default="top1"),
+    # final_<metric>, best_<metric> for every metric of every task (NULL: not the run's task)
+    *(sa.Column(f"{which}_{name}", sa.Float) for name in METRICS for which in ("final", "best")),
+    sa.Column("epochs", sa.Integer),  # dense prediction: evaluations
     sa.Column("extra", sa.JSON),  # everything else in result.json (env, wall_time_s, ...)
 )
 
@@ -134,7 +138,8 @@ analysis = sa.Table(
 METRIC_FIELDS: tuple[str, ...] = (
     "train_loss", "val_loss", "top1", "top5", "lr", "epoch_time_s", "images_per_s",
 )
-RESULT_FIELDS: tuple[str, ...] = ("final_top1", "best_top1", "final_top5", "best_top5", "epochs")
+METRIC_COLUMNS: tuple[str, ...] = tuple(f"{which}_{name}" for name in METRICS for which in ("final", "best"))
+RESULT_FIELDS: tuple[str, ...] = ("primary_metric", *METRIC_COLUMNS, "epochs")
 
 
 @dataclass(frozen=True)
@@ -183,13 +188,28 @@ class ResultRow(RunIdentity):
     """A finished run's identity and final numbers: one row of the report's input."""
 
     variant: str  # runs of one cell with the same variant differ only by seed
+    primary_metric: str  # top1, ap_box or miou: what the run's result is
     final_top1: Optional[float]
     best_top1: Optional[float]
     final_top5: Optional[float]
     best_top5: Optional[float]
+    final_ap_box: Optional[float]
+    best_ap_box: Optional[float]
+    final_ap_mask: Optional[float]
+    best_ap_mask: Optional[float]
+    final_miou: Optional[float]
+    best_miou: Optional[float]
     epochs: Optional[int]
     wall_time_s: Optional[float]
     extra: dict[str, Any]
+
+    def metric(self, name: str, which: str = "final") -> Optional[float]:
+        """The run's ``which`` ("final" or "best") value of metric ``name`` (None: not measured)."""
+        value = getattr(self, f"{which}_{name}", None)
+        return None if value is None else float(value)
+
+    def primary(self, which: str = "final") -> Optional[float]:
+        return self.metric(self.primary_metric, which)
 
 
 @dataclass(frozen=True)
@@ -234,36 +254,6 @@ def finite_or_none(value: Any) -> Optional[float]:
 
 
 # ------------------------------------------------------------------------- portable SQL helpers
-
-READ_ONLY = "mpvg_read_only"  # execution option of read-only connections: plain BEGIN on SQLite
-
-
-def sqlite_engine(url: sa.URL) -> Engine:
-    """A SQLite engine for concurrent processes: WAL, 30 s busy timeout, foreign keys, and
-    ``BEGIN IMMEDIATE`` for every transaction except on connections with :data:`READ_ONLY`
-    (the write lock is taken up front, so read-then-write transactions queue on the busy
-    timeout instead of failing with "database is locked" when they upgrade)."""
-    kw: dict[str, Any] = {"connect_args": {"timeout": 30}}
-    if not url.database:
-        kw["poolclass"] = sa.pool.StaticPool  # ":memory:": one shared connection
-    engine = sa.create_engine(url, **kw)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # the driver's own BEGIN off: "begin" below emits it
-        cur = dbapi_conn.cursor()
-        for pragma in ("busy_timeout = 30000", "journal_mode = WAL", "synchronous = NORMAL",
-                       "foreign_keys = ON"):
-            cur.execute(f"PRAGMA {pragma}")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        read_only = conn.get_execution_options().get(READ_ONLY, False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-    return engine
-
 
 CHUNK = 500  # keys per IN (...) list: far below SQLite's and PostgreSQL's bound-parameter limits
 
@@ -348,11 +338,27 @@ def metric_rows(key: str, lines: Iterable[Mapping[str, Any]]) -> list[dict[str, 
             for e, m in sorted(by_epoch.items())]
 
 
+def result_task(result: Mapping[str, Any]) -> Optional[TaskInfo]:
+    """The task whose primary metric a result.json names (none named: classification's top-1)."""
+    primary = result.get("primary_metric", "top1")
+    return next((t for t in TASKS.values() if t.primary_metric == primary), None)
+
+
 def result_row(key: str, result: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``results`` row of a result.json: known numbers in columns, the rest in ``extra``."""
-    row: dict[str, Any] = {f: finite_or_none(result.get(f)) for f in RESULT_FIELDS}
-    row["epochs"] = None if row["epochs"] is None else int(row["epochs"])
-    extra = {k: v for k, v in result.items() if k not in RESULT_FIELDS and k != "key"}
+    """The ``results`` row of a valid result.json: its task's metrics in their own columns, the
+    rest in ``extra``. A dense run's result.json also repeats its primary metric as
+    ``final_top1``/``best_top1`` (the run-directory contract of schema 1): that is no top-1 and
+    is not stored as one."""
+    task = result_task(result)
+    assert task is not None, "result_problem() accepts no unknown primary metric"
+    row: dict[str, Any] = {"primary_metric": task.primary_metric}
+    for name in METRICS:
+        for which in ("final", "best"):
+            row[f"{which}_{name}"] = finite_or_none(result.get(f"{which}_{name}")) if name in task.metrics else None
+    epochs = finite_or_none(result.get("epochs"))
+    row["epochs"] = None if epochs is None else int(epochs)
+    stored = {*RESULT_FIELDS, *METRICS, "key"}  # a bare "miou" repeats final_miou
+    extra = {k: v for k, v in result.items() if k not in stored}
     return {"key": key, **row, "extra": json_safe(extra)}
 
 
@@ -361,9 +367,13 @@ def result_problem(result: Any) -> Optional[str]:
     ``{}``, NaN or 1e308 accuracies, or a non-object ``env`` never become a finished run."""
     if not isinstance(result, Mapping):
         return f"expected a JSON object, got {type(result).__name__}"
-    for name in ("final_top1", "best_top1", "final_top5", "best_top5"):
+    task = result_task(result)
+    if task is None:
+        known = ", ".join(t.primary_metric for t in TASKS.values())
+        return f"primary_metric must be one of {known}, got {short_repr(result.get('primary_metric'))}"
+    for name in METRIC_COLUMNS:
         value = result.get(name)
-        if value is None and name in ("final_top1", "best_top1"):
+        if value is None and name in (f"final_{task.primary_metric}", f"best_{task.primary_metric}"):
             return f"{name} is missing"
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value) or not 0 <= value <= 100):

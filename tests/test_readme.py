@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 from mpvgbench.cli import cli
@@ -46,17 +47,50 @@ def test_readme_lists_commands() -> None:
     assert len(readme_commands()) >= 10
 
 
+OPTION = re.compile(r"(?<![\w-])(-{1,2}[A-Za-z][\w-]*)")  # -o, --dry-run; not recipe.epochs=1
+
+
+def option_mentions(words: list[str]) -> list[str]:
+    """The options among a command's words, however the README shows them: ``--smoke``,
+    ``[--dry-run]``, ``[--workers N]``, ``--set=...``, ``[-o|--output FILE]``."""
+    out = []
+    for word in words:
+        for part in word.split("|"):
+            match = OPTION.match(part.lstrip("["))
+            if match:
+                out.append(match.group(1))
+    return out
+
+
+def resolve_command(argv: list[str]) -> tuple[click.Command, list[str]]:
+    """The (sub)command ``argv`` names, and the words after it (``db upgrade --db X``)."""
+    command: click.Command | None = cli
+    words = list(argv)
+    while isinstance(command, click.Group):
+        assert words, "a command group needs a subcommand"
+        name = words.pop(0)
+        command = command.commands.get(name)
+        assert command is not None, f"mpvgbench {' '.join(argv[:len(argv) - len(words)])}: no such command"
+    return command, words
+
+
+def test_every_option_mention_is_checked() -> None:
+    """The words the tests check hold every option-looking token of the README's command lines."""
+    lines = [line.split("  #")[0] for block in blocks("bash") for line in block.splitlines()
+             if re.match(r"\s*(\S*/)?mpvgbench\s", line)]
+    in_text = [m for line in lines for m in OPTION.findall(line.split("mpvgbench", 1)[1])]
+    checked = [m for argv in readme_commands() for m in option_mentions(argv)]
+    assert len(checked) == len(in_text) >= 30, (sorted(checked), sorted(in_text))
+
+
 @pytest.mark.parametrize("argv", readme_commands(), ids=lambda a: " ".join(a)[:60])
 def test_every_command_and_option_in_the_readme_exists(argv: list[str]) -> None:
     """Each command exists and each --option it shows is one of that command's options."""
-    command = cli.commands.get(argv[0]) if argv else None
-    assert command is not None, f"mpvgbench {argv[0] if argv else ''}: no such command"
+    command, words = resolve_command(argv)
     known = {opt for param in command.params for opt in getattr(param, "opts", [])}
-    for word in argv[1:]:
-        flag = word.split("=")[0].split("[")[0].rstrip("]|")
-        if flag.startswith("-"):
-            for alternative in flag.split("|"):
-                assert alternative.strip("[]") in known, f"mpvgbench {argv[0]}: unknown option {flag}"
+    known |= {"-h", "--help"}
+    for option in option_mentions(words):
+        assert option in known, f"mpvgbench {' '.join(argv[:len(argv) - len(words)])}: unknown option {option}"
 
 
 def test_readme_spec_files_exist() -> None:

@@ -193,6 +193,30 @@ def test_ingest_finished_run_is_idempotent(store: Store, tmp_path: Path) -> None
     assert [(m.epoch, m.top1, m.train_loss) for m in store.metrics(job.key)] == [(0, 1.0, None)]
 
 
+def test_a_dense_result_is_stored_under_its_metrics_names(store: Store, tmp_path: Path) -> None:
+    job = make_job(dataset="ade20k")
+    path = write_run_dir(tmp_path / "runs", job, epochs=3, final=None)
+    # what the dense trainer writes: the primary metric also in final_top1 (schema 1's place)
+    rundir.atomic_write_json(path / "result.json", {
+        "key": job.key, "final_top1": 41.5, "best_top1": 42.0, "miou": 41.5, "final_miou": 41.5,
+        "best_miou": 42.0, "primary_metric": "miou", "task": "segmentation", "iterations": 160,
+        "epochs": 10, "wall_time_s": 3.0, "env": {"host": "node1"}})
+    assert store.ingest_run_dir(path) == "finished"
+    (res,) = store.results_frame()
+    assert (res.primary_metric, res.primary(), res.primary("best")) == ("miou", 41.5, 42.0)
+    assert (res.final_top1, res.best_top1, res.final_ap_box) == (None, None, None)  # no top-1 here
+    assert res.extra == {"task": "segmentation", "iterations": 160, "wall_time_s": 3.0,
+                         "env": {"host": "node1"}}
+    # a primary metric no task reports is no result
+    other = make_job(seed=1, dataset="ade20k")
+    path = write_run_dir(tmp_path / "runs", other, epochs=3, final=None)
+    rundir.atomic_write_json(path / "result.json", {"key": other.key, "primary_metric": "accuracy",
+                                                    "final_accuracy": 1.0})
+    assert store.ingest_run_dir(path) == "failed"
+    (failed,) = store.runs(keys=[other.key])
+    assert "primary_metric must be one of top1, ap_box, miou, got 'accuracy'" in (failed.error or "")
+
+
 def test_ingest_error_json(store: Store, tmp_path: Path) -> None:
     running, pending = make_job(0), make_job(1)
     store.register_jobs([running, pending], "s")
@@ -255,7 +279,7 @@ def test_newer_schema_is_refused(db_url: str) -> None:
     with engine.begin() as conn:
         conn.execute(sa.update(S.meta).where(S.meta.c.name == "schema_version").values(value="99"))
     engine.dispose()
-    with pytest.raises(StoreError, match=r"newer mpvgbench \(schema 99 > 1\); upgrade mpvgbench or use "
+    with pytest.raises(StoreError, match=rf"newer mpvgbench \(schema 99 > {S.SCHEMA_VERSION}\); upgrade mpvgbench or use "
                                          r"another --db") as info:
         Store(db_url)
     assert "\n" not in str(info.value)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,8 +131,14 @@ def test_statement_timeout_is_a_one_line_store_error() -> None:
         pytest.skip(f"{PG_ENV} is not set (start a server with scripts/postgres.sh start)")
     from mpvgbench.store import Store, StoreError
 
-    sep = "&" if "?" in base else "?"
-    store = Store(f"{base}{sep}statement_timeout=300ms")
+    # a schema of its own: the database's public schema may hold another version's tables
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}",
+                                               "statement_timeout": "300ms"})
+    store = Store(url.render_as_string(hide_password=False))
     try:
         t0 = time.monotonic()
         with pytest.raises(StoreError) as info, store._read() as conn:
@@ -140,6 +147,9 @@ def test_statement_timeout_is_a_one_line_store_error() -> None:
         assert "statement_timeout=300ms" in str(info.value) and "\n" not in str(info.value)
     finally:
         store.close()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 def test_silent_server_without_timeouts_in_the_url_still_fails(silent: SilentServer,

@@ -58,6 +58,21 @@ def resolve_runs(store: Store, target: str) -> list[RunRow]:
     return [row]
 
 
+def _classifiers_only(rows: dict[str, RunRow]) -> dict[str, RunRow]:
+    """The runs analyze can measure; each dense-prediction run is named with what to analyse
+    instead (a spec like table4.yaml holds both: its classifiers are analysed)."""
+    from mpvgbench.analyze_run import not_analysable_reason
+
+    reasons = {key: not_analysable_reason(key, row.dataset, row.config.get("init_from"))
+               for key, row in rows.items()}
+    kept = {key: row for key, row in rows.items() if reasons[key] is None}
+    if not kept:
+        raise UserError(next(reason for reason in reasons.values() if reason))
+    for reason in filter(None, reasons.values()):
+        click.echo(f"skipping {reason}", err=True)
+    return kept
+
+
 def _store_values(analysis: dict[str, Any]) -> dict[str, Any]:
     """Flat, named values for ``Store.add_analysis`` (identification lives in the runs table)."""
     values: dict[str, Any] = {
@@ -153,6 +168,7 @@ def analyze(targets: tuple[str, ...], images: int, out_dir: Path, weights: str, 
     rows: dict[str, RunRow] = {}
     for target in targets:
         rows.update({row.key: row for row in resolve_runs(store, target)})
+    rows = _classifiers_only(rows)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     analyses: list[dict[str, Any]] = []
@@ -162,7 +178,8 @@ def analyze(targets: tuple[str, ...], images: int, out_dir: Path, weights: str, 
         click.echo(f"analysing {row.key} ({row.model} / {row.method_label} / {row.dataset})", err=True)
         analysis = analyze_run(row.run_dir, images=images, out_dir=out_dir, device=device,
                                weights=weights, n_samples=samples, data_root=data_root)
-        store.add_analysis(row.key, _store_values(analysis))
+        if store.writable:  # a read-only database: the numbers are in analysis.json only
+            store.add_analysis(row.key, _store_values(analysis))
         analyses.append(analysis)
     plot_correlation_by_method(analyses, out_dir / "correlation.png")
     (out_dir / "analysis.json").write_text(json.dumps(analyses, indent=1, sort_keys=True) + "\n")

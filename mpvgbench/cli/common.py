@@ -74,12 +74,16 @@ def db_option(func: F) -> F:
 
 
 def open_store(db: str | None, spec: Spec | None = None, *, must_exist: bool = False) -> Store:
+    """The results database of ``--db`` (else the spec's ``results.db``, else ./results.db).
+
+    ``must_exist``: for the commands that only read (report, status, logs, analyze, cancel,
+    ``run --dry-run``): a missing database is a one-line error and nothing is created, migrated
+    or converted (docs/architecture.md, Store). Otherwise (``run``) it is created when missing.
+    """
     from mpvgbench.store import Store
 
     target = db or (spec.results.db if spec is not None and spec.results and spec.results.db else None) or DEFAULT_DB
-    if must_exist and "://" not in target and not Path(target).exists():
-        raise UserError(f"no results database at {target}; run `mpvgbench run SPEC` first or pass --db")
-    return Store(target)
+    return Store(target, create=not must_exist)
 
 
 def resolve_runs_root(runs_dir: str | None, spec: Spec | None) -> Path:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from mpvgbench.catalog import DATASET_TABLE
 from mpvgbench.cli.common import UserError
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def check_writable_dir(path: Path, what: str, fix: str) -> None:
         raise UserError(f"{what} {path} cannot hold run directories ({problem}); {fix}")
 
 
-ROOT_FREE_DATASETS = frozenset({"digits", "synthetic", "coco_synthetic", "ade20k_synthetic"})
+ROOT_FREE_DATASETS = frozenset(d.name for d in DATASET_TABLE.values() if not d.needs_root)  # bundled or generated
 
 
 def check_data_roots(spec: Spec, jobs: Sequence[Job], *, local: bool, download: bool) -> None:

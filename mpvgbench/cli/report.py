@@ -110,7 +110,7 @@ def _write_figure_or_page(store: "Store", output: Path, *, curves: bool, metric:
 
 
 @cli.command()
-@click.option("--params", is_flag=True, help="Also count parameters for default/lape/pvg/mpvg (builds each model).")
+@click.option("--params", is_flag=True, help="Also count parameters for default/lape/pvg/mpvg (on the meta device: seconds).")
 @user_errors
 def models(params: bool) -> None:
     """List the registered backbones.
@@ -120,20 +120,21 @@ def models(params: bool) -> None:
       mpvgbench models --params
     """
     from mpvgbench.cli.tables import add_plain_row, console, fit_numbers, narrow_table
-    from mpvgbench.models import build_model, default_img_size, list_models, model_family
+    from mpvgbench.models import count_params, default_img_size, list_models, model_family
 
     methods = ("default", "lape", "pvg", "mpvg") if params else ()
     rows = []
     for name in list_models():
         cells = [name, model_family(name), str(default_img_size(name))]
-        for method in methods:
-            model = build_model(name, method)
-            cells.append(f"{sum(p.numel() for p in model.parameters()):,}")
+        cells += [f"{count_params(name, method):,}" for method in methods]
         rows.append(cells)
     if params:  # Tables 3-4: ViT-Adapter-Ti around DeiT-Ti with Mask R-CNN (80) / UperNet (150)
+        import torch
+
         from mpvgbench.downstream.detection import downstream_param_counts
 
-        counts = [downstream_param_counts(method) for method in methods]
+        with torch.device("meta"):  # shapes only: no memory, no initialisation
+            counts = [downstream_param_counts(method) for method in methods]
         for head, img in (("mask_rcnn", "1024"), ("upernet", "512")):
             rows.append(["adapter_ti", head, img, *(f"{c[head]:,}" for c in counts)])
     table = narrow_table(["name", "family", "img", *methods], title="models (timm names: mpvg_*)",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mpvgbench.cli.common import (DEFAULT_DB, DEFAULT_RUNS_DIR, cli, db_option, open_store,
+from mpvgbench.cli.common import (DEFAULT_RUNS_DIR, cli, db_option, open_store,
                                    resolve_runs_root, user_errors)
 from mpvgbench.cli.preflight import (adopt_finished_run_dirs, check_data_roots, check_init_from,
                                      check_run_dirs, check_writable_dir, clear_training_state,
@@ -213,10 +213,13 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 
 # bundled or generated: no data.roots entry
 def _print_matrix(jobs: Sequence[Job], db: str | None, spec: Spec) -> None:
-    target = db or (spec.results.db if spec.results and spec.results.db else None) or DEFAULT_DB
+    from mpvgbench.store_migrations import MissingDatabaseError
+
     states: dict[str, str] = {}
-    if "://" in target or Path(target).exists():  # a dry run never creates a database
-        states = open_store(db, spec).statuses([job.key for job in jobs])
+    try:  # a dry run never creates, upgrades or writes a database
+        states = open_store(db, spec, must_exist=True).statuses([job.key for job in jobs])
+    except MissingDatabaseError:
+        pass  # every job is new
     label = {"finished": "done", "pending": "new", None: "new"}
     rows = [(j.key, j.model, j.method_label, j.dataset, str(j.seed), label.get(states.get(j.key), states.get(j.key) or "new")) for j in jobs]
     header = ("key", "model", "method", "dataset", "seed", "state")

@@ -96,6 +96,8 @@ def reconcile_runs(store: Store, spec: Spec | None) -> None:
     """Bring running runs up to date: ingest finished run dirs; ask Slurm about the rest."""
     from mpvgbench.executors.local import owner_is_alive
 
+    if not store.writable:  # a read-only database shows what it holds; `run` adopts them later
+        return
     running = store.runs(spec_name=spec.name if spec else None, status="running")
     for row in running:
         # The coordinator owns recording: a reader that ingested a live coordinator's run would

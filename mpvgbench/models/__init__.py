@@ -12,6 +12,7 @@ import importlib
 from typing import Any, Optional
 
 import timm
+import torch
 import torch.nn as nn
 
 from mpvgbench.catalog import MODEL_TABLE, ModelInfo, model_info
@@ -77,6 +78,18 @@ def build_model(
     )
 
 
+def count_params(name: str, method: MethodLike, num_classes: int = 1000, img_size: Optional[int] = None,
+                 **kw: Any) -> int:
+    """Parameters of ``build_model(name, method, ...)``, frozen ones too (the paper's counts).
+
+    Built on the meta device: tensors with shapes but no memory and no initialisation, so
+    DeiT-B's 86M parameters cost what DeiT-Ti's do (`mpvgbench models --params`: seconds).
+    """
+    with torch.device("meta"):
+        model = build_model(name, method, num_classes=num_classes, img_size=img_size, **kw)
+    return sum(p.numel() for p in model.parameters())
+
+
 def build_model_for_config(config: Any, **kwargs: Any) -> nn.Module:
     """The model a ``TrainConfig`` trains: ``config.model`` with ``config.method``, its classes,
     image size and the channels of its dataset's images (1 for the digits).
@@ -106,6 +119,7 @@ __all__ = [
     "PositionEmbeddingChain",
     "build_model",
     "build_model_for_config",
+    "count_params",
     "default_img_size",
     "fold_last_ln_pe",
     "list_models",

@@ -258,7 +258,10 @@ def test_report_paper_table(tmp_path: Path, number: int | str) -> None:
     measured = {m.name: 40.0 + i for i, m in enumerate(table.metrics)}
     config = TrainConfig(model=row.model, method=row.pe_method, dataset=row.dataset, img_size=224,
                          num_classes=1000, seed=0)
-    extra = {} if "top1" in measured else measured
+    # a dense run's result.json names its primary metric and holds final_/best_ of each metric
+    extra = {} if "top1" in measured else {
+        "primary_metric": table.metrics[0].name,
+        **{f"{which}_{name}": value for name, value in measured.items() for which in ("final", "best")}}
     with Store(tmp_path / "results.db") as store:
         fabricate_run(store, tmp_path / "runs", config, top1=measured.get("top1", 77.0), **extra)
     res = invoke("report", "--table", number, "--format", "json")
@@ -300,14 +303,13 @@ def test_models_and_methods_list_the_registry() -> None:
 
 
 def test_models_params_adds_the_dense_models_within_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Counting is faked (building every model takes minutes); the rows and the width are real."""
-    import torch
-
+    """Counting is faked (tests/models/test_registry.py runs it for real); the rows and the width
+    are real."""
     import mpvgbench.downstream.detection as detection
     import mpvgbench.models as models
 
     monkeypatch.setenv("COLUMNS", "80")
-    monkeypatch.setattr(models, "build_model", lambda name, method: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(models, "count_params", lambda name, method: 1)
     counted: list[str] = []
 
     def counts(method: str) -> dict[str, int]:

@@ -40,7 +40,8 @@ def test_timm_registration() -> None:
 @pytest.mark.parametrize("timm_name", sorted(timm.list_models("mpvg_*")))
 def test_timm_create_model_every_registered_name(timm_name: str) -> None:
     for method in ("default", "mpvg"):
-        model = timm.create_model(timm_name, pretrained=False, pe_method=method)
+        with torch.device("meta"):  # full size (DeiT-B: 86M parameters), shapes only
+            model = timm.create_model(timm_name, pretrained=False, pe_method=method)
         assert isinstance(model.pe_chain, M.PositionEmbeddingChain)  # a family may adapt the method (Swin)
         assert (model.pe_chain.last_norm_pe is not None) == (resolve_method(method).last_ln_pe is not None)
         assert count_params(model) > 0
@@ -81,3 +82,25 @@ def test_build_model_for_config_matches_the_data() -> None:
     config2 = SimpleNamespace(model="deit_tiny", method=pvg, dataset="synthetic", img_size=32, num_classes=5)
     model2 = M.build_model_for_config(config2)
     assert model2.pe_method is pvg and model2.patch_embed.proj.in_channels == 3 and model2.num_classes == 5
+
+
+def test_count_params_on_the_meta_device_is_exact() -> None:
+    # the integers tests/models/test_methods.py pins (methods.md), from shapes alone
+    assert M.count_params("deit_base", "mpvg") == 86_584_552
+    assert M.count_params("vit_lite_7_4", "lape", num_classes=100) == 3_743_588
+    # counting built nothing real: a model built afterwards has real weights
+    assert M.build_model("vit_micro", "pvg", num_classes=10).pos_embed.device.type == "cpu"
+
+
+def test_models_params_command_prints_the_exact_counts() -> None:
+    from click.testing import CliRunner
+
+    from mpvgbench.cli import cli
+
+    result = CliRunner().invoke(cli, ["models", "--params"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    deit_tiny = next(line for line in result.output.splitlines() if "deit_tiny" in line)
+    for count in ("5,717,416", "5,722,024", "5,721,256", "5,721,640"):  # default, lape, pvg, mpvg
+        assert count in deit_tiny
+    assert "86,584,552" in result.output  # DeiT-B MPVG
+    assert "28,077,669" in result.output and "36,067,228" in result.output  # ViT-Adapter-Ti, MPVG

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Any
 from unittest import mock
@@ -138,6 +139,10 @@ class NoResizeTransform(GeneralizedRCNNTransform):
     paste_masks = True
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor] | None]:  # type: ignore[override]
+        if target is not None:  # MMDet's img_meta["pad_shape"]: this image alone padded to 32
+            d = self.size_divisible
+            h, w = image.shape[-2:]
+            target = {**target, "pad_shape": torch.tensor([-(-h // d) * d, -(-w // d) * d], device=image.device)}
         return image, target
 
     def postprocess(self, result: list[dict[str, Tensor]], image_shapes: Any, original_image_sizes: Any) -> list[dict[str, Tensor]]:  # type: ignore[override]
@@ -166,7 +171,25 @@ def detect_at_original_size(model: MaskRCNN, image: Tensor, original_hw: tuple[i
 
 
 class L1RegionProposalNetwork(RegionProposalNetwork):
-    """RPN with MMDet's L1 box loss (averaged over the sampled anchors, as torchvision's)."""
+    """RPN with MMDet's L1 box loss (averaged over the sampled anchors, as torchvision's) and
+    MMDet's valid anchors: an anchor whose location (its centre) lies outside its image's own
+    ``pad_shape`` (in the padding a larger image of the batch needed) is left out of the
+    matching and the sampling (label -1), as MMDet's ``valid_flags`` with ``allowed_border=-1``."""
+
+    def assign_targets_to_anchors(self, anchors: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[list[Tensor], list[Tensor]]:  # type: ignore[override]
+        labels, matched = [], []
+        for anchors_i, target in zip(anchors, targets):
+            centres = (anchors_i[:, :2] + anchors_i[:, 2:]) / 2  # (x, y)
+            pad_h, pad_w = target.get("pad_shape", (math.inf, math.inf))  # absent: every anchor valid
+            valid = (centres[:, 0] < pad_w) & (centres[:, 1] < pad_h)
+            (label_valid,), (boxes_valid,) = super().assign_targets_to_anchors([anchors_i[valid]], [target])
+            label = label_valid.new_full((anchors_i.shape[0],), -1.0)
+            label[valid] = label_valid
+            boxes = anchors_i.clone()  # ignored anchors regress onto themselves (finite targets)
+            boxes[valid] = boxes_valid
+            labels.append(label)
+            matched.append(boxes)
+        return labels, matched
 
     def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor], regression_targets: list[Tensor]) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         pos, neg = self.fg_bg_sampler(labels)

@@ -136,3 +136,27 @@ def test_mask_rcnn_trains_with_mmdet_settings_and_predicts() -> None:
     with torch.no_grad():
         out = model(images)
     assert out[1]["masks"].shape[-2:] == (96, 128)  # no resizing inside the model
+
+
+def test_anchors_in_the_batch_padding_are_left_out_of_the_rpn_targets() -> None:
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
+    from tests.downstream.tiny import TINY_ADAPTER
+
+    model = build_mask_rcnn("gap", num_classes=3, fpn_channels=32, conv_inplane=16, **TINY_ADAPTER)
+    images = [torch.rand(3, 64, 64), torch.rand(3, 128, 192)]  # the first is padded to 128x192
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 48.0]]), "labels": torch.tensor([1]),
+                "masks": torch.zeros(1, *img.shape[1:], dtype=torch.uint8)} for img in images]
+    image_list, targets = model.transform(images, targets)
+    assert [t["pad_shape"].tolist() for t in targets] == [[64, 64], [128, 192]]
+    features = list(model.backbone(image_list.tensors).values())
+    anchors = model.rpn.anchor_generator(image_list, features)
+    labels, matched = model.rpn.assign_targets_to_anchors(anchors, targets)
+    plain_labels, _ = RegionProposalNetwork.assign_targets_to_anchors(model.rpn, anchors, targets)
+    centres = (anchors[0][:, :2] + anchors[0][:, 2:]) / 2
+    padding = (centres[:, 0] >= 64) | (centres[:, 1] >= 64)
+    assert padding.any() and (labels[0][padding] == -1).all()  # torchvision: easy negatives
+    assert (plain_labels[0][padding] == 0).all()
+    torch.testing.assert_close(labels[0][~padding], plain_labels[0][~padding])
+    torch.testing.assert_close(labels[1], plain_labels[1])  # the largest image has no batch padding
+    assert all(torch.isfinite(model.rpn.box_coder.encode(matched, anchors)[i]).all() for i in range(2))

@@ -115,7 +115,8 @@ def train_downstream(
     eval_max_images = None if recipe.eval_max_batches is None else recipe.eval_max_batches * recipe.batch_size
     data = build_dense_data(config, data_root, rd.path)
     per_process_batch(recipe.batch_size, dist.world_size)  # a batch that does not split fails now, not at the loader
-    iters_per_epoch = len(data.train) // recipe.batch_size  # type: ignore[arg-type]
+    samples = SeededSamples(data.train, data.train_transform, config.seed, data.train_order)
+    iters_per_epoch = len(samples) // recipe.batch_size  # one pass (COCO: orientation groups padded to whole batches)
     if recipe.max_steps_per_epoch is not None:
         iters_per_epoch = min(iters_per_epoch, recipe.max_steps_per_epoch)
     if iters_per_epoch == 0:
@@ -173,7 +174,7 @@ def train_downstream(
     clock = CheckpointClock(checkpoint_every_steps, checkpoint_every_min, dist, dev, 1)
     heartbeat = Heartbeat(rd, n_evals, eval_every, dist.is_main, progress_interval_s, progress_callback)
     loader = DataLoader(
-        SeededSamples(data.train, data.train_transform, config.seed),
+        samples,
         batch_sampler=position_batches(state.num_updates, total, recipe.batch_size, dist.rank, dist.world_size),
         num_workers=num_workers, collate_fn=collate_fn(task), pin_memory=dev.type == "cuda",
     )

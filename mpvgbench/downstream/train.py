@@ -35,7 +35,7 @@ from mpvgbench.checkpoint import LoopState, checkpoint_payload, restore_checkpoi
 from mpvgbench.config import TrainConfig
 from mpvgbench.downstream.train_parts import (
     PRIMARY_METRIC, SeededSamples, build_dense_data, build_dense_model, build_dense_optimizer,
-    collate_fn, dense_backbone, dense_task, position_batches,
+    collate_fn, dense_backbone, dense_settings, dense_task, position_batches,
 )
 from mpvgbench.errors import DataError
 from mpvgbench.rundir import (
@@ -227,7 +227,7 @@ def train_downstream(
         "key": key, "task": task, "primary_metric": primary,
         "final_top1": final.get(primary), "best_top1": best.get(primary),
         "final_top5": None, "best_top5": None,
-        "epochs": len(state.rows), "iterations": state.num_updates,
+        "epochs": len(state.rows), "iterations": state.num_updates, "dense_settings": dense_settings(config),
         "wall_time_s": prior_wall + time.time() - session_start,
         "env": collect_env(str(dev), dist.world_size, run_dir=rd.path),
     }

@@ -32,8 +32,8 @@ from mpvgbench.training_parts import derive_seed, per_process_batch, resolve_ini
 
 __all__ = [
     "OFFICIAL_CROP", "PRIMARY_METRIC", "DenseData", "SeededSamples", "build_dense_data",
-    "build_dense_model", "build_dense_optimizer", "dense_backbone", "dense_task", "position_batches",
-    "pretrain_img_size",
+    "build_dense_model", "build_dense_optimizer", "dense_backbone", "dense_settings", "dense_task",
+    "position_batches", "pretrain_img_size",
 ]
 
 OFFICIAL_CROP = {"detection": 1024, "segmentation": 512}
@@ -45,6 +45,14 @@ SYNTHETIC_IMAGES, SYNTHETIC_SIZE = 4, (96, 128)
 def dense_task(config: TrainConfig) -> str:
     """``"detection"`` or ``"segmentation"``; ``KeyError`` for a classification dataset."""
     return DOWNSTREAM_TASKS[config.dataset]
+
+
+def dense_settings(config: TrainConfig) -> dict[str, Any]:
+    """The answers this run gives to the paper's open questions (docs/downstream.md), for
+    ``result.json`` and ``report --table 3/4``: MPVG's Last-LN term in the adapter, the batch
+    and how COCO batches are drawn."""
+    batching = "orientation groups" if dense_task(config) == "detection" else "shuffled"
+    return {"last_ln": config.recipe.adapter_last_ln, "batch": config.recipe.batch_size, "batching": batching}
 
 
 # ------------------------------------------------------------------------------------ data
@@ -181,7 +189,8 @@ def build_dense_model(config: TrainConfig, run_dir: Path) -> nn.Module:
     from mpvgbench.rundir import read_checkpoint
 
     size = pretrain_img_size(config.init_from, run_dir)
-    adapter_kw: dict[str, Any] = {"pretrain_img_size": size, "drop_path_rate": config.recipe.drop_path}
+    adapter_kw: dict[str, Any] = {"pretrain_img_size": size, "drop_path_rate": config.recipe.drop_path,
+                                  "last_ln": config.recipe.adapter_last_ln}
     if dense_task(config) == "detection":
         model: nn.Module = build_mask_rcnn(config.method, config.num_classes, **adapter_kw)
     else:

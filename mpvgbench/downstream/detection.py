@@ -185,7 +185,7 @@ class L1RegionProposalNetwork(RegionProposalNetwork):
             (label_valid,), (boxes_valid,) = super().assign_targets_to_anchors([anchors_i[valid]], [target])
             label = label_valid.new_full((anchors_i.shape[0],), -1.0)
             label[valid] = label_valid
-            boxes = anchors_i.clone()  # ignored anchors regress onto themselves (finite targets)
+            boxes = anchors_i.to(boxes_valid.dtype, copy=True)  # the ignored regress onto themselves (finite)
             boxes[valid] = boxes_valid
             labels.append(label)
             matched.append(boxes)

@@ -7,9 +7,10 @@ so a smoke cell at 64 px runs the same pipeline on tiny images (``coco_synthetic
 Sampling is a pure function of ``(seed, sample position)``: position ``p`` is image
 ``order_{p // L}[p % L]`` of the training set (``grouped_batches``: one shuffled pass of ``L``
 positions at a time; COCO's passes group each batch by orientation, as MMDet's GroupSampler)
-with the augmentation RNG seeded from ``(seed, p)``. A run resumed at iteration ``i`` therefore continues
-with the same images and augmentations as one that never stopped, without replaying batches
-(replaying 14k COCO batches would take longer than the work lost), and with any loader workers.
+with the augmentation RNG seeded from ``(seed, p)``. A run resumed at iteration ``i`` therefore
+continues with the same images and augmentations as one that never stopped, without replaying
+batches (replaying 14k COCO batches would take longer than the work lost), and with any loader
+workers.
 """
 
 from __future__ import annotations

@@ -77,6 +77,10 @@ class Recipe(BaseModel):
     nesterov: Optional[bool] = None  # sgd only (ignored otherwise, like momentum); null: timm's "sgd" (Nesterov)
     # dense prediction only: an iteration-based schedule (ADE20K: 160k); null: ``epochs`` rule
     max_iters: Optional[Count] = None
+    # dense prediction only: MPVG's Last-LN PE term inside ViT-Adapter, which the paper leaves
+    # open (docs/downstream.md): "skip" (official ViT-Adapter: no final LN) or "apply" (LN + LN''
+    # on the ViT tokens after the last block, before they join the pyramid)
+    adapter_last_ln: Literal["skip", "apply"] = "skip"
 
     @field_validator("train_crop_scale")
     @classmethod

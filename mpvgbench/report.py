@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Optional, Union
 
@@ -178,9 +178,21 @@ def _paper(table: PaperTable, index: _Index, which: str) -> ReportTable:
     if table.downstream:
         out.notes.append(f"dense prediction: experiments/table{table.id}.yaml trains it; a "
                          "smoke stand-in's run shows until a full run is stored")
+        out.notes.extend(_dense_settings_notes(table, index))
     out.notes.append(f"measured: mean ± sample std over seeds of the {which} epoch's value; "
                      "Δ = measured mean - paper")
     return out
+
+
+def _dense_settings_notes(table: PaperTable, index: _Index) -> list[str]:
+    """The open questions' answers (result.json ``dense_settings``) of the runs shown."""
+    seen: Counter[str] = Counter()
+    for row in table.rows:
+        for run in index.cells.get((row.model, row.dataset, row.pe_method), []):
+            settings = run.extra.get("dense_settings")
+            if isinstance(settings, dict):
+                seen[", ".join(f"{k} {v}" for k, v in sorted(settings.items()))] += 1
+    return [f"settings of {n} run(s): {text} (docs/downstream.md: open questions)" for text, n in sorted(seen.items())]
 
 
 def _pivot(index: _Index, which: str) -> ReportTable:

@@ -34,7 +34,7 @@ def test_payload_is_the_sorted_compact_dump() -> None:
     config = TrainConfig(model="deit_tiny", method="mpvg", dataset="imagenet", img_size=224,
                          num_classes=1000, seed=3, recipe=Recipe(lr=1e-05, randaugment=None))
     data = config.model_dump(mode="json")
-    for name in ("param_groups", "decay_all_params", "nesterov", "max_iters"):  # post-v1 recipe fields at default
+    for name in ("param_groups", "decay_all_params", "nesterov", "max_iters", "adapter_last_ln"):  # post-v1 recipe fields at default
         del data["recipe"][name]
     dumped = json.dumps(data, sort_keys=True, separators=(",", ":"))
     assert config_payload(config) == dumped
@@ -73,3 +73,11 @@ def test_param_groups_enter_the_key_when_set() -> None:
         update={"param_groups": (ParamGroup(match=("head.*",), lr_scale=1.0),)})})
     assert '"param_groups":[{"lr_scale":1.0,"match":["head.*"]}]' in config_payload(grouped)
     assert config_key(grouped) != config_key(base)
+
+
+def test_dense_open_question_fields_keep_todays_keys_at_their_default() -> None:
+    config = TrainConfig(model="deit_tiny", method="mpvg", dataset="coco", img_size=1024, num_classes=80,
+                         recipe=Recipe(batch_size=8))
+    assert '"adapter_last_ln"' not in config_payload(config)
+    applied = config.model_copy(update={"recipe": config.recipe.model_copy(update={"adapter_last_ln": "apply"})})
+    assert '"adapter_last_ln":"apply"' in config_payload(applied) and config_key(applied) != config_key(config)

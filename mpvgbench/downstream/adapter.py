@@ -11,6 +11,11 @@ classification. ``last_ln`` decides what happens after the last block (docs/down
 ``"skip"`` (default, official ViT-Adapter: no final LN, so no Last-LN PE term) or ``"apply"``
 (Last LN per token plus MPVG's ``LN''(pos_k)``, the classification path). ``layer_scale``
 (default on, as official) gives every block learnable per-channel gammas initialised to 1.
+
+Which ViT tokens join the pyramid (``add_vit_feature``) differs between the official
+repositories and is :class:`TokenPyramid`'s ``source``: detection adds the last tokens to every
+level, segmentation the tokens after interaction ``i`` to level ``i`` (``build_vit_adapter``
+picks by task).
 """
 
 from __future__ import annotations
@@ -30,9 +35,14 @@ from mpvgbench.downstream.msda import MultiScaleDeformableAttention
 from mpvgbench.methods import MethodLike
 from mpvgbench.models.pe import PEOutputs, add_last_ln_pe
 
-__all__ = ["AdapterConfig", "DETECTION_WINDOWS", "ViTAdapter", "build_vit_adapter", "interaction_indexes_for"]
+__all__ = [
+    "AdapterConfig", "DETECTION_WINDOWS", "TokenPyramid", "ViTAdapter", "build_vit_adapter", "interaction_indexes_for",
+]
 
 LastLN = Literal["skip", "apply"]
+TokenSource = Literal["last", "per_interaction"]
+# the official add_vit_feature: tokens (stride 16) resized to strides 4, 8, 16, 32
+_LEVEL_SCALES = (4.0, 2.0, 1.0, 0.5)
 
 # the official detection config: blocks 2, 5, 8, 11 attend globally, the others in 14x14 windows
 DETECTION_WINDOWS: tuple[int | None, ...] = (14, 14, None) * 4
@@ -56,6 +66,8 @@ class AdapterConfig:
     # per block: window size, or None for global attention (segmentation: all global)
     window_sizes: tuple[int | None, ...] = field(default_factory=lambda: (None,) * 12)
     last_ln: LastLN = "skip"
+    # which tokens add_vit_feature adds (TokenPyramid); build_vit_adapter sets it per task
+    vit_tokens: TokenSource = "last"
     # czczup/ViT-Adapter {detection/mmdet_custom,segmentation/mmseg_custom}/models/backbones/
     # base/vit.py: TIMMVisionTransformer(layer_scale=True), kept by the Ti configs; per-channel
     # gammas on both branches of every block, initialised to ones (identity at init)
@@ -64,6 +76,37 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         if self.last_ln not in ("skip", "apply"):
             raise ValueError(f"last_ln must be 'skip' or 'apply', got {self.last_ln!r}")
+        if self.vit_tokens not in ("last", "per_interaction"):
+            raise ValueError(f"vit_tokens must be 'last' or 'per_interaction', got {self.vit_tokens!r}")
+
+
+class TokenPyramid(nn.Module):
+    """ViT tokens added to the four adapter levels (official ``add_vit_feature``), resized
+    bilinearly from stride 16 to strides 4, 8, 16, 32.
+
+    ``source="last"`` (czczup/ViT-Adapter ``detection/.../vit_adapter.py``): the tokens after the
+    last interaction go to every level. ``source="per_interaction"`` (``segmentation/...``): the
+    tokens after interaction ``i`` (blocks 2, 5, 8, 11 for Ti) go to level ``i``.
+    """
+
+    def __init__(self, source: TokenSource) -> None:
+        super().__init__()
+        self.source = source
+
+    def forward(self, levels: list[Tensor], tokens: list[Tensor]) -> list[Tensor]:
+        """``levels``: four maps ``(B, C, h_i, w_i)``; ``tokens``: the token maps ``(B, C, H, W)``
+        after each interaction, in order."""
+        chosen = tokens if self.source == "per_interaction" else [tokens[-1]] * len(levels)
+        if len(chosen) != len(levels):
+            raise ValueError(f"{self.source} tokens need one interaction per level ({len(levels)}), got {len(tokens)}")
+        return [level + _rescale(t, scale) for level, t, scale in zip(levels, chosen, _LEVEL_SCALES)]
+
+    def extra_repr(self) -> str:
+        return f"source={self.source!r}"
+
+
+def _rescale(x: Tensor, scale: float) -> Tensor:
+    return x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
 
 
 class ViTAdapter(nn.Module):
@@ -103,6 +146,7 @@ class ViTAdapter(nn.Module):
             ]
         )
         self.up = nn.ConvTranspose2d(dim, dim, 2, 2)
+        self.token_pyramid = TokenPyramid(config.vit_tokens) if config.add_vit_feature else None
         self.norm1, self.norm2, self.norm3, self.norm4 = (nn.BatchNorm2d(dim) for _ in range(4))
         for part in (self.up, self.spm, self.interactions):
             part.apply(_init_weights)
@@ -162,24 +206,22 @@ class ViTAdapter(nn.Module):
             x = x + pos
         x = vit.norm_pre(vit.pos_drop(x))
 
+        token_maps: list[Tensor] = []  # the tokens after each interaction
         for interaction, (first, last) in zip(self.interactions, self.config.interaction_indexes):
             x = interaction.inject(x, c, c_shapes, hw)
             for i in range(first, last + 1):
                 x = run_block(vit.blocks[i], x, pe.blocks[i], hw, self.config.window_sizes[i])
             c = interaction.extract(x, c, c_shapes, hw)
-        if self.config.last_ln == "apply":
-            x = add_last_ln_pe(vit.norm(x), pe)
+            token_maps.append(x)
+        if self.config.last_ln == "apply":  # the tokens after the last block, wherever they go
+            x = token_maps[-1] = add_last_ln_pe(vit.norm(x), pe)
 
         sizes = [h * w for h, w in c_shapes]
         maps = [t.transpose(1, 2).reshape(b, -1, h, w) for t, (h, w) in zip(c.split(sizes, dim=1), c_shapes)]
-        f1 = self.up(maps[0]) + c1
-        f2, f3, f4 = maps
-        if self.config.add_vit_feature:
-            x3 = x.transpose(1, 2).reshape(b, -1, *hw)
-            f1 = f1 + F.interpolate(x3, scale_factor=4, mode="bilinear", align_corners=False)
-            f2 = f2 + F.interpolate(x3, scale_factor=2, mode="bilinear", align_corners=False)
-            f3 = f3 + x3
-            f4 = f4 + F.interpolate(x3, scale_factor=0.5, mode="bilinear", align_corners=False)
+        levels = [self.up(maps[0]) + c1, *maps]
+        if self.token_pyramid is not None:
+            levels = self.token_pyramid(levels, [t.transpose(1, 2).reshape(b, -1, *hw) for t in token_maps])
+        f1, f2, f3, f4 = levels
         feats = [self.norm1(f1), self.norm2(f2), self.norm3(f3), self.norm4(f4)]
         return feats, x
 
@@ -229,7 +271,8 @@ def build_vit_adapter(
     **config: Any,
 ) -> ViTAdapter:
     """ViT-Adapter-Ti around ``model`` with PE ``method``; ``task`` picks the official attention
-    layout (detection: 14x14 windows except every third block; segmentation: all global).
+    layout (detection: 14x14 windows except every third block; segmentation: all global) and
+    the official token pyramid (detection: the last tokens; segmentation: per interaction).
     ``config`` overrides :class:`AdapterConfig` fields; ``vit_kwargs`` go to ``build_model``."""
     from mpvgbench.models import build_model
 
@@ -241,6 +284,7 @@ def build_vit_adapter(
     depth = len(vit.blocks)
     if "window_sizes" not in config:
         config["window_sizes"] = DETECTION_WINDOWS[:depth] if task == "detection" else (None,) * depth
+    config.setdefault("vit_tokens", "last" if task == "detection" else "per_interaction")
     return ViTAdapter(vit, AdapterConfig(**config))
 
 

@@ -3,7 +3,9 @@
 COCO: ``root/{train2017,val2017}/`` images and ``root/annotations/instances_{split}2017.json``.
 A sample is ``(image, target)``: image float ``(3, H, W)`` in [0, 1]; target ``boxes`` (xyxy,
 float), ``labels`` (1..K, contiguous over the file's categories), ``masks`` (uint8 ``(N, H, W)``)
-and ``image_id``. Crowd annotations and boxes under 1 px are left out (MMDet's ``bboxes_ignore``).
+and ``image_id``. Crowd annotations and boxes under 1 px are left out (MMDet's ``bboxes_ignore``);
+an image whose only annotations are crowds is still a training image (zero instances), as in
+MMDet, which keeps every image with any annotation.
 
 ADE20K: ``root/ADEChallengeData2016/images/{training,validation}/`` and
 ``.../annotations/{training,validation}/`` (same file stem, label PNG). A sample is
@@ -50,8 +52,9 @@ def _to_tensor(img: Image.Image) -> Tensor:
 class CocoInstances(Dataset):
     """COCO-format instance segmentation via torchvision's ``CocoDetection`` + pycocotools masks.
 
-    ``split="train"`` keeps only images with at least one usable annotation and both sides
-    >= 32 px (MMDet's ``filter_empty_gt`` / ``min_size=32``); ``"val"`` keeps every image.
+    ``split="train"`` keeps only images with at least one annotation of any kind (crowd too)
+    and both sides >= 32 px (MMDet 2.x ``CocoDataset._filter_imgs``: ``filter_empty_gt``
+    tests for any annotation, ``min_size=32``); ``"val"`` keeps every image.
     """
 
     def __init__(self, root: str | Path, split: Literal["train", "val"] = "val", transforms: Callable[..., Any] | None = None) -> None:
@@ -72,9 +75,13 @@ class CocoInstances(Dataset):
 
     def _usable(self, image_id: int) -> bool:
         info = self.coco.imgs[image_id]
-        if min(info["width"], info["height"]) < 32:
-            return False
-        return any(self._keep(a) for a in self.coco.imgToAnns.get(image_id, []))
+        return min(info["width"], info["height"]) >= 32 and bool(self.coco.imgToAnns.get(image_id))
+
+    def landscape_flags(self) -> list[bool]:
+        """Per training index: width > height (MMDet ``CustomDataset.flag``, what
+        ``GroupSampler`` groups by), read from the annotation file, no image decoded."""
+        infos = (self.coco.imgs[self._coco.ids[i]] for i in self.indices)
+        return [info["width"] / info["height"] > 1 for info in infos]
 
     @staticmethod
     def _keep(ann: dict[str, Any]) -> bool:
@@ -279,8 +286,10 @@ class SegmentationTrainTransform:
             image = (image * contrast).clamp(0, 1)
         if rng.random() < 0.5:
             image = TF.adjust_saturation(image, rng.uniform(0.5, 1.5))
-        if rng.random() < 0.5:  # hue: +-18 of 180 degrees
-            image = TF.adjust_hue(image, rng.uniform(-18, 18) / 360)
+        if rng.random() < 0.5:
+            # hue: MMSeg adds np.random.randint(-18, 18), i.e. an integer in [-18, 17], to
+            # OpenCV's 0-180 hue (2 degrees a step: -36..+34 degrees); adjust_hue takes turns
+            image = TF.adjust_hue(image, rng.randint(-18, 17) / 180)
         if contrast is not None and not contrast_first:
             image = (image * contrast).clamp(0, 1)
         return image

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from mpvgbench.downstream.data import CocoInstances
+from mpvgbench.downstream.detection import detect_at_original_size
 from mpvgbench.downstream.metrics import ConfusionMatrix, coco_evaluate, detections_to_coco
 from mpvgbench.downstream.upernet import UperNetSegmenter
 
@@ -95,7 +96,7 @@ def evaluate_detection(
 ) -> dict[str, float]:
     """COCO AP box / mask (fractions) over ``dataset`` (its first ``max_images`` images if given:
     COCOeval then scores those images only); predictions made on the transformed image are
-    mapped back to the original image size (boxes scaled, mask probabilities resized).
+    mapped back to the original image size (boxes scaled, masks pasted at that size).
     ``shard=(rank, world)``: each rank predicts its share, the results are gathered and every
     rank scores the whole set (so all ranks return the same numbers)."""
     model.eval()
@@ -109,12 +110,7 @@ def evaluate_detection(
         image_ids.append(image_id)
         info = dataset.coco.imgs[image_id]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            (out,) = model([image.to(device)])
-        sy, sx = info["height"] / image.shape[1], info["width"] / image.shape[2]
-        out = {k: v.cpu().float() if v.is_floating_point() else v.cpu() for k, v in out.items()}
-        out["boxes"] = out["boxes"] * torch.tensor([sx, sy, sx, sy])
-        if "masks" in out and out["masks"].shape[0]:
-            out["masks"] = F.interpolate(out["masks"], size=(info["height"], info["width"]), mode="bilinear", align_corners=False)
+            out = detect_at_original_size(model, image.to(device), (info["height"], info["width"]))  # type: ignore[arg-type]
         results.extend(detections_to_coco([out], [image_id], dataset.label_to_cat_id))
     if shard[1] > 1:
         gathered: list[Any] = [None] * shard[1]

@@ -5,10 +5,12 @@ so a smoke cell at 64 px runs the same pipeline on tiny images (``coco_synthetic
 ``ade20k_synthetic`` are generated into the run directory by ``make_synthetic_*``).
 
 Sampling is a pure function of ``(seed, sample position)``: position ``p`` is image
-``perm_{p // N}[p % N]`` of the training set (one fresh permutation per pass over it) with the
-augmentation RNG seeded from ``(seed, p)``. A run resumed at iteration ``i`` therefore continues
-with the same images and augmentations as one that never stopped, without replaying batches
-(replaying 14k COCO batches would take longer than the work lost), and with any loader workers.
+``order_{p // L}[p % L]`` of the training set (``grouped_batches``: one shuffled pass of ``L``
+positions at a time; COCO's passes group each batch by orientation, as MMDet's GroupSampler)
+with the augmentation RNG seeded from ``(seed, p)``. A run resumed at iteration ``i`` therefore
+continues with the same images and augmentations as one that never stopped, without replaying
+batches (replaying 14k COCO batches would take longer than the work lost), and with any loader
+workers.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from mpvgbench.config import TrainConfig
+from mpvgbench.downstream.grouped_batches import AspectGroupedOrder, SampleOrder, ShuffledOrder
 from mpvgbench.errors import DataError
 from mpvgbench.recipes import DOWNSTREAM_TASKS
 from mpvgbench.train.init_weights import resolve_init_from
@@ -31,8 +34,8 @@ from mpvgbench.train.runtime import derive_seed, per_process_batch
 
 __all__ = [
     "OFFICIAL_CROP", "PRIMARY_METRIC", "DenseData", "SeededSamples", "build_dense_data",
-    "build_dense_model", "build_dense_optimizer", "dense_backbone", "dense_task", "position_batches",
-    "pretrain_img_size",
+    "build_dense_model", "build_dense_optimizer", "dense_backbone", "dense_settings", "dense_task",
+    "position_batches", "pretrain_img_size",
 ]
 
 OFFICIAL_CROP = {"detection": 1024, "segmentation": 512}
@@ -46,6 +49,14 @@ def dense_task(config: TrainConfig) -> str:
     return DOWNSTREAM_TASKS[config.dataset]
 
 
+def dense_settings(config: TrainConfig) -> dict[str, Any]:
+    """The answers this run gives to the paper's open questions (docs/downstream.md), for
+    ``result.json`` and ``report --table 3/4``: MPVG's Last-LN term in the adapter, the batch
+    and how COCO batches are drawn."""
+    batching = "orientation groups" if dense_task(config) == "detection" else "shuffled"
+    return {"last_ln": config.recipe.adapter_last_ln, "batch": config.recipe.batch_size, "batching": batching}
+
+
 # ------------------------------------------------------------------------------------ data
 
 
@@ -56,6 +67,7 @@ class DenseData:
     val: Dataset  # transformed for evaluation
     slide_crop: int  # segmentation: sliding-window size and stride
     slide_stride: int
+    train_order: Optional[SampleOrder] = None  # None: one permutation per pass (ShuffledOrder)
 
 
 def _root(config: TrainConfig, data_root: Optional[str], run_dir: Path) -> Path:
@@ -98,8 +110,10 @@ def build_dense_data(config: TrainConfig, data_root: Optional[str], run_dir: Pat
         train_tf: Any = DetectionTrainTransform(scales, max_size=long_side, crop=crop,
                                                 crop_scales=crop_scales, crop_range=crop_range)
         val_ds: Dataset = CocoInstances(root, "val", DetectionTestTransform(round(800 * ratio), long_side))
-        train_ds: Dataset = CocoInstances(root, "train")
-        return DenseData(train_ds, train_tf, val_ds, crop, crop)
+        train_ds = CocoInstances(root, "train")
+        # GroupSampler by the global batch: every rank's slice is one orientation too
+        order = AspectGroupedOrder(train_ds.landscape_flags(), config.recipe.batch_size, config.seed)
+        return DenseData(train_ds, train_tf, val_ds, crop, crop, order)
     scale = (round(2048 * ratio), round(512 * ratio))
     train_tf = SegmentationTrainTransform(crop, scale)
     val_ds = ADE20K(root, "validation", SegmentationTestTransform(scale))
@@ -107,11 +121,14 @@ def build_dense_data(config: TrainConfig, data_root: Optional[str], run_dir: Pat
 
 
 class SeededSamples(Dataset):
-    """Sample position ``p`` -> the transformed ``p``-th training sample (see the module doc)."""
+    """Sample position ``p`` -> the transformed ``p``-th training sample (see the module doc).
+    ``len`` is one pass's positions (``order.epoch_length``; COCO's grouped passes pad each
+    orientation to whole batches, as MMDet's GroupSampler)."""
 
-    def __init__(self, base: Dataset, transform: Any, seed: int) -> None:
+    def __init__(self, base: Dataset, transform: Any, seed: int, order: Optional[SampleOrder] = None) -> None:
         self.base, self.transform, self.seed = base, transform, seed
-        self.size = len(base)  # type: ignore[arg-type]
+        self.order: SampleOrder = order if order is not None else ShuffledOrder(len(base), seed)  # type: ignore[arg-type]
+        self.size = self.order.epoch_length
         self._perms: dict[int, Tensor] = {}
 
     def __len__(self) -> int:
@@ -120,7 +137,7 @@ class SeededSamples(Dataset):
     def __getitem__(self, position: int) -> Any:
         epoch = position // self.size
         if epoch not in self._perms:
-            self._perms = {epoch: torch.randperm(self.size, generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch)))}
+            self._perms = {epoch: self.order.epoch(epoch)}
         image, target = self.base[int(self._perms[epoch][position % self.size])]
         self.transform.rng = random.Random(derive_seed(self.seed, position, 1))
         return self.transform(image, target)
@@ -174,7 +191,8 @@ def build_dense_model(config: TrainConfig, run_dir: Path) -> nn.Module:
     from mpvgbench.rundir import read_checkpoint
 
     size = pretrain_img_size(config.init_from, run_dir)
-    adapter_kw: dict[str, Any] = {"pretrain_img_size": size, "drop_path_rate": config.recipe.drop_path}
+    adapter_kw: dict[str, Any] = {"pretrain_img_size": size, "drop_path_rate": config.recipe.drop_path,
+                                  "last_ln": config.recipe.adapter_last_ln}
     if dense_task(config) == "detection":
         model: nn.Module = build_mask_rcnn(config.method, config.num_classes, **adapter_kw)
     else:

@@ -1,8 +1,9 @@
 """UperNet (Xiao et al. 2018) decode head and FCN auxiliary head, as MMSegmentation's
 ``UPerHead`` / ``FCNHead`` in the ViT-Adapter ADE20K config, and the segmenter around the adapter.
 
-Conv blocks are conv (no bias) + BatchNorm + ReLU (MMSeg's ``ConvModule`` with SyncBN: convert
-with ``nn.SyncBatchNorm.convert_sync_batchnorm`` under DDP). Resizing is bilinear with
+Conv blocks are conv (no bias) + BatchNorm + ReLU (MMSeg's ``ConvModule`` with SyncBN: the
+dense trainer makes them global-batch BatchNorms under DDP), initialised as ``ConvModule``:
+Kaiming-normal, fan_out, ReLU gain; BatchNorm weight 1, bias 0. Resizing is bilinear with
 ``align_corners=False`` throughout.
 """
 
@@ -23,11 +24,11 @@ __all__ = ["ConvBNReLU", "FCNHead", "PyramidPoolingModule", "UPerHead", "UperNet
 
 class ConvBNReLU(nn.Sequential):
     def __init__(self, cin: int, cout: int, kernel_size: int) -> None:
-        super().__init__(
-            nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
-        )
+        conv = nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False)
+        # MMCV ConvModule.init_weights (kaiming_init's defaults); PyTorch's own default
+        # (Kaiming-uniform, a=sqrt(5)) gives about 5x smaller weights for the 3x3 convs
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        super().__init__(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 def _resize(x: Tensor, size: Sequence[int]) -> Tensor:

@@ -31,7 +31,7 @@ from mpvgbench.config import TrainConfig
 from mpvgbench.downstream.steps import DenseLosses, evaluate_detection, evaluate_segmentation
 from mpvgbench.downstream.train_parts import (
     PRIMARY_METRIC, SeededSamples, build_dense_data, build_dense_model, build_dense_optimizer,
-    collate_fn, dense_backbone, dense_task, position_batches,
+    collate_fn, dense_backbone, dense_settings, dense_task, position_batches,
 )
 from mpvgbench.errors import DataError
 from mpvgbench.train.runtime import DistInfo, Runtime, derive_seed, per_process_batch, seed_everything
@@ -102,7 +102,9 @@ class DenseTask(Task):
         self.tracked_metrics = METRIC_NAMES[self.task]
         self.data = build_dense_data(config, data.data_root, run_dir)
         per_process_batch(recipe.batch_size, dist.world_size)  # fails now, not at the loader
-        iters_per_epoch = len(self.data.train) // recipe.batch_size  # type: ignore[arg-type]
+        self.samples = SeededSamples(self.data.train, self.data.train_transform, config.seed, self.data.train_order)
+        # one pass (COCO: orientation groups padded to whole batches)
+        iters_per_epoch = len(self.samples) // recipe.batch_size
         if recipe.max_steps_per_epoch is not None:
             iters_per_epoch = min(iters_per_epoch, recipe.max_steps_per_epoch)
         if iters_per_epoch == 0:
@@ -120,7 +122,6 @@ class DenseTask(Task):
         optimizer, scheduler = build_dense_optimizer(self.model, config, iters_per_epoch, self.schedule.total_steps)
         self.optimizer, self.scheduler = optimizer, PerIterationSchedule(scheduler)
         self.ema = None
-        self.samples = SeededSamples(self.data.train, self.data.train_transform, config.seed)
 
     def training_forward(self) -> nn.Module:
         return DenseLosses(self.model, self.task)
@@ -158,6 +159,7 @@ class DenseTask(Task):
             "task": self.task, "primary_metric": primary,
             "final_top1": final.get(primary), "best_top1": best.get(primary),
             "final_top5": None, "best_top5": None, "iterations": final.get("iteration", 0),
+            "dense_settings": dense_settings(self.config),
         }
         for name in self.tracked_metrics:
             fields.update({name: final.get(name), f"final_{name}": final.get(name), f"best_{name}": best.get(name)})

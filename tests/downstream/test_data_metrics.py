@@ -258,3 +258,50 @@ def test_perfect_segmentation_is_100(tmp_path) -> None:
     assert cm.miou() == 100.0
     with pytest.raises(ValueError, match="shape"):
         cm.update(torch.zeros(2, 2), torch.zeros(3, 3))
+
+
+def test_crowd_only_images_stay_in_training_with_zero_instances(coco_root) -> None:
+    import json
+
+    ann_file = coco_root / "annotations" / "instances_train2017.json"
+    content = json.loads(ann_file.read_text())
+    crowd_image = content["images"][1]["id"]
+    for ann in content["annotations"]:
+        if ann["image_id"] == crowd_image:
+            ann["iscrowd"] = 1
+    content["annotations"] = [a for a in content["annotations"] if a["image_id"] != content["images"][2]["id"]]
+    ann_file.write_text(json.dumps(content))
+    ds = CocoInstances(coco_root, "train")
+    # MMDet keeps images with any annotation (crowd-only too) and drops images with none
+    assert [ds._coco.ids[i] for i in ds.indices] == [content["images"][i]["id"] for i in (0, 1, 3)]
+    _, target = ds[1]
+    assert int(target["image_id"]) == crowd_image and target["boxes"].shape == (0, 4) and target["masks"].shape == (0, 96, 128)
+    assert ds.landscape_flags() == [True, True, True]  # 128 wide, 96 high
+
+
+def test_hue_is_drawn_on_opencvs_180_scale() -> None:
+    transform = SegmentationTrainTransform(seed=0)
+    factors = []
+    with mock.patch.object(data.TF, "adjust_hue", side_effect=lambda img, f: factors.append(f) or img):
+        for _ in range(400):
+            transform._photometric(torch.rand(3, 4, 4))
+    steps = sorted({round(f * 180) for f in factors})
+    # integers -18..17 on OpenCV's 0-180 scale (numpy's randint excludes the top): +-36 degrees
+    assert steps[0] == -18 and steps[-1] == 17 and all(abs(f * 180 - round(f * 180)) < 1e-9 for f in factors)
+
+
+def test_masks_are_pasted_at_the_original_size() -> None:
+    from mpvgbench.downstream.detection import detect_at_original_size
+
+    torch.manual_seed(0)
+    model = build_mask_rcnn("gap", num_classes=3, fpn_channels=32, **TINY_ADAPTER).eval()
+    model.roi_heads.score_thresh = 0.0  # untrained: keep whatever it finds
+    model.roi_heads.detections_per_img = 5
+    image = torch.rand(3, 64, 96)
+    with torch.no_grad():
+        at_input = model([image])[0]
+        out = detect_at_original_size(model, image, (150, 200))
+    assert model.transform.paste_masks  # restored
+    assert len(out["boxes"]) == len(at_input["boxes"]) > 0
+    torch.testing.assert_close(out["boxes"], at_input["boxes"] * torch.tensor([200 / 96, 150 / 64] * 2))
+    assert out["masks"].shape == (len(out["boxes"]), 1, 150, 200)

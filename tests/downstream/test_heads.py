@@ -27,8 +27,37 @@ def test_param_counts_match_the_official_vit_adapter_t() -> None:
     counts = downstream_param_counts("mpvg")
     # official ViT-Adapter-T: 28.1M with Mask R-CNN, 36.1M with UperNet (their README)
     assert round(counts["mask_rcnn"] / 1e6, 1) == 28.1 and round(counts["upernet"] / 1e6, 1) == 36.1, counts
-    # the exact numbers docs/downstream.md states (incl. 12 x 2 x 192 layer-scale gammas)
-    assert counts == {"backbone": 7_971_440, "mask_rcnn": 28_077_669, "upernet": 36_067_228}
+    # the exact numbers docs/downstream.md states (incl. 12 x 2 x 192 layer-scale gammas); Mask
+    # R-CNN regresses boxes and predicts masks for the 80 objects only: 4,357 fewer than
+    # torchvision's 81-class predictors (1024 x 4 + 4 box, 256 + 1 mask) gave (28,077,669)
+    assert counts == {"backbone": 7_971_440, "mask_rcnn": 28_073_312, "upernet": 36_067_228}
+
+
+def test_heads_predict_80_objects_and_are_initialised_as_mmdetection() -> None:
+    model = build_mask_rcnn("gap", num_classes=80)
+    box, mask = model.roi_heads.box_predictor, model.roi_heads.mask_predictor
+    assert box.cls_score.out_features == 81 and box.bbox_pred.out_features == 320
+    assert mask.mask_fcn_logits.out_channels == 80
+    assert box.cls_score.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert box.bbox_pred.weight.std().item() == pytest.approx(0.001, rel=0.05)
+    assert (box.cls_score.bias == 0).all() and (mask.mask_fcn_logits.bias == 0).all()
+    fc6 = model.roi_heads.box_head.fc6.weight  # Xavier-uniform: bound sqrt(6 / (fan_in + fan_out))
+    assert fc6.abs().max().item() == pytest.approx((6 / sum(fc6.shape)) ** 0.5, rel=0.01)
+    layer = model.backbone.fpn.layer_blocks[0][0].weight  # 3x3, 256 -> 256
+    assert layer.abs().max().item() == pytest.approx((6 / (2 * 256 * 9)) ** 0.5, rel=0.01)
+    # the background block is constant zeros in front of the 80 object blocks
+    scores, deltas = box(torch.randn(5, 1024))
+    assert scores.shape == (5, 81) and deltas.shape == (5, 324) and (deltas[:, :4] == 0).all()
+    logits = mask(torch.randn(2, 256, 14, 14))
+    assert logits.shape == (2, 81, 28, 28) and (logits[:, 0] == 0).all()
+
+
+def test_uper_convs_are_kaiming_normal_fan_out_as_mmcv_conv_module() -> None:
+    head = build_upernet("gap", num_classes=150).decode_head
+    conv = head.bottleneck[0].weight  # 3x3, 960 -> 512: std sqrt(2 / (512 * 9))
+    assert conv.std().item() == pytest.approx((2 / (512 * 9)) ** 0.5, rel=0.02)
+    lateral = head.lateral_convs[0][0].weight  # 1x1, 192 -> 512
+    assert lateral.std().item() == pytest.approx((2 / 512) ** 0.5, rel=0.02)
 
 
 def test_upernet_shapes_and_losses_at_a_non_square_input() -> None:
@@ -107,3 +136,27 @@ def test_mask_rcnn_trains_with_mmdet_settings_and_predicts() -> None:
     with torch.no_grad():
         out = model(images)
     assert out[1]["masks"].shape[-2:] == (96, 128)  # no resizing inside the model
+
+
+def test_anchors_in_the_batch_padding_are_left_out_of_the_rpn_targets() -> None:
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
+    from tests.downstream.tiny import TINY_ADAPTER
+
+    model = build_mask_rcnn("gap", num_classes=3, fpn_channels=32, conv_inplane=16, **TINY_ADAPTER)
+    images = [torch.rand(3, 64, 64), torch.rand(3, 128, 192)]  # the first is padded to 128x192
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 48.0]]), "labels": torch.tensor([1]),
+                "masks": torch.zeros(1, *img.shape[1:], dtype=torch.uint8)} for img in images]
+    image_list, targets = model.transform(images, targets)
+    assert [t["pad_shape"].tolist() for t in targets] == [[64, 64], [128, 192]]
+    features = list(model.backbone(image_list.tensors).values())
+    anchors = model.rpn.anchor_generator(image_list, features)
+    labels, matched = model.rpn.assign_targets_to_anchors(anchors, targets)
+    plain_labels, _ = RegionProposalNetwork.assign_targets_to_anchors(model.rpn, anchors, targets)
+    centres = (anchors[0][:, :2] + anchors[0][:, 2:]) / 2
+    padding = (centres[:, 0] >= 64) | (centres[:, 1] >= 64)
+    assert padding.any() and (labels[0][padding] == -1).all()  # torchvision: easy negatives
+    assert (plain_labels[0][padding] == 0).all()
+    torch.testing.assert_close(labels[0][~padding], plain_labels[0][~padding])
+    torch.testing.assert_close(labels[1], plain_labels[1])  # the largest image has no batch padding
+    assert all(torch.isfinite(model.rpn.box_coder.encode(matched, anchors)[i]).all() for i in range(2))

@@ -75,3 +75,14 @@ def test_dense_cells_are_deit_tiny_only_and_smoke_keeps_the_task() -> None:
     assert child.depends_on == parent.key and child.config.num_classes == 3
     full = expand(parse_spec({**base, "models": ["deit_tiny"]}))[1].config
     assert (full.img_size, full.num_classes, full.recipe.lr, full.recipe.epochs) == (1024, 80, 1e-4, 36)
+
+
+def test_the_open_questions_are_recipe_options_recorded_with_the_run(tmp_path) -> None:
+    from mpvgbench.downstream.train_parts import build_dense_model, dense_settings
+
+    from tests.downstream.tiny import ade_config, coco_config
+
+    config = ade_config(adapter_last_ln="apply", batch_size=4)
+    assert dense_settings(config) == {"last_ln": "apply", "batch": 4, "batching": "shuffled"}
+    assert dense_settings(coco_config()) == {"last_ln": "skip", "batch": 2, "batching": "orientation groups"}
+    assert build_dense_model(config, tmp_path).backbone.config.last_ln == "apply"

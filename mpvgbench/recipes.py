@@ -28,7 +28,10 @@ DATASET_INFO: dict[str, DatasetInfo] = {
     "cifar100": DatasetInfo(100, 32, 3),
     "imagenet": DatasetInfo(1000, 224, 3),
     "imagefolder": DatasetInfo(None, 224, 3),  # root/train/<class>/*, root/val/<class>/*
-    "synthetic": DatasetInfo(1000, 224, 3),  # random tensors: smoke runs and benchmarks
+    "synthetic": DatasetInfo(1000, 224, 3),  # random tensors: benchmarks
+    # run --smoke's generated stand-ins in the real on-disk formats (mpvgbench.data_standins)
+    "imagenet_synthetic": DatasetInfo(10, 224, 3),
+    "cifar100_synthetic": DatasetInfo(10, 32, 3),
     # Dense prediction (paper Tables 3-4): img_size is the training crop (Tables 8-9).
     "coco": DatasetInfo(80, 1024, 3),  # root/train2017, root/val2017, root/annotations
     "ade20k": DatasetInfo(150, 512, 3),  # root/ADEChallengeData2016 (or root is it)
@@ -42,12 +45,23 @@ DOWNSTREAM_TASKS: dict[str, str] = {
     "coco": "detection", "coco_synthetic": "detection",
     "ade20k": "segmentation", "ade20k_synthetic": "segmentation",
 }
-# ``run --smoke`` keeps a dense-prediction cell's task: it trains on the stand-in dataset
-# (classification cells all go to ``synthetic``).
-SMOKE_DATASETS: dict[str, str] = {"coco": "coco_synthetic", "ade20k": "ade20k_synthetic"}
+# ``run --smoke`` trains each cell on a generated stand-in in its dataset's on-disk format, read
+# by the real reader through the recipe's real transforms (mpvgbench.data_standins); a dense
+# cell keeps its task. A user's imagefolder gets ImageNet's stand-in; the rest ``synthetic``.
+SMOKE_DATASETS: dict[str, str] = {
+    "imagenet": "imagenet_synthetic", "cifar100": "cifar100_synthetic",
+    "coco": "coco_synthetic", "ade20k": "ade20k_synthetic",
+}
 DOWNSTREAM_MODELS = frozenset({"deit_tiny"})  # ViT-Adapter-Ti wraps DeiT-Ti only
 SMALL_IMAGE_DATASETS = frozenset({"digits", "cifar100"})
 SMOKE_NUM_CLASSES = 10
+
+
+def smoke_dataset(dataset: str) -> str:
+    """The dataset a ``--smoke`` cell on ``dataset`` trains on (see ``SMOKE_DATASETS``)."""
+    if dataset == "imagefolder":
+        return SMOKE_DATASETS["imagenet"]
+    return SMOKE_DATASETS.get(dataset, "synthetic")
 
 
 def dataset_info(name: str) -> DatasetInfo:

@@ -80,7 +80,8 @@ def check_writable_dir(path: Path, what: str, fix: str) -> None:
         raise UserError(f"{what} {path} cannot hold run directories ({problem}); {fix}")
 
 
-ROOT_FREE_DATASETS = frozenset({"digits", "synthetic", "coco_synthetic", "ade20k_synthetic"})
+ROOT_FREE_DATASETS = frozenset({"digits", "synthetic", "coco_synthetic", "ade20k_synthetic",
+                                "imagenet_synthetic", "cifar100_synthetic"})  # bundled or generated
 
 
 def check_data_roots(spec: Spec, jobs: Sequence[Job], *, local: bool, download: bool) -> None:

@@ -167,9 +167,10 @@ def ensure_standin(dataset: str, root: str | Path) -> Path:
     """``root`` holding ``dataset``'s stand-in, built now unless an earlier call finished it.
 
     Built into a sibling temporary folder and renamed into place: a killed build leaves no
-    half-written root, and of two concurrent builds (same bytes) the first rename wins."""
+    half-written root, and of two concurrent builds (same bytes) the first rename wins. A root
+    that exists is therefore complete (or made by a ``make_*`` call) and is used as it is."""
     root = Path(root)
-    if (root / ".complete").is_file():
+    if root.is_dir():
         return root
     build = STANDIN_DATASETS[dataset]
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -181,7 +182,7 @@ def ensure_standin(dataset: str, root: str | Path) -> Path:
         os.rename(tmp, root)
     except OSError:  # another process finished first (root exists and is not empty)
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (root / ".complete").is_file():
+        if not root.is_dir():
             raise
     return root
 

@@ -266,9 +266,12 @@ class _Builder:
         dataset = smoke_dataset(cell.dataset) if self.smoke else cell.dataset
         group = (cell.model, cell.method, dataset, id(recipe), img_size, num_classes, init_from)
         if group not in self._groups:
+            # data.loader picks the classification pipeline; the dense trainer has its own
+            loader = "timm" if dataset in DOWNSTREAM_TASKS else self.spec.data.loader
             self._groups[group] = TrainConfig(
                 model=cell.model, method=cell.method, dataset=dataset, img_size=img_size,
                 num_classes=num_classes, seed=cell.seed, recipe=recipe, init_from=init_from,
+                loader=loader,
             )
         # Only the seed varies within a group, and it is a validated spec value: no re-validation.
         config = self._groups[group].model_copy(update={"seed": cell.seed})

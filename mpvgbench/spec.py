@@ -110,6 +110,9 @@ class DataSection(_Section):
     roots: DataRoots = DataRoots()
     num_workers: Optional[Annotated[int, Field(ge=0, le=256)]] = None  # null: per dataset
     download: bool = False  # fetch CIFAR-100 into data.roots.cifar100 when it is missing
+    # the classification input pipeline: timm (the paper's) or dali (GPU decode + augmentation,
+    # pip install 'mpvgbench[dali]'; docs/data.md lists how its augmentation differs)
+    loader: Literal["timm", "dali"] = "timm"
 
 
 class ExecutorSection(_Section):

@@ -24,7 +24,6 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
 from mpvgbench.checkpoint import LoopState, checkpoint_payload, restore_checkpoint
 from mpvgbench.config import TrainConfig
@@ -51,11 +50,9 @@ from mpvgbench.trainer_bookkeeping import (
 from mpvgbench.training_parts import (
     DistInfo,
     NonFiniteLossError,
-    ShardSampler,
     build_mixup,
     build_scheduler,
     build_train_loss,
-    build_train_sampler,
     derive_seed,
     dist_info,
     evaluate,
@@ -101,8 +98,8 @@ class _Parts:
     ema: Optional[nn.Module]
     criterion: nn.Module
     mixup: Optional[Callable[..., Any]]
-    train_loader: DataLoader
-    val_loader: DataLoader
+    train_loader: Any  # data_loaders.Loaders.train: a DataLoader, or a DALI loader
+    val_loader: Any
     train_sampler: Any
     loader_gen: torch.Generator
     steps_per_epoch: int
@@ -132,33 +129,23 @@ def _setup(
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True  # fixed shapes (drop_last): tune conv algos once
 
-    from mpvgbench.data import build_datasets
+    from mpvgbench.data_loaders import build_loaders  # HOOK (issue 19): timm DataLoaders or DALI
 
     seed_everything(config.seed)  # model init is a function of the seed alone
-    train_ds, val_ds = build_datasets(config, data_root, download=download)
+    loaders = build_loaders(config, data_root, batch_size=batch_size, dist=dist, device=dev,
+                            num_workers=num_workers, download=download)
+    train_loader, val_loader, train_sampler = loaders.train, loaders.val, loaders.train_sampler
+    loader_gen = loaders.generator  # re-seeded every epoch: loader worker / DALI seeds come from it
     model = (model_factory or build_model_for_config)(
         config, drop_rate=recipe.drop, drop_path_rate=recipe.drop_path
     ).to(dev)
 
-    train_sampler = build_train_sampler(train_ds, recipe, dist)
-    loader_gen = torch.Generator()  # re-seeded every epoch: DataLoader worker seeds come from it
-    loader_kw: dict[str, Any] = {"num_workers": num_workers, "pin_memory": dev.type == "cuda"}
-    # persistent_workers stays off: fresh workers every epoch are seeded from loader_gen, which
-    # is what makes augmentation a function of the epoch (exact resume) with num_workers > 0.
-    train_loader = DataLoader(
-        train_ds, batch_size=batch_size, sampler=train_sampler, drop_last=True,
-        generator=loader_gen, **loader_kw,
-    )
-    val_loader = DataLoader(
-        val_ds, batch_size=batch_size, sampler=ShardSampler(val_ds, dist.rank, dist.world_size),
-        **loader_kw,
-    )
     steps_per_epoch = len(train_loader)
     if recipe.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, recipe.max_steps_per_epoch)
     if steps_per_epoch == 0:
         raise ValueError(
-            f"the training set ({len(train_ds)} images) is smaller than one per-process batch "
+            f"the training set ({loaders.train_size} images) is smaller than one per-process batch "
             f"({batch_size}); lower recipe.batch_size"
         )
 

@@ -94,6 +94,7 @@ def test_each_recipe_transform_survives_a_few_hundred_draws(name: str, roots: di
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # ~55 s per 224 transform on an idle core; far more on a shared one
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))
 def test_each_recipe_transform_survives_20000_draws(name: str, roots: dict[str, Path]) -> None:
     config = TRANSFORMS[name]

@@ -8,6 +8,12 @@ machine drift hits them alike; ratios are medians of per-chunk ratios. Prints a 
 with ``--json``, writes every number. Exit status 1 when a loss is not finite or a target is
 missed.
 
+Data-bound check (``--loader-seconds``, 0 to skip): each model's training pipeline (the timm
+transforms its recipe uses at its default size: ImageNet JPEGs at 224, CIFAR at 32) is timed on
+one core with ``bench_loader.py``; a model is data-bound here when its training img/s divided by
+that per-core rate exceeds the cores this machine has per GPU. (Meaningful at full size, not
+with ``--tiny``: the model then runs at its smoke size.)
+
 Targets (printed beside the numbers):
   GPU: mpvg train >= 0.97x its default, eval >= 0.99x; our default DeiT-Ti >= 1.0x timm's.
   CPU: no method below 0.95x its default (train and eval).
@@ -309,6 +315,49 @@ def ddp_check(device: torch.device) -> dict[str, Any]:
             "status": f"2-process {backend} step {'ok' if ok else 'FAILED'} ({result})"}
 
 
+# ------------------------------------------------------------------------------ data-bound
+
+
+def data_bound_check(report: dict[str, Any], seconds: float, images: int = 100) -> dict[str, Any]:
+    """Per model: cores its loader needs at this GPU's training speed vs cores here per GPU."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_loader
+
+    gpus = max(1, torch.cuda.device_count()) if report["device"].startswith("cuda") else 1
+    cores_here = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = torch.get_num_threads()
+    try:
+        used = {r["model"] for r in report["results"]}
+        pipelines = [p for p in bench_loader.shipped_pipelines() if p.split == "train" and p.models & used]
+        if pipelines:  # vit_micro trains on the in-memory digits: no loader to time
+            with tempfile.TemporaryDirectory(prefix="gpu_check_loader_") as tmp:
+                rows = bench_loader.measure(pipelines, bench_loader.make_roots(Path(tmp), images), seconds)
+    finally:
+        torch.set_num_threads(threads)
+    models = []
+    for need in bench_loader.cores_per_gpu(report, rows):
+        need["cores_here_per_gpu"] = cores_here // gpus
+        need["data_bound"] = need["cores_per_gpu"] > need["cores_here_per_gpu"]
+        models.append(need)
+    return {"cores_here": cores_here, "gpus": gpus, "models": models, "pipelines": rows}
+
+
+def print_data_bound(check: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"data-bound? {check['cores_here']} cores for {check['gpus']} GPU(s), timm loader")
+    for col in ("model", "train img/s", "loader img/s/core", "cores needed", "cores here", "data-bound"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for m in check["models"]:
+        bound = "[red]yes[/]" if m["data_bound"] else "[green]no[/]"
+        table.add_row(m["model"], f"{m['gpu_train_img_s']:.0f}", f"{m['loader_img_s_per_core']:.0f}",
+                      str(m["cores_per_gpu"]), str(m["cores_here_per_gpu"]), bound)
+    Console(width=160).print(table)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -326,6 +375,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--no-timm", action="store_true", help="skip timm's deit_tiny_patch16_224")
     p.add_argument("--ddp", choices=["auto", "off"], default="auto",
                    help="auto: 2-process step (NCCL with 2 GPUs, gloo on CPU)")
+    p.add_argument("--loader-seconds", type=float, default=5.0,
+                   help="seconds per training pipeline for the data-bound check (0: skip it)")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     args = p.parse_args(argv)
     if args.batch_size is None:
@@ -342,6 +393,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     report = summarize(measure(args, device), args, device)
     report["ddp"] = ddp_check(device) if args.ddp == "auto" else {"ran": False, "status": "skipped: --ddp off"}
     print_report(report)
+    if args.loader_seconds > 0:
+        report["data_bound"] = data_bound_check(report, args.loader_seconds)
+        print_data_bound(report["data_bound"])
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     failed = not all(r["losses_finite"] for r in report["results"])

@@ -4,7 +4,8 @@ Each distinct train and eval pipeline of the shipped specs' classification cells
 transforms ``mpvgbench.data`` builds from the recipe) runs in this one process on one thread
 (one core): the real reader (ImageFolder decoding JPEGs, CIFAR100 reading its arrays), the
 transform and the DataLoader's collate, over generated ImageNet-sized JPEGs (500x375, quality 90)
-and CIFAR-100-format arrays (32x32). Decode alone is timed too. Mixup/CutMix run on the device
+and CIFAR-100-format arrays (32x32). Decode alone is timed too. Rates are images per CPU-second
+of this process (``time.process_time``), not per wall-clock second. Mixup/CutMix run on the device
 batch in the trainer and are not a loader cost.
 
 With ``--gpu-json`` (the file ``gpu_check.py --json`` writes) it divides each model's training
@@ -99,18 +100,20 @@ def _dataset(pipeline: Pipeline, root: Path, *, transform: bool = True) -> Any:
 
 
 def images_per_s(dataset: Any, seconds: float, batch_size: int = 64, collate: bool = True) -> float:
-    """One core: this process on one thread reads, transforms and collates for ``seconds``."""
+    """One core: this process on one thread reads, transforms and collates for ``seconds`` of
+    its own CPU time; images per CPU-second, so a machine shared with other work still
+    measures what one core of it does (wall-clock would count the time others held the core)."""
     from torch.utils.data import DataLoader
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0,
                         collate_fn=None if collate else (lambda batch: batch))
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    done, start = 0, time.process_time()
+    while time.process_time() - start < seconds:
         for batch in loader:
             done += len(batch[0]) if collate else len(batch)
-            if time.perf_counter() - start >= seconds:
+            if time.process_time() - start >= seconds:
                 break
-    return done / (time.perf_counter() - start)
+    return done / (time.process_time() - start)
 
 
 def measure(pipelines: list[Pipeline], roots: dict[str, Path], seconds: float) -> list[dict[str, Any]]:

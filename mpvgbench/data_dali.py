@@ -157,9 +157,11 @@ def _graph(settings: PipelineSettings, *, batch_size: int, num_threads: int, dev
 def _pipeline(graph: Any, *, batch_size: int, num_threads: int, device_id: Optional[int], seed: int) -> Any:
     from nvidia.dali import Pipeline
 
-    pipe = Pipeline.deserialize(serialized_pipeline=graph, seed=seed, batch_size=batch_size,
-                                num_threads=num_threads, device_id=device_id, prefetch_queue_depth=1)
-    pipe.build()
+    with warnings.catch_warnings():  # the deprecated aliases again, as the graph is rebuilt
+        warnings.simplefilter("ignore")
+        pipe = Pipeline.deserialize(serialized_pipeline=graph, seed=seed, batch_size=batch_size,
+                                    num_threads=num_threads, device_id=device_id, prefetch_queue_depth=1)
+        pipe.build()
     return pipe
 
 

@@ -105,3 +105,24 @@ def test_dali_cpu_run_has_the_loss_trajectory_shape_of_the_timm_run(tmp_path: Pa
     assert min(falls.values()) >= 0.1, falls
     assert max(falls.values()) <= 2 * min(falls.values()), falls
     assert min(tops.values()) > 10.0, tops
+
+
+def test_run_refuses_dali_up_front_when_it_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run` says so in one line, exit 2, before a database exists."""
+    import yaml
+    from click.testing import CliRunner
+
+    import mpvgbench.data_dali as data_dali
+    from mpvgbench.cli import cli
+
+    def missing() -> None:
+        raise DataError(data_dali.DALI_MISSING)
+
+    monkeypatch.setattr(data_dali, "require_dali", missing)
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "d", "models": ["vit_micro"], "methods": ["mpvg"],
+                                    "datasets": ["cifar100"], "seeds": [0], "data": {"loader": "dali"}}))
+    res = CliRunner().invoke(cli, ["run", str(spec), "--smoke", "--device", "cpu"])
+    assert res.exit_code == 2 and "pip install 'mpvgbench[dali]'" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / ".smoke" / "results.db").exists()

@@ -89,6 +89,10 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
     name = executor_name or spec.executor.name
     # Every input is checked before the database is written or a job starts (docs/reliability.md).
     check_data_roots(spec, jobs, local=name != "slurm", download=download or spec.data.download)
+    if name != "slurm" and any(job.config.loader == "dali" for job in jobs):
+        from mpvgbench.data_dali import require_dali
+
+        require_dali()  # one line, before anything is stored (a cluster may have it: not checked)
     device = preflight_device(device or spec.executor.device, local=name != "slurm", smoke=smoke)
     runs_root = resolve_runs_root(runs_dir, spec).resolve()
     check_writable_dir(runs_root, "runs dir", "pass --runs-dir DIR or set results.runs_dir in the spec")

@@ -49,3 +49,14 @@ def test_gpu_check_says_whether_training_is_data_bound(gpu_img_s: float, bound: 
     check = gpu_check.data_bound_check(report, seconds=0.3, images=10)
     (model,) = check["models"]
     assert model["data_bound"] is bound and model["cores_here_per_gpu"] >= 1
+
+
+@pytest.mark.slow  # DALI's graph build takes ~10-20 s per pipeline on the 2-core machine
+def test_gpu_check_times_the_dali_pipelines_in_cpu_mode() -> None:
+    pytest.importorskip("nvidia.dali")
+    import gpu_check
+    import torch
+
+    check = gpu_check.dali_check(torch.device("cpu"), images=10, batches=2, batch_size=4)
+    assert [row["pipeline"] for row in check["pipelines"]] == list(gpu_check.DALI_PIPELINES)
+    assert all(row["img_s"] > 0 and row["finite"] for row in check["pipelines"])

@@ -8,6 +8,16 @@ machine drift hits them alike; ratios are medians of per-chunk ratios. Prints a 
 with ``--json``, writes every number. Exit status 1 when a loss is not finite or a target is
 missed.
 
+Data-bound check (``--loader-seconds``, 0 to skip): each model's training pipeline (the timm
+transforms its recipe uses at its default size: ImageNet JPEGs at 224, CIFAR at 32) is timed on
+one core with ``bench_loader.py``; a model is data-bound here when its training img/s divided by
+that per-core rate exceeds the cores this machine has per GPU. (Meaningful at full size, not
+with ``--tiny``: the model then runs at its smoke size.)
+
+``--dali`` also times ``data.loader: dali``'s training pipelines on the device (nvJPEG decode,
+crop, RandAugment on the GPU; CIFAR resident on it), in img/s, for comparison with the models'
+training img/s.
+
 Targets (printed beside the numbers):
   GPU: mpvg train >= 0.97x its default, eval >= 0.99x; our default DeiT-Ti >= 1.0x timm's.
   CPU: no method below 0.95x its default (train and eval).
@@ -309,6 +319,89 @@ def ddp_check(device: torch.device) -> dict[str, Any]:
             "status": f"2-process {backend} step {'ok' if ok else 'FAILED'} ({result})"}
 
 
+# ------------------------------------------------------------------------------ data-bound
+
+
+def data_bound_check(report: dict[str, Any], seconds: float, images: int = 100) -> dict[str, Any]:
+    """Per model: cores its loader needs at this GPU's training speed vs cores here per GPU."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_loader
+
+    gpus = max(1, torch.cuda.device_count()) if report["device"].startswith("cuda") else 1
+    cores_here = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = torch.get_num_threads()
+    try:
+        used = {r["model"] for r in report["results"]}
+        pipelines = [p for p in bench_loader.shipped_pipelines() if p.split == "train" and p.models & used]
+        if pipelines:  # vit_micro trains on the in-memory digits: no loader to time
+            with tempfile.TemporaryDirectory(prefix="gpu_check_loader_") as tmp:
+                rows = bench_loader.measure(pipelines, bench_loader.make_roots(Path(tmp), images), seconds)
+    finally:
+        torch.set_num_threads(threads)
+    models = []
+    for need in bench_loader.cores_per_gpu(report, rows):
+        need["cores_here_per_gpu"] = cores_here // gpus
+        need["data_bound"] = need["cores_per_gpu"] > need["cores_here_per_gpu"]
+        models.append(need)
+    return {"cores_here": cores_here, "gpus": gpus, "models": models, "pipelines": rows}
+
+
+def print_data_bound(check: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"data-bound? {check['cores_here']} cores for {check['gpus']} GPU(s), timm loader")
+    for col in ("model", "train img/s", "loader img/s/core", "cores needed", "cores here", "data-bound"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for m in check["models"]:
+        bound = "[red]yes[/]" if m["data_bound"] else "[green]no[/]"
+        table.add_row(m["model"], f"{m['gpu_train_img_s']:.0f}", f"{m['loader_img_s_per_core']:.0f}",
+                      str(m["cores_per_gpu"]), str(m["cores_here_per_gpu"]), bound)
+    Console(width=160).print(table)
+
+
+DALI_PIPELINES = ("imagenet-224-train", "cifar100-32-train")  # DeiT family on JPEGs; ViT-Lite on CIFAR
+
+
+def dali_check(device: torch.device, *, images: int = 100, batches: int = 20, batch_size: int = 128) -> dict[str, Any]:
+    """Training img/s of ``data.loader: dali`` on this device (GPU decode and augmentation; on a
+    CPU, DALI's CPU mode), for the two training pipelines, after one untimed batch (graph build)."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_loader
+    from mpvgbench.data import build_datasets
+    from mpvgbench.data_dali import build_dali_loader, require_dali
+
+    require_dali()
+    threads = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="gpu_check_dali_") as tmp:
+        roots = bench_loader.make_roots(Path(tmp), images)
+        for pipeline in (p for p in bench_loader.shipped_pipelines() if p.name in DALI_PIPELINES):
+            real = pipeline.config.dataset
+            config = pipeline.config.model_copy(update={
+                "dataset": bench_loader.STAND_IN[real], "num_classes": 10, "loader": "dali"})
+            train, _ = build_datasets(config, roots[real], train_transform_only=True)
+            sampler = torch.utils.data.RandomSampler(train, replacement=True, num_samples=batch_size * (batches + 1),
+                                                     generator=torch.Generator().manual_seed(0))
+            loader = build_dali_loader(config, train, sampler, is_training=True, batch_size=batch_size, device=device,
+                                       num_threads=threads, generator=torch.Generator().manual_seed(0))
+            batch_iter = iter(loader)
+            next(batch_iter)  # builds the graph and the pipeline
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(batches):
+                x, _ = next(batch_iter)
+            _sync(device)
+            rate = batch_size * batches / (time.perf_counter() - start)
+            rows.append({"pipeline": pipeline.name, "models": sorted(pipeline.models), "img_s": round(rate, 1),
+                         "finite": bool(torch.isfinite(x).all())})
+    return {"device": str(device), "threads": threads, "batch_size": batch_size, "pipelines": rows}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -326,6 +419,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--no-timm", action="store_true", help="skip timm's deit_tiny_patch16_224")
     p.add_argument("--ddp", choices=["auto", "off"], default="auto",
                    help="auto: 2-process step (NCCL with 2 GPUs, gloo on CPU)")
+    p.add_argument("--loader-seconds", type=float, default=5.0,
+                   help="seconds per training pipeline for the data-bound check (0: skip it)")
+    p.add_argument("--dali", action="store_true", help="also time data.loader: dali's training pipelines")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     args = p.parse_args(argv)
     if args.batch_size is None:
@@ -342,6 +438,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     report = summarize(measure(args, device), args, device)
     report["ddp"] = ddp_check(device) if args.ddp == "auto" else {"ran": False, "status": "skipped: --ddp off"}
     print_report(report)
+    if args.loader_seconds > 0:
+        report["data_bound"] = data_bound_check(report, args.loader_seconds)
+        print_data_bound(report["data_bound"])
+    if args.dali:
+        report["dali"] = dali_check(device)
+        for row in report["dali"]["pipelines"]:
+            print(f"DALI {row['pipeline']} on {report['dali']['device']}: {row['img_s']:.0f} img/s "
+                  f"({report['dali']['threads']} threads, batch {report['dali']['batch_size']})")
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     failed = not all(r["losses_finite"] for r in report["results"])

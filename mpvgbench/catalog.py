@@ -113,11 +113,15 @@ DATASET_TABLE: dict[str, DatasetInfo] = {
     d.name: d
     for d in (
         DatasetInfo("digits", 10, 8, 1, needs_root=False),  # sklearn's 1797 8x8 digits, bundled
-        DatasetInfo("cifar100", 100, 32, 3),
-        DatasetInfo("imagenet", 1000, 224, 3),
-        DatasetInfo("imagefolder", None, 224, 3),  # root/train/<class>/*, root/val/<class>/*
-        # random tensors: smoke runs and benchmarks
+        DatasetInfo("cifar100", 100, 32, 3, smoke_stand_in="cifar100_synthetic"),
+        DatasetInfo("imagenet", 1000, 224, 3, smoke_stand_in="imagenet_synthetic"),
+        # root/train/<class>/*, root/val/<class>/*; its smoke run reads ImageNet's stand-in
+        DatasetInfo("imagefolder", None, 224, 3, smoke_stand_in="imagenet_synthetic"),
+        # random tensors: benchmarks
         DatasetInfo("synthetic", 1000, 224, 3, smoke_stand_in=None, needs_root=False),
+        # run --smoke's generated stand-ins in the real on-disk formats (mpvgbench.data_standins)
+        DatasetInfo("imagenet_synthetic", 10, 224, 3, smoke_stand_in=None, needs_root=False),
+        DatasetInfo("cifar100_synthetic", 10, 32, 3, smoke_stand_in=None, needs_root=False),
         # Dense prediction (paper Tables 3-4): img_size is the training crop (Tables 8-9).
         DatasetInfo("coco", 80, 1024, 3, "detection", "coco_synthetic"),  # train2017, val2017, annotations
         DatasetInfo("ade20k", 150, 512, 3, "segmentation", "ade20k_synthetic"),  # ADEChallengeData2016
@@ -130,10 +134,12 @@ DATASET_TABLE: dict[str, DatasetInfo] = {
 DOWNSTREAM_TASKS: dict[str, str] = {
     d.name: d.task for d in DATASET_TABLE.values() if d.task != "classification"
 }
-#: `run --smoke` keeps a dense-prediction cell's task: its stand-in (classification: synthetic)
+#: ``run --smoke`` trains each cell on a generated stand-in in its dataset's on-disk format, read by
+#: the real reader through the recipe's real transforms (mpvgbench.data_standins); a dense cell
+#: keeps its task. Datasets without a stand-in of their own (digits) train on ``synthetic``.
 SMOKE_DATASETS: dict[str, str] = {
     d.name: d.smoke_stand_in for d in DATASET_TABLE.values()
-    if d.task != "classification" and d.smoke_stand_in is not None
+    if d.smoke_stand_in not in (None, "synthetic")
 }
 DOWNSTREAM_MODELS = frozenset({"deit_tiny"})  # ViT-Adapter-Ti wraps DeiT-Ti only
 
@@ -144,6 +150,11 @@ def dataset_info(name: str) -> DatasetInfo:
         return DATASET_TABLE[name]
     except KeyError:
         raise UnknownNameError(f"unknown dataset {name!r}; allowed: {', '.join(DATASET_TABLE)}") from None
+
+
+def smoke_dataset(dataset: str) -> str:
+    """The dataset a ``--smoke`` cell on ``dataset`` trains on (a stand-in trains on itself)."""
+    return dataset_info(dataset).smoke_stand_in or dataset
 
 
 def task_of(dataset: str) -> TaskInfo:

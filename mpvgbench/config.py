@@ -113,6 +113,9 @@ class TrainConfig(BaseModel):
     seed: NonNegativeCount = 0
     recipe: Recipe = Recipe()
     init_from: Optional[str] = None  # job key of a finished run whose weights start this one (fine-tuning)
+    # Added after v1: the input pipeline (spec data.loader). DALI's augmentations are its own
+    # (docs/data.md), so a dali run is another run; at the default it is left out of the key.
+    loader: Literal["timm", "dali"] = "timm"
 
     def key(self) -> str:
         return config_key(self)

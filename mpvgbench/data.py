@@ -7,7 +7,9 @@
 | cifar100 | ``<root>/cifar-100-python/{train,test,meta}`` (torchvision's layout) | ``data.roots.cifar100`` |
 | imagenet | ``ImageFolder(<root>/train)``, ``ImageFolder(<root>/val)`` | ``data.roots.imagenet`` |
 | imagefolder | any ``<root>/train/<class>/``, ``<root>/val/<class>/`` | ``data.roots.imagefolder`` |
-| synthetic | deterministic random tensors (smoke runs, benchmarks) | none |
+| synthetic | deterministic random tensors (benchmarks) | none |
+| imagenet_synthetic | ImageNet's layout and oddities, generated (``run --smoke``; ``data_standins``) | generated |
+| cifar100_synthetic | CIFAR-100's pickles, generated, md5s from the project's manifest | generated |
 
 RGB data uses timm's ``create_transform`` driven by the recipe (through ``augment.recipe_transform``,
 which keeps RandAugment's 0-bit posterize a black image under Pillow 13). Nothing is downloaded unless
@@ -27,6 +29,8 @@ from mpvgbench.catalog import DATASET_TABLE, DatasetInfo, dataset_info
 
 DATASETS: dict[str, DatasetInfo] = DATASET_TABLE  # the catalog's table, under its old name
 IN_MEMORY_DATASETS = frozenset({"digits"})
+CIFAR_DATASETS = frozenset({"cifar100", "cifar100_synthetic"})  # CIFAR's normalisation
+IMAGE_FOLDER_DATASETS = frozenset({"imagenet", "imagefolder", "imagenet_synthetic"})
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -90,10 +94,15 @@ def build_datasets(
     train_tf = _transform(config, is_training=True)
     val_tf = None if train_transform_only else _transform(config, is_training=False)
     root = _require_root(name, data_root)
-    if name == "cifar100":
-        train = cifar100(root, "train", train_tf, download=download)  # fetches + verifies once
-        val = None if val_tf is None else cifar100(root, "test", val_tf)
-    else:  # imagenet, imagefolder
+    if name.endswith("_synthetic"):  # a generated stand-in (data_standins): built once, cached
+        from mpvgbench.data_standins import ensure_standin
+
+        ensure_standin(name, root)
+    if name in CIFAR_DATASETS:
+        trusted = name == "cifar100_synthetic"  # md5s from the stand-in's manifest, never for real data
+        train = cifar100(root, "train", train_tf, download=download and not trusted, trust_manifest=trusted)
+        val = None if val_tf is None else cifar100(root, "test", val_tf, trust_manifest=trusted)
+    else:  # imagenet, imagefolder, imagenet_synthetic
         train = _image_folder(name, root, "train", train_tf)
         val = None if val_tf is None else _image_folder(name, root, "val", val_tf)
     _check_classes(name, train, config.num_classes)
@@ -104,6 +113,9 @@ def build_datasets(
 
 
 def _require_root(name: str, data_root: str | Path | None) -> Path:
+    if (data_root is None or str(data_root) == "") and name.endswith("_synthetic"):
+        raise DataError(f"{name} is generated into a root that must be given (run --smoke passes "
+                        f".smoke/data/...; elsewhere pass data_root=)")
     if data_root is None or str(data_root) == "":
         raise DataError(
             f"data.roots.{name} is not set; point it at the dataset folder in the spec "
@@ -111,6 +123,8 @@ def _require_root(name: str, data_root: str | Path | None) -> Path:
             + (" or set data.download: true" if name == "cifar100" else "")
         )
     root = Path(data_root).expanduser()
+    if name.endswith("_synthetic"):
+        return root  # generated on first use
     if not root.is_dir():
         raise DataError(f"data.roots.{name}: {str(root)!r} is not a directory")
     return root
@@ -130,7 +144,7 @@ def _transform(config: TrainConfig, *, is_training: bool) -> Callable[[Any], Any
 
     recipe = config.recipe
     mean, std = (
-        (CIFAR100_MEAN, CIFAR100_STD) if config.dataset == "cifar100" else (IMAGENET_MEAN, IMAGENET_STD)
+        (CIFAR100_MEAN, CIFAR100_STD) if config.dataset in CIFAR_DATASETS else (IMAGENET_MEAN, IMAGENET_STD)
     )
     if not is_training:
         return recipe_transform(
@@ -223,18 +237,30 @@ def _digits_arrays() -> tuple[Any, Any, Any, Any]:
 # --------------------------------------------------------------------------- cifar100
 
 
-def cifar100(root: Path, split: str, transform: Optional[Callable] = None, *, download: bool = False) -> Any:
+def cifar100(root: Path, split: str, transform: Optional[Callable] = None, *, download: bool = False,
+             trust_manifest: bool = False) -> Any:
     """torchvision's CIFAR100 (fine labels) under ``<root>/cifar-100-python``.
 
     torchvision checks every file's md5 before unpickling it, so a damaged or foreign file is
     refused before it could run anything; its RuntimeError becomes a one-line DataError.
+    ``trust_manifest`` (the ``cifar100_synthetic`` stand-in only) checks the files against the md5s
+    in the manifest the project wrote next to them instead of the real CIFAR-100's: set on this
+    one instance, so torchvision's class-level sums, which real data is checked against, stay.
     """
     from torchvision.datasets import CIFAR100
 
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    dataset = CIFAR100.__new__(CIFAR100)
+    if trust_manifest:
+        from mpvgbench.data_standins import read_manifest
+
+        md5 = read_manifest(root)
+        dataset.train_list, dataset.test_list = [["train", md5["train"]]], [["test", md5["test"]]]
+        dataset.meta = {"filename": "meta", "key": "fine_label_names", "md5": md5["meta"]}
     try:
-        return CIFAR100(str(root), train=split == "train", transform=transform, download=download)
+        CIFAR100.__init__(dataset, str(root), train=split == "train", transform=transform, download=download)
+        return dataset
     except RuntimeError:
         raise DataError(
             f"data.roots.cifar100: {Path(root) / 'cifar-100-python'} is missing or has damaged files "

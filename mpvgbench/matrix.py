@@ -6,11 +6,12 @@ A cell's recipe is ``recipes.default_recipe(family, dataset)`` <- ``spec.recipe`
 ``spec.model_overrides[model].recipe``. A cell with ``init_from: {dataset: D}`` starts from
 the same model/method/seed trained on ``D`` with D's default recipe; that parent run becomes
 a job of its own (``parent_only=True`` unless it is a cell too), listed before its children.
-Order is deterministic and every key appears once. ``smoke=True`` runs every cell on
-``synthetic`` data at the model's small smoke size with 10 classes and
-``recipes.smoke_recipe`` (2 epochs x 2 steps): other keys, same code paths. Dense-prediction
-cells (coco, ade20k) keep their task on smoke: they run on ``recipes.SMOKE_DATASETS``'
-generated stand-ins (``coco_synthetic``, ``ade20k_synthetic``) at those datasets' sizes.
+Order is deterministic and every key appears once. ``smoke=True`` runs every cell at the
+model's small smoke size with 10 classes and
+``recipes.smoke_recipe`` (2 epochs x 2 steps): other keys, same code paths. Each cell runs on
+``recipes.smoke_dataset``'s generated stand-in in its dataset's real format (ImageNet's JPEG
+folder, CIFAR-100's pickles: the real readers and the recipe's real transforms; dense cells
+keep their task on COCO/ADE20K stand-ins, at those stand-ins' sizes).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from mpvgbench.config import Recipe, TrainConfig, config_key
 from mpvgbench.errors import MpvgbenchError, SpecError
 from mpvgbench.methods import PEMethod
 from mpvgbench.recipes import (
-    DOWNSTREAM_MODELS, DOWNSTREAM_TASKS, SMOKE_DATASETS, SMOKE_NUM_CLASSES, dataset_info,
-    default_img_size, default_recipe, smoke_recipe,
+    DOWNSTREAM_MODELS, DOWNSTREAM_TASKS, SMOKE_NUM_CLASSES, dataset_info, default_img_size,
+    default_recipe, smoke_dataset, smoke_recipe,
 )
 from mpvgbench.spec import AXES, CELL_KEYS, InitFrom, Spec, recipe_overrides
 
@@ -245,8 +246,8 @@ class _Builder:
             if self.smoke:
                 recipe = smoke_recipe(recipe, info.family, dataset)
                 img_size, num_classes = info.smoke_img_size, SMOKE_NUM_CLASSES
-                if dataset in SMOKE_DATASETS:
-                    stand_in = dataset_info(SMOKE_DATASETS[dataset])
+                if dataset in DOWNSTREAM_TASKS:  # the dense stand-in's own crop and classes
+                    stand_in = dataset_info(smoke_dataset(dataset))
                     img_size, num_classes = stand_in.img_size, stand_in.num_classes or num_classes
             init = None if is_parent else _init_from(spec, model)
             self._settings[cache_key] = (recipe, img_size, num_classes, init)
@@ -262,12 +263,15 @@ class _Builder:
         *,
         parent_only: bool,
     ) -> Job:
-        dataset = SMOKE_DATASETS.get(cell.dataset, "synthetic") if self.smoke else cell.dataset
+        dataset = smoke_dataset(cell.dataset) if self.smoke else cell.dataset
         group = (cell.model, cell.method, dataset, id(recipe), img_size, num_classes, init_from)
         if group not in self._groups:
+            # data.loader picks the classification pipeline; the dense trainer has its own
+            loader = "timm" if dataset in DOWNSTREAM_TASKS else self.spec.data.loader
             self._groups[group] = TrainConfig(
                 model=cell.model, method=cell.method, dataset=dataset, img_size=img_size,
                 num_classes=num_classes, seed=cell.seed, recipe=recipe, init_from=init_from,
+                loader=loader,
             )
         # Only the seed varies within a group, and it is a validated spec value: no re-validation.
         config = self._groups[group].model_copy(update={"seed": cell.seed})

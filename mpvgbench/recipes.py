@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, Optional
 
 from mpvgbench.catalog import (  # noqa: F401 - dataset names re-exported from the catalog
     DATASET_TABLE, DOWNSTREAM_MODELS, DOWNSTREAM_TASKS, SMOKE_DATASETS, DatasetInfo, dataset_info,
-    model_info,
+    model_info, smoke_dataset,
 )
 from mpvgbench.config import ParamGroup, Recipe
 

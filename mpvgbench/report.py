@@ -112,8 +112,8 @@ class _Index:
         groups: dict[tuple[str, str, PEMethod], dict[str, list[ResultRow]]] = defaultdict(
             lambda: defaultdict(list))
         for row in rows:
-            # a dense-prediction smoke stand-in reports as its dataset (a full run, with more
-            # epochs, wins the cell below); classification smoke runs stay under "synthetic"
+            # a smoke stand-in reports as its dataset (a full run, with more epochs, wins the
+            # cell below)
             dataset = _SMOKE_STAND_IN_FOR.get(row.dataset, row.dataset)
             groups[(row.model, dataset, row.method)][row.variant].append(row)
         self.cells: dict[tuple[str, str, PEMethod], list[ResultRow]] = {}

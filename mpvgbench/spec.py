@@ -26,12 +26,14 @@ Format (only ``name``, ``models``, ``methods``, ``datasets`` are required)::
     dataset_overrides: {imagefolder: {num_classes: 37, img_size: 224}}
     # model_overrides.M.slurm / dataset_overrides.D.slurm: resources of those cells on Slurm
     # (keys set there replace the spec's `slurm:`; model over dataset over spec)
-    data: {roots: {cifar100: /d/c100, imagenet: /d/in1k, imagefolder: /d/x}, num_workers: 8, download: false}
+    data: {roots: {cifar100: /d/c100, imagenet: /d/in1k, imagefolder: /d/x}, num_workers: 8, download: false,
+           loader: timm}                # or dali: GPU decode + augmentation (docs/data.md)
     executor: {name: local, workers: 2, device: auto}   # or slurm (+ a `slurm:` section)
     results: {db: results.db, runs_dir: runs}
 
-``data``, ``executor``, ``slurm`` (also inside the overrides), ``results``, ``name`` and
-``description`` never change a job key. ``init_from: {dataset: D}`` applies to a model's cells on other datasets only.
+``data`` (except ``data.loader: dali``, whose augmentation makes another run), ``executor``,
+``slurm`` (also inside the overrides), ``results``, ``name`` and ``description`` never change a
+job key. ``init_from: {dataset: D}`` applies to a model's cells on other datasets only.
 """
 
 from __future__ import annotations
@@ -110,6 +112,9 @@ class DataSection(_Section):
     roots: DataRoots = DataRoots()
     num_workers: Optional[Annotated[int, Field(ge=0, le=256)]] = None  # null: per dataset
     download: bool = False  # fetch CIFAR-100 into data.roots.cifar100 when it is missing
+    # the classification input pipeline: timm (the paper's) or dali (GPU decode + augmentation,
+    # pip install 'mpvgbench[dali]'; docs/data.md lists how its augmentation differs)
+    loader: Literal["timm", "dali"] = "timm"
 
 
 class ExecutorSection(_Section):

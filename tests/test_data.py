@@ -215,7 +215,8 @@ def test_image_folder_without_val_split(tmp_path: Path) -> None:
 
 def test_registry_and_info() -> None:
     assert set(DATASETS) == {"digits", "cifar100", "imagenet", "imagefolder", "synthetic",
-                             "coco", "ade20k", "coco_synthetic", "ade20k_synthetic"}  # the last four: Tables 3-4
+                             "coco", "ade20k", "coco_synthetic", "ade20k_synthetic",  # Tables 3-4
+                             "imagenet_synthetic", "cifar100_synthetic"}  # run --smoke's stand-ins
     digits, cifar = dataset_info("digits"), dataset_info("cifar100")
     assert (digits.num_classes, digits.img_size, digits.in_chans) == (10, 8, 1)
     assert (cifar.num_classes, cifar.img_size, cifar.in_chans) == (100, 32, 3)

@@ -156,7 +156,9 @@ def test_dataset_defaults_and_overrides() -> None:
     assert (folder.config.img_size, folder.config.num_classes) == (224, 37)
 
 
-def test_smoke_maps_every_cell_to_a_tiny_synthetic_run() -> None:
+def test_smoke_maps_every_cell_to_a_tiny_run_on_its_datasets_stand_in() -> None:
+    """ImageNet cells train on the generated ImageNet-format stand-in (the real reader and the
+    recipe's real transforms), the digits quickstart on the synthetic tensors."""
     real = expand(load_spec(EXPERIMENTS / "table1.yaml")) + expand(load_spec(EXPERIMENTS / "quickstart.yaml"))
     smoke = expand(load_spec(EXPERIMENTS / "table1.yaml"), smoke=True) + expand(
         load_spec(EXPERIMENTS / "quickstart.yaml"), smoke=True)
@@ -164,7 +166,9 @@ def test_smoke_maps_every_cell_to_a_tiny_synthetic_run() -> None:
     assert not {j.key for j in smoke} & {j.key for j in real}
     for job in smoke:
         c, r = job.config, job.config.recipe
-        assert c.dataset == "synthetic" and c.num_classes == 10
+        assert c.dataset == ("synthetic" if c.model == "vit_micro" else "imagenet_synthetic")
+        assert c.num_classes == 10
+        assert r.randaugment == default_recipe_for(job).randaugment and r.mixup == default_recipe_for(job).mixup
         assert r.epochs <= 2 and r.max_steps_per_epoch == 2 and r.eval_max_batches == 1 and r.batch_size <= 8
         assert r.warmup_epochs <= 1 and r.cooldown_epochs == 0
         expected = {"swin_tiny": 64, "vit_micro": 8}.get(c.model, 32)
@@ -172,8 +176,16 @@ def test_smoke_maps_every_cell_to_a_tiny_synthetic_run() -> None:
     assert {j.cell[1] for j in smoke} == {j.cell[1] for j in real}
 
 
+def default_recipe_for(job: Any) -> Any:
+    from mpvgbench.catalog import model_info
+    from mpvgbench.recipes import default_recipe
+
+    return default_recipe(model_info(job.model).family, "digits" if job.model == "vit_micro" else "imagenet")
+
+
 def test_smoke_keeps_init_from_inside_the_smoke_matrix() -> None:
     jobs = expand(load_spec(EXPERIMENTS / "table2.yaml"), smoke=True)
+    assert {j.dataset for j in jobs} == {"imagenet_synthetic", "cifar100_synthetic"}
     keys = {j.key for j in jobs}
     children = [j for j in jobs if j.depends_on]
     assert len(children) == 4 and all(j.depends_on in keys for j in children)

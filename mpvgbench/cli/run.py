@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local jobs at once (one GPU each when GPUs exist).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Device for local jobs.")
 @click.option("--dry-run", is_flag=True, help="Print the matrix (key, cell, new/done/failed) and run nothing.")
-@click.option("--smoke", is_flag=True, help="Run the whole matrix on synthetic data, small size, a few steps.")
+@click.option("--smoke", is_flag=True, help="Run the whole matrix on generated stand-ins of its datasets, small size, a few steps.")
 @click.option("--force", is_flag=True, help="Rerun finished jobs too.")
 @click.option("--retry-failed", is_flag=True, help="Rerun jobs stored as failed.")
 @click.option("--fail-fast", is_flag=True, help="Stop everything at the first failed job.")
@@ -68,9 +68,10 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
       mpvgbench run experiments/table1.yaml --executor slurm
 
     \b
-    --smoke runs every cell on synthetic data, small, for a few steps, on the CPU when no GPU
-    is here, into its own database and runs dir (.smoke/), keeping no checkpoints: it checks
-    the pipeline, never touches real results.
+    --smoke runs every cell on generated stand-ins of its dataset in the real file format
+    (.smoke/data), through the real readers and transforms, small, for a few steps, on the CPU
+    when no GPU is here, into its own database and runs dir (.smoke/), keeping no checkpoints:
+    it checks the pipeline, never touches real results.
     """
     from mpvgbench.data import default_num_workers
     from mpvgbench.executors.base import RunContext
@@ -88,6 +89,10 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
     name = executor_name or spec.executor.name
     # Every input is checked before the database is written or a job starts (docs/reliability.md).
     check_data_roots(spec, jobs, local=name != "slurm", download=download or spec.data.download)
+    if name != "slurm" and any(job.config.loader == "dali" for job in jobs):
+        from mpvgbench.data_dali import require_dali
+
+        require_dali()  # one line, before anything is stored (a cluster may have it: not checked)
     device = preflight_device(device or spec.executor.device, local=name != "slurm", smoke=smoke)
     runs_root = resolve_runs_root(runs_dir, spec).resolve()
     check_writable_dir(runs_root, "runs dir", "pass --runs-dir DIR or set results.runs_dir in the spec")
@@ -119,9 +124,14 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
     if not todo:
         return
 
+    data_roots = {d: root for d in {job.dataset for job in todo} if (root := spec.data_root(d))}
+    if smoke:  # real-format stand-ins (ImageNet JPEGs, CIFAR pickles), generated once under .smoke/data
+        from mpvgbench.data_standins import smoke_data_roots
+
+        data_roots.update(smoke_data_roots({job.dataset for job in todo}, SMOKE_DIR))
     ctx = RunContext(
         runs_root=runs_root,
-        data_roots={d: root for d in {job.dataset for job in todo} if (root := spec.data_root(d))},
+        data_roots=data_roots,
         device=device,
         num_workers=(spec.data.num_workers if spec.data.num_workers is not None
                      else max(default_num_workers(job.dataset) for job in todo)),

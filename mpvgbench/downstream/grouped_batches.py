@@ -26,7 +26,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from mpvgbench.training_parts import derive_seed
+from mpvgbench.train.runtime import derive_seed
 
 __all__ = ["AspectGroupedOrder", "SampleOrder", "ShuffledOrder", "padding_share"]
 

@@ -12,15 +12,13 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mpvgbench.config import TrainConfig
 from mpvgbench.errors import ConfigError, DataError
 from mpvgbench.optim import build_optimizer
-from mpvgbench.train.classification_parts import (
-    ShardSampler, build_mixup, build_scheduler, build_train_loss, build_train_sampler, evaluate_classifier,
-)
+from mpvgbench.train.classification_parts import build_mixup, build_scheduler, build_train_loss, evaluate_classifier
 from mpvgbench.train.init_weights import load_init_weights
+from mpvgbench.train.loaders import build_loaders
 from mpvgbench.train.runtime import Runtime, derive_seed, per_process_batch, seed_everything
 from mpvgbench.train.task import DataOptions, ModelFactory, Schedule, Task
 
@@ -37,20 +35,6 @@ class ClassifierLoss(nn.Module):
         return {"loss": self.criterion(self.model(images), targets)}
 
 
-def build_loaders(train_ds: Dataset, val_ds: Dataset, train_sampler: Sampler[int], val_sampler: Sampler[int],
-                  batch_size: int, num_workers: int, pin_memory: bool,
-                  generator: torch.Generator) -> tuple[DataLoader, DataLoader]:
-    """The training and evaluation DataLoaders (the one place that builds them; a faster loader
-    must keep the data order a function of the sampler and ``generator``, which are re-seeded
-    every epoch, for resume to stay exact)."""
-    # persistent_workers stays off: fresh workers every epoch are seeded from ``generator``,
-    # which is what makes augmentation a function of the epoch (exact resume) with workers.
-    common: dict[str, Any] = {"num_workers": num_workers, "pin_memory": pin_memory}
-    train = DataLoader(train_ds, batch_size=batch_size, sampler=train_sampler, drop_last=True,
-                       generator=generator, **common)
-    return train, DataLoader(val_ds, batch_size=batch_size, sampler=val_sampler, **common)
-
-
 class ClassificationTask(Task):
     """``model_factory(config, drop_rate=..., drop_path_rate=...)`` builds the model (default
     :func:`mpvgbench.models.build_model_for_config`)."""
@@ -61,7 +45,6 @@ class ClassificationTask(Task):
 
     def __init__(self, config: TrainConfig, run_dir: Path, runtime: Runtime, data: DataOptions,
                  model_factory: Optional[ModelFactory]) -> None:
-        from mpvgbench.data import build_datasets
         from mpvgbench.models import build_model_for_config
 
         recipe, dist = config.recipe, runtime.dist
@@ -72,19 +55,18 @@ class ClassificationTask(Task):
             raise ConfigError(f"mixup/cutmix need an even per-process batch, got {batch_size}; "
                               "change recipe.batch_size or turn recipe.mixup and recipe.cutmix off")
         seed_everything(config.seed)  # model init is a function of the seed alone
-        train_ds, val_ds = build_datasets(config, data.data_root, download=data.download)
+        # the timm DataLoaders (the paper's pipeline) or DALI's (data.loader); draws no random number
+        loaders = build_loaders(config, data.data_root, batch_size=batch_size, dist=dist, device=runtime.device,
+                                num_workers=data.num_workers, download=data.download)
         self.model = (model_factory or build_model_for_config)(
             config, drop_rate=recipe.drop, drop_path_rate=recipe.drop_path).to(runtime.device)
-        self.train_sampler = build_train_sampler(train_ds, recipe, dist)
-        self.loader_generator = torch.Generator()  # re-seeded every epoch: loader worker seeds
-        self.train_loader, self.val_loader = build_loaders(
-            train_ds, val_ds, self.train_sampler, ShardSampler(val_ds, dist.rank, dist.world_size),
-            batch_size, data.num_workers, runtime.device.type == "cuda", self.loader_generator)
+        self.train_sampler, self.loader_generator = loaders.train_sampler, loaders.generator  # re-seeded every epoch
+        self.train_loader, self.val_loader = loaders.train, loaders.val
         steps_per_epoch = len(self.train_loader)
         if recipe.max_steps_per_epoch is not None:
             steps_per_epoch = min(steps_per_epoch, recipe.max_steps_per_epoch)
         if steps_per_epoch == 0:
-            raise DataError(f"the {config.dataset} training set ({len(train_ds)} images) is smaller "  # type: ignore[arg-type]
+            raise DataError(f"the {config.dataset} training set ({loaders.train_size} images) is smaller "
                             f"than one per-process batch ({batch_size}); lower recipe.batch_size")
         self.schedule = Schedule(recipe.total_epochs * steps_per_epoch, steps_per_epoch)
         self.optimizer = build_optimizer(self.model, recipe, runtime.device.type)  # names before compile

@@ -135,8 +135,9 @@ def test_dry_run_prints_the_matrix_and_writes_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_smoke_runs_the_matrix_on_synthetic_data(tmp_path: Path) -> None:
-    # cifar100 with no data root: a real run refuses it up front, a smoke run needs no data
+def test_smoke_runs_the_matrix_on_generated_stand_ins(tmp_path: Path) -> None:
+    # cifar100 with no data root: a real run refuses it up front, a smoke run generates its
+    # stand-in (CIFAR-100's pickles) under .smoke/data and reads it with the real reader
     spec = write_spec(tmp_path / "spec.yaml", datasets=["cifar100"])
     res = invoke("run", spec)
     assert res.exit_code == 2 and "data.roots.cifar100 is not set" in res.output, res.output
@@ -145,7 +146,8 @@ def test_smoke_runs_the_matrix_on_synthetic_data(tmp_path: Path) -> None:
     res = invoke("run", spec, "--smoke")
     assert res.exit_code == 0, res.output
     (job,) = jobs_of(spec, smoke=True)
-    assert job.config.dataset == "synthetic" and job.config.recipe.max_steps_per_epoch == 2
+    assert job.config.dataset == "cifar100_synthetic" and job.config.recipe.max_steps_per_epoch == 2
+    assert (tmp_path / ".smoke" / "data" / "cifar100_synthetic-v1" / "cifar-100-python" / "train").is_file()
     # its own database and runs dir, never the real ones; no weights kept after success
     assert not (tmp_path / "results.db").exists() and not (tmp_path / "runs").exists()
     run_dir = tmp_path / ".smoke" / "runs" / job.key
@@ -155,7 +157,7 @@ def test_smoke_runs_the_matrix_on_synthetic_data(tmp_path: Path) -> None:
     assert "mpvgbench report --db" in res.output
     with Store(tmp_path / ".smoke" / "results.db") as store:
         (row,) = store.runs()
-        assert (row.key, row.dataset, row.status) == (job.key, "synthetic", "finished")
+        assert (row.key, row.dataset, row.status) == (job.key, "cifar100_synthetic", "finished")
 
 
 # ----------------------------------------------------------------------------------- status

@@ -10,7 +10,7 @@ import torch
 
 from mpvgbench.downstream.grouped_batches import AspectGroupedOrder, ShuffledOrder, padding_share
 from mpvgbench.downstream.train_parts import SeededSamples, position_batches
-from mpvgbench.training_parts import derive_seed
+from mpvgbench.train.runtime import derive_seed
 
 # COCO-like: 2/3 landscape (mostly 640x480 / 640x427), 1/3 portrait, a few squares (w / h = 1
 # counts as "not landscape", as MMDet's flag)

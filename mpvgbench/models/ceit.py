@@ -318,7 +318,7 @@ def mpvg_ceit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> MPVGC
     if pretrained:
         raise ValueError("mpvg_ceit_tiny_patch16_224 has no pretrained weights")
     args: dict[str, Any] = {"embed_dim": 192, "depth": 12, "num_heads": 3, "mlp_ratio": 4.0, **kwargs}
-    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), args["depth"])
+    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), args["depth"], "ceit")
     return build_model_with_cfg(
         MPVGCeiT, "mpvg_ceit_tiny_patch16_224", pretrained=False,
         feature_cfg=dict(out_indices=3, feature_cls="getter"), **args,

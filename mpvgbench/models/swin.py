@@ -211,7 +211,7 @@ def mpvg_swin_tiny_patch4_window7_224(pretrained: bool = False, **kwargs: Any) -
         "num_heads": (3, 6, 12, 24),
         **kwargs,
     }
-    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), sum(args["depths"]))
+    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), sum(args["depths"]), "swin")
     return build_model_with_cfg(
         MPVGSwinTransformer,
         "mpvg_swin_tiny_patch4_window7_224",

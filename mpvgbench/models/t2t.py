@@ -163,6 +163,8 @@ class T2TModule(nn.Module):
 class MPVGT2TViT(MPVGVisionTransformer):
     """T2T-ViT: :class:`MPVGVisionTransformer` with the T2T module and a fixed sinusoidal PE."""
 
+    pe_family = "t2t"
+
     def __init__(self, pe_method: PEMethod = DEFAULT_METHOD, token_dim: int = 64, **kwargs: Any) -> None:
         if "embed_layer" in kwargs:
             raise ValueError("embed_layer is the T2T module; do not pass it")
@@ -203,7 +205,7 @@ def mpvg_t2t_vit_7(pretrained: bool = False, **kwargs: Any) -> MPVGT2TViT:
         "qkv_bias": False,
         **kwargs,
     }
-    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), args["depth"])
+    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), args["depth"], "t2t")
     return build_model_with_cfg(
         MPVGT2TViT,
         "mpvg_t2t_vit_7",

@@ -125,6 +125,7 @@ def check_cells(spec: Spec) -> list[Cell]:
     for model, method in dict.fromkeys((c.model, c.method) for c in found):
         try:
             method.validate_for_depth(model_info(model).depth)
+            method.validate_for_family(model_info(model).family, model)  # e.g. rope on swin: refused
         except MpvgbenchError as exc:
             raise spec.error(_method_field(spec, method), f"{method.label} on {model}: {exc}") from None
     for model, dataset in dict.fromkeys((c.model, c.dataset) for c in found):

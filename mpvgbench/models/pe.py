@@ -161,6 +161,12 @@ class PositionEncoding(nn.Module):
         super().__init__()
         self.context = context
 
+    @classmethod
+    def expected_parameters(cls, context: PEContext) -> Optional[int]:
+        """How many parameters the module owns in ``context`` (``check-method`` compares;
+        ``None``: not declared)."""
+        return None
+
     def init_pos_embed(self, pos_embed: Optional[nn.Parameter]) -> None:
         """Set the value of the absolute PE ``pos_0`` (after the backbone's own init)."""
 
@@ -379,12 +385,14 @@ class PEModelMixin:
 
     pe_method: PEMethod
     pe_chain: PositionEmbeddingChain
-    pe_encoding: Optional[PositionEncoding] = None  # the method's own module (None: learned PE)
+    # the method's own module, a submodule only when there is one (the learned PE's state dict is
+    # unchanged); no class-level default: nn.Module would find it before its registered submodule
+    pe_encoding: Optional[PositionEncoding]
 
     def pe_build_encoding(self, context: PEContext) -> None:
         encoding = build_encoding(self.pe_method, context)
-        if encoding is not None:  # only then a submodule: the learned PE's state dict is unchanged
-            self.pe_encoding = encoding
+        self.pe_encoding = encoding
+        if encoding is not None:
             encoding.init_pos_embed(getattr(self, "pos_embed", None))
 
     def pe_pos0(self) -> Optional[Tensor]:
@@ -397,14 +405,15 @@ class PEModelMixin:
     def pe_at_input(self, x: Tensor) -> Tensor:
         pos0 = self.pe_pos0()
         x = self.pe_chain.at_input(x, pos0)
-        return x if self.pe_encoding is None else self.pe_encoding.at_input(x, pos0)
+        encoding = getattr(self, "pe_encoding", None)
+        return x if encoding is None else encoding.at_input(x, pos0)
 
     def pe_outputs(self) -> PEOutputs:
         pos0 = self.pe_pos0()
         out = self.pe_chain(pos0, self.pe_transform()) if pos0 is not None else None
         if out is None:
             out = PEOutputs((None,) * self.pe_chain.depth, None)
-        encoding = self.pe_encoding
+        encoding = getattr(self, "pe_encoding", None)
         if encoding is None:
             return out
         extra = encoding.block_terms(pos0, self.pe_transform())
@@ -413,12 +422,14 @@ class PEModelMixin:
         return out._replace(rope=encoding.rotary())
 
     def pe_after_block(self, index: int, x: Tensor) -> Tensor:
-        return x if self.pe_encoding is None else self.pe_encoding.after_block(index, x)
+        encoding = getattr(self, "pe_encoding", None)
+        return x if encoding is None else encoding.after_block(index, x)
 
     def pe_no_weight_decay(self) -> set[str]:
         names = self.pe_chain.no_weight_decay_names("pe_chain.")
-        if self.pe_encoding is not None:  # a PE method's parameters are PEs: no decay
-            names |= {"pe_encoding." + name for name, _ in self.pe_encoding.named_parameters()}
+        encoding = getattr(self, "pe_encoding", None)
+        if encoding is not None:  # a PE method's parameters are PEs: no decay
+            names |= {"pe_encoding." + name for name, _ in encoding.named_parameters()}
         return names
 
 

@@ -48,6 +48,10 @@ def sincos2d_table(grid: tuple[int, int], dim: int) -> Tensor:
 class SinCos2D(PositionEncoding):
     """Fixed 2-D sin-cos ``pos_0`` (MAE / MoCo v3), frozen; zero row for the class token."""
 
+    @classmethod
+    def expected_parameters(cls, context: PEContext) -> int:
+        return 0  # it only sets the backbone's pos_0 (counted there, as MAE's frozen parameter)
+
     def init_pos_embed(self, pos_embed: Optional[nn.Parameter]) -> None:
         assert self.context is not None and pos_embed is not None
         dim = pos_embed.shape[-1]
@@ -65,6 +69,10 @@ class RopeAxial(PositionEncoding):
     """RoPE-ViT's RoPE-Axial: one fixed table shared by every block and head."""
 
     theta = 100.0  # RoPE-ViT's rope_theta for the axial variant
+
+    @classmethod
+    def expected_parameters(cls, context: PEContext) -> int:
+        return 0
 
     def __init__(self, context: PEContext) -> None:
         super().__init__(context)
@@ -84,6 +92,11 @@ class RopeMixed(PositionEncoding):
 
     theta = 10.0  # RoPE-ViT's rope_theta for the mixed variant
 
+    @classmethod
+    def expected_parameters(cls, context: PEContext) -> int:
+        # RoPE-ViT: freqs (2, depth, heads * head_dim / 2), i.e. depth x dim
+        return context.depth * context.dim
+
     def __init__(self, context: PEContext) -> None:
         super().__init__(context)
         self.rope = RotaryEmbeddingMixed(context.dim, context.depth, context.num_heads,
@@ -98,6 +111,10 @@ class PEG(PositionEncoding):
     """CPVT's position encoding generator after block 0: ``x + DWConv3x3(x)`` on the patch grid."""
 
     after = 0  # CPVT: the PEG sits after the first encoder block
+
+    @classmethod
+    def expected_parameters(cls, context: PEContext) -> int:
+        return context.dim * 9 + context.dim  # depthwise 3x3 weights and a bias per channel
 
     def __init__(self, context: PEContext) -> None:
         super().__init__(context)

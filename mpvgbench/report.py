@@ -177,6 +177,7 @@ def _paper(table: PaperTable, index: _Index, which: str) -> ReportTable:
     if table.downstream:
         out.notes.append(f"dense prediction: experiments/table{table.id}.yaml trains it; a "
                          "smoke stand-in's run shows until a full run is stored")
+    out.notes.extend(table.notes)
     out.notes.append(f"measured: mean ± sample std over seeds of the {which} epoch's value; "
                      "Δ = measured mean - paper")
     return out

@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 
 @cli.command()
-@click.option("--table", "table_number", default=None, metavar="1-6|fig5",
-              help="The paper's table (1-6) or Fig. 5; default: pivot everything stored.")
+@click.option("--table", "table_number", default=None, metavar="1-6|fig5|zoo",
+              help="The paper's table (1-6), Fig. 5 or the PE zoo; default: pivot everything stored.")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "latex", "csv", "json", "html"]),
               default="table", show_default=True,
               help="html: one self-contained page (tables, training curves, analysis figures); needs -o.")

@@ -2,6 +2,8 @@
 
 Interleaved: every repetition measures every method once, in order, so load on a shared machine
 hits all methods alike; the ratio to ``default`` is taken per repetition and the median reported.
+Time is the process's CPU time (``--clock cpu``, default), which other processes on a loaded
+machine do not inflate as much as wall-clock time (``--clock wall``).
 
     python benchmarks/bench_pe_methods.py [--reps 3] [--batch 16] [--threads 1]
 """
@@ -19,10 +21,10 @@ import mpvgbench.models as M
 METHODS = ("default", "sincos2d", "rope_axial", "rope_mixed", "peg", "peg_gap", "mpvg")
 
 
-def images_per_s(model: torch.nn.Module, x: torch.Tensor, train: bool, steps: int) -> float:
+def images_per_s(model: torch.nn.Module, x: torch.Tensor, train: bool, steps: int, clock=time.process_time) -> float:
     model.train(train)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    start = time.perf_counter()
+    start = clock()
     for _ in range(steps):
         if train:
             optimizer.zero_grad(set_to_none=True)
@@ -31,7 +33,7 @@ def images_per_s(model: torch.nn.Module, x: torch.Tensor, train: bool, steps: in
         else:
             with torch.no_grad():
                 model(x)
-    return steps * x.shape[0] / (time.perf_counter() - start)
+    return steps * x.shape[0] / (clock() - start)
 
 
 def main() -> None:
@@ -40,18 +42,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = {m: M.build_model("deit_tiny", m) for m in METHODS}
     x = torch.randn(args.batch, 3, 224, 224)
     for model in models.values():  # warm-up
         images_per_s(model, x[:2], True, 1)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     rates: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.reps):
         for mode in ("train", "eval"):
             for name, model in models.items():
-                rates.setdefault((name, mode), []).append(images_per_s(model, x, mode == "train", args.steps))
-    print(f"DeiT-Ti, batch {args.batch}, {args.threads} thread(s), {args.reps} interleaved reps, median")
+                rates.setdefault((name, mode), []).append(images_per_s(model, x, mode == "train", args.steps, clock))
+    print(f"DeiT-Ti, batch {args.batch}, {args.threads} thread(s), {args.reps} interleaved reps, "
+          f"{args.clock} time, median")
     print(f"{'method':<12}{'train img/s':>12}{'x default':>10}{'eval img/s':>12}{'x default':>10}")
     for name in METHODS:
         cells = []

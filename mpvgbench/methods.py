@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
@@ -298,11 +298,20 @@ def resolve_method(value: MethodLike) -> PEMethod:
     )
 
 
+_plugin_loader: Optional[Callable[[], None]] = None
+
+
+def set_plugin_loader(loader: Callable[[], None]) -> None:
+    """Installed by ``mpvgbench.pe_plugins`` on import (this module must not import it: it sits
+    below it): loads the plugins the environment and the installed entry points name."""
+    global _plugin_loader
+    _plugin_loader = loader
+
+
 def _load_plugins_for(name: str) -> None:
     """A name nothing registered has may be a plugin's: load the configured plugins."""
-    from mpvgbench import pe_plugins  # lazy: plugins import torch code
-
-    pe_plugins.load_configured_plugins()
+    if _plugin_loader is not None:
+        _plugin_loader()
 
 
 def method_label(value: MethodLike) -> str:

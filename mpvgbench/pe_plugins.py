@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 from mpvgbench.errors import MpvgbenchError
-from mpvgbench.methods import ENCODINGS, PRESETS, EncodingInfo, register_preset, resolve_method
+from mpvgbench.methods import ENCODINGS, PRESETS, EncodingInfo, register_preset, resolve_method, set_plugin_loader
 
 ENV_VAR = "MPVGBENCH_PE_PLUGINS"
 ENTRY_POINT_GROUP = "mpvgbench.pe_methods"
@@ -157,3 +157,5 @@ def load_configured_plugins() -> None:
         if path:
             load_plugin_file(path)
 
+
+set_plugin_loader(load_configured_plugins)

@@ -3,15 +3,23 @@ names it; its identity in the job key; `methods`, `check-method`; a plugin that 
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
+from mpvgbench import pe_plugins
+from mpvgbench.errors import MethodError, MpvgbenchError
 from mpvgbench.matrix import expand
+from mpvgbench.methods import ENCODINGS, PRESETS, resolve_method
 from mpvgbench.pe_plugins import ENV_VAR
 from mpvgbench.spec import load_spec
 
@@ -20,6 +28,15 @@ README = (ROOT / "README.md").read_text()
 SECTION = README.split("## Add your own position-embedding method", 1)[1].split("\n## ", 1)[0]
 PLUGIN = re.findall(r"```py\n(.*?)```", SECTION, flags=re.S)[0]
 SPEC = re.findall(r"```yaml\n(.*?)```", SECTION, flags=re.S)[0]
+
+
+@pytest.fixture(autouse=True)
+def registry_restored() -> Iterator[None]:
+    """A plugin registers into process-wide tables: leave them as they were for other tests."""
+    encodings, presets = dict(ENCODINGS), dict(PRESETS)
+    yield
+    ENCODINGS.clear(), ENCODINGS.update(encodings)
+    PRESETS.clear(), PRESETS.update(presets)
 
 
 @pytest.fixture
@@ -76,8 +93,39 @@ def test_a_plugin_that_raises_is_one_line_and_exit_2(walkthrough: Path) -> None:
 
 @pytest.mark.slow
 def test_the_walkthrough_trains_and_reports(walkthrough: Path) -> None:
-    done = _cli("run", "my_pe.yaml", "--executor", "debug", "--set", "recipe.epochs=1", "--set", "seeds=[0]",
+    # the local executor: the worker process finds the plugin through the environment
+    done = _cli("run", "my_pe.yaml", "--set", "recipe.epochs=1", "--set", "seeds=[0]",
                 cwd=walkthrough)
     assert done.returncode == 0, done.stderr[-2000:]
     report = _cli("report", "--spec", "my_pe.yaml", cwd=walkthrough)
     assert report.returncode == 0 and "axial_learned" in report.stdout
+
+
+def test_a_job_recorded_with_another_version_of_the_plugin_is_refused(walkthrough: Path) -> None:
+    import mpvgbench.models as M
+
+    load_spec(walkthrough / "my_pe.yaml")
+    stale = dataclasses.replace(resolve_method("axial_learned"), plugin="my_pe:0000000000000000")
+    with pytest.raises(MethodError, match="the plugin changed; rerun the spec"):
+        M.build_model("vit_micro", stale, num_classes=10)
+    assert M.build_model("vit_micro", "axial_learned", num_classes=10)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_a_missing_plugin_file_is_one_line(walkthrough: Path) -> None:
+    (walkthrough / "spec.yaml").write_text(SPEC.replace("my_pe.py", "nope.py"))
+    with pytest.raises(MpvgbenchError, match=r"^plugin .*nope.py: no such file$"):
+        load_spec(walkthrough / "spec.yaml")
+
+
+def test_an_installed_entry_point_registers_its_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "ep_pe.py").write_text(PLUGIN.replace('@register_pe_method("axial_learned", families=("micro", '
+                                                      '"deit", "vit_lite"), add_to_input=False)\n', ""))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    point = SimpleNamespace(name="ep_axial", value="ep_pe:AxialLearned",
+                            load=lambda: importlib.import_module("ep_pe").AxialLearned)
+    monkeypatch.setattr(pe_plugins, "entry_points", lambda group: [point] if group == "mpvgbench.pe_methods" else [])
+    monkeypatch.setattr(pe_plugins, "_entry_points_loaded", False)
+    monkeypatch.setenv(ENV_VAR, "")
+    method = resolve_method("ep_axial")  # an unknown name loads the installed entry points
+    assert method.encoding == "ep_axial" and method.plugin.startswith("ep_pe:")
+    assert ENCODINGS["ep_axial"].source.endswith("ep_pe.py")

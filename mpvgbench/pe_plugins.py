@@ -40,6 +40,7 @@ from mpvgbench.errors import MpvgbenchError
 from mpvgbench.methods import ENCODINGS, PRESETS, EncodingInfo, register_preset, resolve_method, set_plugin_loader
 
 ENV_VAR = "MPVGBENCH_PE_PLUGINS"
+ENCODING_FAMILIES: tuple[str, ...] = ("micro", "deit", "vit_lite", "t2t")  # backbones with pe_encoding
 ENTRY_POINT_GROUP = "mpvgbench.pe_methods"
 
 __all__ = ["ENTRY_POINT_GROUP", "ENV_VAR", "PluginError", "load_configured_plugins", "load_plugin_file",
@@ -69,7 +70,7 @@ def _module_identity(module_name: str) -> tuple[str, str]:
 def register_pe_method(
     name: str,
     *,
-    families: Optional[tuple[str, ...]] = None,
+    families: tuple[str, ...] = ENCODING_FAMILIES,
     base: str = "default",
     carries_position: bool = True,
     summary: str = "",
@@ -78,12 +79,17 @@ def register_pe_method(
     """Class decorator: register a ``PositionEncoding`` subclass as PE method ``name``.
 
     ``base`` and ``knobs`` give the preset's five knobs (e.g. ``add_to_input=False`` for a method
-    that replaces the absolute PE); ``families`` the model families it is defined for (``None``:
-    every one); ``carries_position``: it gives position information by itself.
+    that replaces the absolute PE); ``families`` the model families it is defined for (those whose
+    backbones build a method module: the plain ViTs and T2T-ViT; Swin and CeiT do not yet);
+    ``carries_position``: it gives position information by itself.
     """
 
     def register(cls: T) -> T:
         identity, path = _module_identity(getattr(cls, "__module__", ""))
+        unsupported = sorted(set(families) - set(ENCODING_FAMILIES))
+        if unsupported:
+            raise PluginError(f"plugin {identity}: family {unsupported[0]!r} builds no PE method module; "
+                              f"choose from {', '.join(ENCODING_FAMILIES)}")
         known = ENCODINGS.get(name)
         if known is not None and known.identity is None:
             raise PluginError(f"plugin {identity}: {name!r} is a built-in PE method; choose another name")

@@ -52,6 +52,7 @@ from mpvgbench.models.pe import (
     Transform,
     add_last_ln_pe,
     entry_method,
+    require_no_encoding,
 )
 
 __all__ = ["Image2Tokens", "LCABlock", "LeFF", "MPVGCeiT", "PatchRowsChain"]
@@ -197,6 +198,7 @@ class MPVGCeiT(PEModelMixin, nn.Module):
         super().__init__()
         method = pe_method
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        require_no_encoding(method, "CeiT")  # its blocks have no place for a method module yet
         self.pe_method = method
         self.num_classes = num_classes
         self.global_pool = "token" if method.has_class_token else "avg"

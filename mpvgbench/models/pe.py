@@ -98,6 +98,7 @@ __all__ = [
     "PEModelMixin",
     "add_last_ln_pe",
     "entry_method",
+    "require_no_encoding",
     "fold_last_ln_pe",
 ]
 
@@ -126,6 +127,13 @@ def entry_method(pe_method: MethodLike, depth: int, family: Optional[str] = None
                 f"plugin is {identity}: the plugin changed; rerun the spec to get new job keys"
             )
     return method
+
+
+def require_no_encoding(method: PEMethod, model: str) -> None:
+    """For backbones that build no method module (Swin, CeiT): refuse one instead of ignoring it."""
+    if encoding_info(method.encoding).factory is not None:
+        raise MethodError(f"PE method {method.encoding!r} is not defined for {model}; it takes the paper's "
+                          "learned-PE methods only")
 
 
 class PositionEmbeddingChain(PositionEncoding):

@@ -48,6 +48,7 @@ from mpvgbench.models.pe import (
     Transform,
     add_last_ln_pe,
     entry_method,
+    require_no_encoding,
 )
 
 __all__ = ["MPVGSwinTransformer", "PESwinBlock", "default_window_size", "swin_effective_method"]
@@ -121,6 +122,7 @@ class MPVGSwinTransformer(PEModelMixin, SwinTransformer):
                 dims.append(blk.dim)
                 stages.append(s)
 
+        require_no_encoding(method, "Swin")  # its blocks have no place for a method module yet
         self.pe_method = method
         self.pe_method_effective = swin_effective_method(method)
         grid = tuple(self.patch_embed.grid_size)

@@ -85,6 +85,7 @@ ENCODINGS: dict[str, EncodingInfo] = {
         _VIT_FAMILIES, carries_position=True, reference="CPVT, Chu et al., arXiv 2102.10882"),
 }
 
+
 def encoding_info(name: str) -> EncodingInfo:
     """The registered encoding ``name`` (configured plugins are loaded on first miss)."""
     if name not in ENCODINGS:
@@ -240,6 +241,7 @@ def register_preset(name: str, method: PEMethod) -> None:
         raise MethodError(f"PE method name {name!r} is already taken by {PRESETS[name].encoding!r}")
     PRESETS[name] = method
     _cached_label.cache_clear()
+
 
 MethodLike = Union[str, Mapping[str, Any], PEMethod]
 

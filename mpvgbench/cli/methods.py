@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from mpvgbench.cli.common import UserError, cli, user_errors
@@ -32,21 +34,24 @@ def methods(plugins: tuple[str, ...]) -> None:
     Example:
       mpvgbench methods --plugin my_pe.py
     """
-    from rich.console import Console
-    from rich.table import Table
-
+    from mpvgbench.cli.tables import add_plain_row, console, fit_numbers, narrow_table
     from mpvgbench.methods import ENCODINGS, KNOBS, PRESETS
 
     _load(plugins)
-    table = Table(title="position-embedding methods")
-    for column in ("name", "method", *KNOBS, "source"):
-        table.add_column(column)
+    rows = []
     for name, method in PRESETS.items():
         info = ENCODINGS.get(method.encoding)
-        source = "built in" if info is None or info.identity is None else f"{info.source} ({info.identity})"
-        knobs = (str(getattr(method, k)).lower() if getattr(method, k) is not None else "-" for k in KNOBS)
-        table.add_row(name, method.encoding, *knobs, source)
-    Console(width=200).print(table)
+        source = "built in" if info is None or info.identity is None else f"{Path(info.source).name} {info.identity}"
+        knobs = [str(getattr(method, k)).lower() if getattr(method, k) is not None else "-" for k in KNOBS]
+        rows.append([name, method.encoding, *knobs, source])
+    # short headers so the table fits 80 columns: pool, add_to_input, layerwise_from, hierarchical, last_ln_pe
+    table = narrow_table(["name", "method", "pool", "input", "layerwise", "hier", "last_ln", "source"],
+                         title="position-embedding methods (knobs: pool, add_to_input, layerwise_from, "
+                               "hierarchical, last_ln_pe)")
+    fit_numbers(table, rows)
+    for cells in rows:
+        add_plain_row(table, cells)
+    console().print(table)
 
 
 @cli.command("check-method")

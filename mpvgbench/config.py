@@ -11,7 +11,8 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, Strict, field_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PositiveFloat, Strict,
+                      field_validator)
 
 from mpvgbench.methods import PEMethod, resolve_method
 
@@ -106,7 +107,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: str  # short name from mpvgbench.catalog
-    method: Annotated[PEMethod, BeforeValidator(resolve_method)]  # stored as its five knobs
+    # stored as its five knobs (+ encoding / plugin identity when not the learned PE: PEMethod.to_json)
+    method: Annotated[PEMethod, BeforeValidator(resolve_method), PlainSerializer(PEMethod.to_json, when_used="json")]
     dataset: str  # name from mpvgbench.data.DATASETS
     img_size: Count
     num_classes: Count

@@ -23,7 +23,7 @@ from typing import Any, Iterable, NamedTuple, Optional
 from mpvgbench.catalog import model_info
 from mpvgbench.config import Recipe, TrainConfig, config_key
 from mpvgbench.errors import MpvgbenchError, SpecError
-from mpvgbench.methods import PEMethod
+from mpvgbench.methods import DEFAULT_ENCODING, PEMethod
 from mpvgbench.recipes import (
     DOWNSTREAM_MODELS, DOWNSTREAM_TASKS, SMOKE_NUM_CLASSES, dataset_info, default_img_size,
     default_recipe, smoke_dataset, smoke_recipe,
@@ -126,8 +126,14 @@ def check_cells(spec: Spec) -> list[Cell]:
     for model, method in dict.fromkeys((c.model, c.method) for c in found):
         try:
             method.validate_for_depth(model_info(model).depth)
+            method.validate_for_family(model_info(model).family, model)  # e.g. rope on swin: refused
         except MpvgbenchError as exc:
             raise spec.error(_method_field(spec, method), f"{method.label} on {model}: {exc}") from None
+    for method, dataset in dict.fromkeys((c.method, c.dataset) for c in found):
+        if dataset in DOWNSTREAM_TASKS and method.encoding != DEFAULT_ENCODING:
+            # ViT-Adapter runs the backbone's blocks itself, with the paper's PE chain only
+            raise spec.error(_method_field(spec, method), f"{method.label} on {dataset}: dense prediction "
+                             "takes the paper's learned-PE methods only; exclude the pair")
     for model, dataset in dict.fromkeys((c.model, c.dataset) for c in found):
         if dataset in DOWNSTREAM_TASKS and model not in DOWNSTREAM_MODELS:
             raise spec.error("models", f"{model} on {dataset}: dense prediction (ViT-Adapter-Ti) "

@@ -61,6 +61,7 @@ class PaperRow:
     labels: tuple[str, ...]  # one per PaperTable.label_columns
     params: Optional[int] = None  # exact parameter count (methods.md)
     params_printed: Optional[float] = None  # the paper's "#Params (M)" cell
+    source: str = ""  # where a value not from the MPVG paper was read (zoo rows)
 
     @property
     def pe_method(self) -> PEMethod:
@@ -79,6 +80,7 @@ class PaperTable:
     metrics: tuple[Metric, ...]
     rows: tuple[PaperRow, ...]
     downstream: bool = False  # Tables 3-4: dense prediction (mpvgbench.downstream)
+    notes: tuple[str, ...] = ()  # printed under the table (the zoo's sources)
 
     @property
     def has_params(self) -> bool:
@@ -184,18 +186,52 @@ FIG5 = PaperTable(
     ),
 )
 
+# The PE zoo (experiments/pe_zoo.yaml): each original paper's own number where one exists for
+# this backbone, read from a source found with a search tool, never from memory; blank elsewhere.
+# default / mpvg: this paper's Table 1 / Table 2. RoPE-ViT (Heo et al., arXiv 2403.13298): the
+# naver-ai/rope-vit README's "DeiT-III (400 epochs)" table, Top-1 (224x224), ViT-S rows: a
+# different recipe (DeiT-III, 400 epochs, LayerScale) than ours, so a gap is expected. CPVT
+# (arXiv 2102.10882) and MAE's sin-cos: no table for these exact backbones was found: blank.
+_ROPE_VIT = "RoPE-ViT, arXiv 2403.13298, naver-ai/rope-vit README table 'DeiT-III (400 epochs)'"
+_ZOO_METHODS: dict[str, str] = {
+    "default": "Default", "mpvg": "MPVG", "sincos2d": "sin-cos 2-D", "rope_axial": "RoPE-Axial",
+    "rope_mixed": "RoPE-Mixed", "peg": "PEG (CPVT)", "peg_gap": "PEG + GAP (CPVT-GAP)",
+}
+_ZOO_VALUES: dict[tuple[str, str], tuple[float, str]] = {
+    ("deit_tiny", "default"): (72.14, "this paper, Table 1"),
+    ("deit_tiny", "mpvg"): (73.51, "this paper, Table 1"),
+    ("deit_small", "default"): (79.81, "this paper, Table 1"),
+    ("deit_small", "mpvg"): (80.61, "this paper, Table 1"),
+    ("deit_small", "rope_axial"): (80.9, _ROPE_VIT),
+    ("deit_small", "rope_mixed"): (80.9, _ROPE_VIT),
+    ("vit_lite_7_4", "default"): (74.90, "this paper, Table 2"),
+    ("vit_lite_7_4", "mpvg"): (76.87, "this paper, Table 2"),
+}
+ZOO = PaperTable(
+    "zoo", "PE zoo: DeiT-Ti/S on ImageNet-1K, ViT-Lite-7/4 on CIFAR-100 (original papers beside ours)",
+    ("Model", "Method"), (TOP1,), tuple(
+        PaperRow(model, dataset, method, {"top1": _ZOO_VALUES[(model, method)][0]} if (model, method) in _ZOO_VALUES
+                 else {}, (MODEL_NAMES[model], label), source=_ZOO_VALUES.get((model, method), (0, ""))[1])
+        for model, dataset in (("deit_tiny", "imagenet"), ("deit_small", "imagenet"), ("vit_lite_7_4", "cifar100"))
+        for method, label in _ZOO_METHODS.items()
+    ),
+    notes=(f"paper column: this paper (Tables 1-2) and {_ROPE_VIT} (DeiT-III recipe, 400 epochs: not "
+           "ours); blank: no published number for this backbone",),
+)
+
 TABLES: dict[TableId, PaperTable] = {t.id: t for t in (TABLE1, TABLE2, TABLE3, TABLE4, TABLE5,
-                                                          TABLE6, FIG5)}
+                                                          TABLE6, FIG5)}  # the paper's own
+_REPORTABLE: dict[TableId, PaperTable] = {**TABLES, ZOO.id: ZOO}  # `report --table`
 TABLE_IDS: tuple[str, ...] = tuple(str(i) for i in TABLES)  # "1".."6", "fig5": for a CLI choice
 
 
 def get_table(table: TableId) -> PaperTable:
-    """Table 1-6 (int or "1".."6") or "fig5"; anything else is a one-line ValueError."""
+    """Table 1-6 (int or "1".."6"), "fig5" or "zoo"; anything else is a one-line ValueError."""
     text = str(table).strip().lower().removeprefix("table").strip()
     key: TableId = int(text) if text.isdigit() else text
-    if key not in TABLES:
-        raise UnknownNameError(f"no paper table {table!r}; choose one of {', '.join(TABLE_IDS)}")
-    return TABLES[key]
+    if key not in _REPORTABLE:
+        raise UnknownNameError(f"no paper table {table!r}; choose one of {', '.join(TABLE_IDS)}, zoo")
+    return _REPORTABLE[key]
 
 
 def find_rows(model: str, dataset: str, method: MethodLike) -> list[PaperRow]:
@@ -207,5 +243,5 @@ def find_rows(model: str, dataset: str, method: MethodLike) -> list[PaperRow]:
 
 __all__ = [
     "DATASET_NAMES", "FIG5", "MODEL_NAMES", "Metric", "PaperRow", "PaperTable", "TABLES",
-    "TABLE_IDS", "TOP1", "find_rows", "get_table",
+    "TABLE_IDS", "TOP1", "ZOO", "find_rows", "get_table",
 ]

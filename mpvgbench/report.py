@@ -179,6 +179,7 @@ def _paper(table: PaperTable, index: _Index, which: str) -> ReportTable:
         out.notes.append(f"dense prediction: experiments/table{table.id}.yaml trains it; a "
                          "smoke stand-in's run shows until a full run is stored")
         out.notes.extend(_dense_settings_notes(table, index))
+    out.notes.extend(table.notes)
     out.notes.append(f"measured: mean ± sample std over seeds of the {which} epoch's value; "
                      "Δ = measured mean - paper")
     return out

@@ -9,6 +9,7 @@ Nothing in a spec is ever evaluated, imported or executed.
 Format (only ``name``, ``models``, ``methods``, ``datasets`` are required)::
 
     name: table2                       # [A-Za-z0-9_.-], used in reports
+    plugins: [my_pe.py]                # PE-method plugins (mpvgbench.pe_plugins), relative to the spec
     models: [vit_lite_7_4, t2t_vit_7]  # mpvgbench.models short names
     methods: [default, pvg, {base: mpvg, last_ln_pe: 5}, "mpvg[hierarchical=false]"]
     datasets: [cifar100]               # digits, cifar100, imagenet, imagefolder, synthetic, coco, ade20k (deit_tiny)
@@ -184,6 +185,7 @@ class CellPattern(_Section):
 class Spec(_Section):
     name: Annotated[str, Strict(), Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
     description: str = ""
+    plugins: list[str] = []  # PE-method plugin files, loaded before `methods` is read (parse_spec)
     models: list[ModelName]
     methods: list[MethodValue]
     datasets: list[DatasetName]
@@ -392,12 +394,26 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
     if not isinstance(data, Mapping):
         got = "nothing (empty file)" if data is None else type(data).__name__
         raise SpecError(f"{source}: the top level must be a mapping of spec fields, got {got}")
+    _load_plugins(data.get("plugins"), source)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(f"{source}: {first_validation_error(exc, model=Spec)}") from None
     spec._source = source
     return spec
+
+
+def _load_plugins(plugins: Any, source: str) -> None:
+    """Import the spec's plugin files (relative to the spec file) so their methods have names."""
+    if plugins is None:
+        return
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise SpecError(f"{source}: plugins: must be a list of Python file paths, got {short_repr(plugins)}")
+    from mpvgbench.pe_plugins import load_plugin_file
+
+    base = Path(source).parent if Path(source).is_file() else Path.cwd()
+    for plugin in plugins:
+        load_plugin_file(base / Path(plugin).expanduser())
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:

@@ -1,4 +1,4 @@
-"""`mpvgbench report`, `models` and `methods`."""
+"""`mpvgbench report` and `models` (`methods` lives in cli/methods.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 
 @cli.command()
-@click.option("--table", "table_number", default=None, metavar="1-6|fig5",
-              help="The paper's table (1-6) or Fig. 5; default: pivot everything stored.")
+@click.option("--table", "table_number", default=None, metavar="1-6|fig5|zoo",
+              help="The paper's table (1-6), Fig. 5 or the PE zoo; default: pivot everything stored.")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "latex", "csv", "json", "html"]),
               default="table", show_default=True,
               help="html: one self-contained page (tables, training curves, analysis figures); needs -o.")
@@ -143,24 +143,3 @@ def models(params: bool) -> None:
     for cells in rows:
         add_plain_row(table, cells)
     console().print(table)
-
-
-@cli.command()
-def methods() -> None:
-    """List the position-embedding presets and their five knobs.
-
-    \b
-    A spec names a preset ("mpvg") or knobs on a base: {base: mpvg, last_ln_pe: 5}.
-    """
-    from rich.console import Console
-    from rich.table import Table
-
-    from mpvgbench.methods import KNOBS, PRESETS
-
-    table = Table(title="position-embedding methods")
-    table.add_column("name")
-    for knob in KNOBS:
-        table.add_column(knob)
-    for name, method in PRESETS.items():
-        table.add_row(name, *(str(v).lower() if v is not None else "-" for v in method.to_dict().values()))
-    Console().print(table)

@@ -15,6 +15,7 @@ import timm
 import torch
 import torch.nn as nn
 
+from mpvgbench import pe_plugins  # noqa: F401  (a worker finds the plugin methods its config names)
 from mpvgbench.catalog import MODEL_TABLE, ModelInfo, model_info
 from mpvgbench.methods import MethodLike, resolve_method
 from mpvgbench.models.pe import (  # noqa: F401  (re-exported)

@@ -52,6 +52,7 @@ from mpvgbench.models.pe import (
     Transform,
     add_last_ln_pe,
     entry_method,
+    require_no_encoding,
 )
 
 __all__ = ["Image2Tokens", "LCABlock", "LeFF", "MPVGCeiT", "PatchRowsChain"]
@@ -197,6 +198,7 @@ class MPVGCeiT(PEModelMixin, nn.Module):
         super().__init__()
         method = pe_method
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
+        require_no_encoding(method, "CeiT")  # its blocks have no place for a method module yet
         self.pe_method = method
         self.num_classes = num_classes
         self.global_pool = "token" if method.has_class_token else "avg"
@@ -318,7 +320,7 @@ def mpvg_ceit_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> MPVGC
     if pretrained:
         raise ValueError("mpvg_ceit_tiny_patch16_224 has no pretrained weights")
     args: dict[str, Any] = {"embed_dim": 192, "depth": 12, "num_heads": 3, "mlp_ratio": 4.0, **kwargs}
-    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), args["depth"])
+    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), args["depth"], "ceit")
     return build_model_with_cfg(
         MPVGCeiT, "mpvg_ceit_tiny_patch16_224", pretrained=False,
         feature_cfg=dict(out_indices=3, feature_cls="getter"), **args,

@@ -9,7 +9,7 @@ head. timm's ``fc_norm`` path (pool first, normalise after) is never used.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from timm.layers import LayerNorm, get_norm_layer
@@ -23,6 +23,7 @@ from mpvgbench.models._cfg import model_cfg
 from mpvgbench.models.pe import (
     DEFAULT_METHOD,
     PEBlock,
+    PEContext,
     PEModelMixin,
     PositionEmbeddingChain,
     add_last_ln_pe,
@@ -41,11 +42,12 @@ class MPVGVisionTransformer(PEModelMixin, VisionTransformer):
     """
 
     block_fn: type[PEBlock] = PEBlock  # subclasses swap the block (ViT-Lite: CCT ordering)
+    pe_family: str = "deit"  # what a PE method's ``families`` are checked against
 
     def __init__(self, pe_method: PEMethod = DEFAULT_METHOD, **kwargs: Any) -> None:
         method = pe_method
         depth = int(kwargs.get("depth", 12))
-        fixed = {"class_token", "global_pool", "fc_norm", "block_fn", "no_embed_class", "reg_tokens"}
+        fixed = {"class_token", "global_pool", "fc_norm", "block_fn", "no_embed_class", "reg_tokens", "pos_embed"}
         clash = sorted(fixed & set(kwargs))
         if clash:
             raise ValueError(f"{', '.join(clash)} follow(s) from pe_method; do not pass them")
@@ -58,20 +60,25 @@ class MPVGVisionTransformer(PEModelMixin, VisionTransformer):
             global_pool="token" if method.has_class_token else "avg",
             fc_norm=False,  # Last LN per token (self.norm), never pool-then-normalise
             block_fn=self.block_fn,
+            pos_embed="learn" if method.has_absolute_pe else "none",  # RoPE, PEG: no pos_0
             **kwargs,
         )
         self.pe_method = method
         # LN' / LN'' are the same kind of LayerNorm as the model's (timm's default: eps 1e-6)
         norm_layer = get_norm_layer(kwargs.get("norm_layer")) or LayerNorm
         self.pe_chain = PositionEmbeddingChain(method, depth, self.embed_dim, norm_layer=norm_layer)
+        grid = tuple(int(g) for g in self.patch_embed.grid_size)
+        self.pe_context = PEContext(self.pe_family, depth, self.embed_dim, int(kwargs.get("num_heads", 12)),
+                                    (grid[0], grid[1]), self.num_prefix_tokens, norm_layer)
+        self.pe_build_encoding(self.pe_context)
 
-    def pe_pos0(self) -> Tensor:
-        assert self.pos_embed is not None
+    def pe_pos0(self) -> Optional[Tensor]:
         return self.pos_embed
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        names = {"pos_embed"} | ({"cls_token"} if self.cls_token is not None else set())
+        names = ({"pos_embed"} if self.pos_embed is not None else set())
+        names |= {"cls_token"} if self.cls_token is not None else set()
         return names | self.pe_no_weight_decay()
 
     def _pos_embed(self, x: Tensor) -> Tensor:
@@ -82,9 +89,7 @@ class MPVGVisionTransformer(PEModelMixin, VisionTransformer):
             # PatchEmbed returns a transposed view; without the cat, every residual add would keep
             # that layout and each LayerNorm / Linear would copy it (about +10% time on CPU).
             x = x.contiguous()
-        if self.pe_method.add_to_input:
-            x = x + self.pos_embed  # the PE has the class token's row when there is one
-        return self.pos_drop(x)
+        return self.pos_drop(self.pe_at_input(x))  # x + pos_0 when the method adds it (Eq. 8)
 
     def forward_features(self, x: Tensor) -> Tensor:  # type: ignore[override]
         x = self.patch_embed(x)
@@ -92,11 +97,13 @@ class MPVGVisionTransformer(PEModelMixin, VisionTransformer):
         x = self.patch_drop(x)
         x = self.norm_pre(x)
         pe = self.pe_outputs()
-        for blk, blk_pe in zip(self.blocks, pe.blocks):
+        ropes = pe.rope if pe.rope is not None else (None,) * len(pe.blocks)
+        for i, (blk, blk_pe, rope) in enumerate(zip(self.blocks, pe.blocks, ropes)):
             if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-                x = checkpoint(blk, x, blk_pe, use_reentrant=False)
+                x = checkpoint(blk, x, blk_pe, None, False, rope, use_reentrant=False)
             else:
-                x = blk(x, blk_pe)
+                x = blk(x, blk_pe, rope=rope)
+            x = self.pe_after_block(i, x)
         return add_last_ln_pe(self.norm(x), pe)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -123,7 +130,7 @@ default_cfgs = generate_default_cfgs({
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> MPVGVisionTransformer:
     if pretrained:
         raise ValueError(f"{variant} has no pretrained weights")
-    kwargs["pe_method"] = entry_method(kwargs.get("pe_method", DEFAULT_METHOD), kwargs["depth"])
+    kwargs["pe_method"] = entry_method(kwargs.get("pe_method", DEFAULT_METHOD), kwargs["depth"], "deit")
     return build_model_with_cfg(
         MPVGVisionTransformer,
         variant,

@@ -14,7 +14,14 @@ from mpvgbench.models._cfg import model_cfg
 from mpvgbench.models.deit import MPVGVisionTransformer
 from mpvgbench.models.pe import DEFAULT_METHOD, entry_method
 
-__all__ = ["mpvg_vit_micro_patch2_8"]
+__all__ = ["MPVGViTMicro", "mpvg_vit_micro_patch2_8"]
+
+
+class MPVGViTMicro(MPVGVisionTransformer):
+    """DeiT's code at toy size; its own family so PE methods can claim it."""
+
+    pe_family = "micro"
+
 
 default_cfgs = generate_default_cfgs({
     "mpvg_vit_micro_patch2_8": model_cfg(
@@ -40,5 +47,5 @@ def mpvg_vit_micro_patch2_8(pretrained: bool = False, **kwargs: Any) -> MPVGVisi
         "mlp_ratio": 2.0,
         **kwargs,
     }
-    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), args["depth"])
-    return build_model_with_cfg(MPVGVisionTransformer, "mpvg_vit_micro_patch2_8", pretrained=False, **args)
+    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), args["depth"], "micro")
+    return build_model_with_cfg(MPVGViTMicro, "mpvg_vit_micro_patch2_8", pretrained=False, **args)

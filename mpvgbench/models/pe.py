@@ -1,5 +1,23 @@
 """The one position-embedding (PE) mechanism every backbone uses.
 
+**The interface.** A PE method is a :class:`PositionEncoding` module; each hook is one place a PE
+can act, and every hook defaults to "nothing", so a method overrides only its own places:
+
+====================  ==================================================================
+``init_pos_embed``    the value of the absolute PE ``pos_0`` (sin-cos fills and freezes it)
+``at_input``          added at the input, before block 0 (``x_0 = patches + pos_0``)
+``block_terms``       added before each block's attention (after its ``norm1``, layer-wise)
+                      and to the Last LN's per-token output (:class:`PEOutputs`)
+``rotary``            inside attention, on q/k of the patch tokens (one table per block)
+``after_block``       a module between blocks (CPVT's PEG after block 0)
+====================  ==================================================================
+
+A backbone holds the paper's knobs as ``pe_chain`` (a :class:`PositionEmbeddingChain`, itself a
+``PositionEncoding``: input, layer-wise and Last-LN places) and, when the method's ``encoding`` is
+not the learned PE, the encoding's module as ``pe_encoding`` (``mpvgbench.models.pe_methods`` or
+a plugin). :class:`PEModelMixin` asks both at every place; the blocks only see tensors (a PE term,
+a rotary table), never a method name.
+
 A backbone owns the raw PE ``pos_0`` (a learnable or frozen parameter) and a
 :class:`PositionEmbeddingChain` built from the resolved :class:`~mpvgbench.methods.PEMethod`.
 The chain owns every new LayerNorm the method adds and nothing else:
@@ -49,27 +67,38 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import torch
 from timm.layers import LayerNorm
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from mpvgbench.methods import PRESETS, MethodLike, PEMethod, resolve_method
+from mpvgbench.errors import MethodError
+from mpvgbench.methods import PRESETS, MethodLike, PEMethod, encoding_info, resolve_method
+from mpvgbench.models.pe_interface import (  # noqa: F401  (re-exported: the one import for methods)
+    PEContext,
+    PEOutputs,
+    PositionEncoding,
+    Transform,
+    build_encoding,
+    rotary_attention,
+)
 
-Transform = Callable[[Tensor, int], Tensor]
-"""``transform(pe, stage)``: a PE laid out for stage ``stage - 1`` -> the layout of ``stage``."""
 
 __all__ = [
     "DEFAULT_METHOD",
+    "PEContext",
     "PEOutputs",
+    "PositionEncoding",
+    "build_encoding",
     "Transform",
     "PositionEmbeddingChain",
     "PEBlock",
     "PEModelMixin",
     "add_last_ln_pe",
     "entry_method",
+    "require_no_encoding",
     "fold_last_ln_pe",
 ]
 
@@ -77,26 +106,37 @@ __all__ = [
 DEFAULT_METHOD: PEMethod = PRESETS["default"]
 
 
-def entry_method(pe_method: MethodLike, depth: int) -> PEMethod:
+def entry_method(pe_method: MethodLike, depth: int, family: Optional[str] = None) -> PEMethod:
     """The one place a model's ``pe_method`` is parsed: at the timm entry points (the
     ``@register_model`` functions), so ``timm.create_model(..., pe_method="mpvg")`` still works.
 
     Resolves a preset name / knob mapping (a ``PEMethod`` passes through as is) and checks it
-    against the model's ``depth``; every module below takes the resolved ``PEMethod`` as given.
+    against the model's ``depth`` and ``family`` (an encoding not defined for the family is a
+    one-line :class:`MethodError`) and a plugin method against the plugin loaded now (an edited
+    plugin under a stored job is refused). Every module below takes the ``PEMethod`` as given.
     """
     method = resolve_method(pe_method)
     method.validate_for_depth(depth)
+    if method.encoding != DEFAULT_METHOD.encoding or family is not None:
+        if family is not None:
+            method.validate_for_family(family)
+        identity = encoding_info(method.encoding).identity
+        if method.plugin is not None and method.plugin != identity:
+            raise MethodError(
+                f"PE method {method.encoding!r} was recorded as plugin {method.plugin} but the loaded "
+                f"plugin is {identity}: the plugin changed; rerun the spec to get new job keys"
+            )
     return method
 
 
-class PEOutputs(NamedTuple):
-    """What a forward pass needs from the PE: per-block PE and the Last-LN term."""
+def require_no_encoding(method: PEMethod, model: str) -> None:
+    """For backbones that build no method module (Swin, CeiT): refuse one instead of ignoring it."""
+    if encoding_info(method.encoding).factory is not None:
+        raise MethodError(f"PE method {method.encoding!r} is not defined for {model}; it takes the paper's "
+                          "learned-PE methods only")
 
-    blocks: tuple[Optional[Tensor], ...]
-    last: Optional[Tensor]
 
-
-class PositionEmbeddingChain(nn.Module):
+class PositionEmbeddingChain(PositionEncoding):
     """The LN' / LN'' modules of a method and the rules that chain them (see module docstring).
 
     Args:
@@ -187,6 +227,16 @@ class PositionEmbeddingChain(nn.Module):
     def forward(self, pos0: Tensor, transform: Optional[Transform] = None) -> PEOutputs:
         return self.compute(pos0, transform)
 
+    # --- the places of the interface: input, layer-wise and Last LN --------------------------
+    def at_input(self, x: Tensor, pos0: Optional[Tensor]) -> Tensor:
+        # Eq. 8; the PE has the class token's row when there is one
+        return x + pos0 if self.method.add_to_input and pos0 is not None else x
+
+    def block_terms(self, pos0: Optional[Tensor], transform: Optional[Transform] = None) -> Optional[PEOutputs]:
+        if self.is_identity or pos0 is None:
+            return None
+        return self(pos0, transform)
+
     def no_weight_decay_names(self, prefix: str = "") -> set[str]:
         """Full names (with ``prefix``, e.g. ``"pe_chain."``) of every LN' / LN'' parameter."""
         return {prefix + name for name, _ in self.named_parameters()}
@@ -196,14 +246,21 @@ class PositionEmbeddingChain(nn.Module):
 
 
 def attention_with_pe(block: Any, x: Tensor, pe: Optional[Tensor], attn_mask: Optional[Tensor],
-                      is_causal: bool) -> Tensor:
+                      is_causal: bool, rope: Optional[Tensor] = None) -> Tensor:
     """The attention half of a timm ``Block`` with the LN'-delivered PE added after ``norm1``
-    (Eq. 9): ``x + drop_path(ls(attn(norm1(x) + pe)))``. Shared by every backbone's block."""
+    (Eq. 9): ``x + drop_path(ls(attn(norm1(x) + pe)))``, with q/k rotated by ``rope`` if given.
+    Shared by every backbone's block."""
     h = block.norm1(x)
     if pe is not None:
         # in place when nothing records the graph: saves an allocation per block at inference
         h = h.add_(pe) if not torch.is_grad_enabled() and h is not x else h + pe
-    return x + block.drop_path1(block.ls1(block.attn(h, attn_mask=attn_mask, is_causal=is_causal)))
+    if rope is None:
+        out = block.attn(h, attn_mask=attn_mask, is_causal=is_causal)
+    else:
+        if attn_mask is not None or is_causal:
+            raise ValueError("rotary attention takes no attention mask")
+        out = rotary_attention(block.attn, h, rope)
+    return x + block.drop_path1(block.ls1(out))
 
 
 class PEBlock(Block):
@@ -218,8 +275,9 @@ class PEBlock(Block):
         pe: Optional[Tensor] = None,
         attn_mask: Optional[Tensor] = None,
         is_causal: bool = False,
+        rope: Optional[Tensor] = None,
     ) -> Tensor:
-        x = attention_with_pe(self, x, pe, attn_mask, is_causal)
+        x = attention_with_pe(self, x, pe, attn_mask, is_causal, rope)
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x
 
@@ -230,28 +288,68 @@ def add_last_ln_pe(x: Tensor, pe: PEOutputs) -> Tensor:
 
 
 class PEModelMixin:
-    """What a backbone implements so the chain and :func:`fold_last_ln_pe` work.
+    """What a backbone implements so the chain, the method's module and :func:`fold_last_ln_pe`
+    work.
 
-    Subclasses set ``self.pe_method`` and ``self.pe_chain`` and implement :meth:`pe_pos0`.
-    Multi-stage backbones also override :meth:`pe_transform`.
-    Their classifier must be ``get_classifier()`` (timm) returning an ``nn.Linear``.
+    Subclasses set ``self.pe_method`` and ``self.pe_chain``, call :meth:`pe_build_encoding` once
+    their layers exist, and implement :meth:`pe_pos0`. Multi-stage backbones also override
+    :meth:`pe_transform`. Their classifier must be ``get_classifier()`` (timm) returning an
+    ``nn.Linear``. In the forward: ``pe_at_input`` before block 0, ``pe_outputs()`` once (block
+    terms, Last-LN term, rotary tables), ``pe_after_block`` after each block.
     """
 
     pe_method: PEMethod
     pe_chain: PositionEmbeddingChain
+    # the method's own module, a submodule only when there is one (the learned PE's state dict is
+    # unchanged); no class-level default: nn.Module would find it before its registered submodule
+    pe_encoding: Optional[PositionEncoding]
 
-    def pe_pos0(self) -> Tensor:
-        """The raw PE ``pos_0`` (a parameter or a view of one)."""
+    def pe_build_encoding(self, context: PEContext) -> None:
+        encoding = build_encoding(self.pe_method, context)
+        self.pe_encoding = encoding
+        if encoding is not None:
+            encoding.init_pos_embed(getattr(self, "pos_embed", None))
+
+    def pe_pos0(self) -> Optional[Tensor]:
+        """The raw PE ``pos_0`` (a parameter or a view of one; ``None`` when the method has none)."""
         raise NotImplementedError
 
     def pe_transform(self) -> Optional[Transform]:
         return None
 
+    def pe_at_input(self, x: Tensor) -> Tensor:
+        pos0 = self.pe_pos0()
+        x = self.pe_chain.at_input(x, pos0)
+        encoding = getattr(self, "pe_encoding", None)
+        return x if encoding is None else encoding.at_input(x, pos0)
+
     def pe_outputs(self) -> PEOutputs:
-        return self.pe_chain(self.pe_pos0(), self.pe_transform())
+        pos0 = self.pe_pos0()
+        out = self.pe_chain(pos0, self.pe_transform()) if pos0 is not None else None
+        if out is None:
+            out = PEOutputs((None,) * self.pe_chain.depth, None)
+        encoding = getattr(self, "pe_encoding", None)
+        if encoding is None:
+            return out
+        extra = encoding.block_terms(pos0, self.pe_transform())
+        if extra is not None:
+            out = PEOutputs(tuple(_add(a, b) for a, b in zip(out.blocks, extra.blocks)), _add(out.last, extra.last))
+        return out._replace(rope=encoding.rotary())
+
+    def pe_after_block(self, index: int, x: Tensor) -> Tensor:
+        encoding = getattr(self, "pe_encoding", None)
+        return x if encoding is None else encoding.after_block(index, x)
 
     def pe_no_weight_decay(self) -> set[str]:
-        return self.pe_chain.no_weight_decay_names("pe_chain.")
+        names = self.pe_chain.no_weight_decay_names("pe_chain.")
+        encoding = getattr(self, "pe_encoding", None)
+        if encoding is not None:  # a PE method's parameters are PEs: no decay
+            names |= {"pe_encoding." + name for name, _ in encoding.named_parameters()}
+        return names
+
+
+def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    return b if a is None else a if b is None else a + b
 
 
 @torch.no_grad()

@@ -48,6 +48,7 @@ from mpvgbench.models.pe import (
     Transform,
     add_last_ln_pe,
     entry_method,
+    require_no_encoding,
 )
 
 __all__ = ["MPVGSwinTransformer", "PESwinBlock", "default_window_size", "swin_effective_method"]
@@ -121,6 +122,7 @@ class MPVGSwinTransformer(PEModelMixin, SwinTransformer):
                 dims.append(blk.dim)
                 stages.append(s)
 
+        require_no_encoding(method, "Swin")  # its blocks have no place for a method module yet
         self.pe_method = method
         self.pe_method_effective = swin_effective_method(method)
         grid = tuple(self.patch_embed.grid_size)
@@ -211,7 +213,7 @@ def mpvg_swin_tiny_patch4_window7_224(pretrained: bool = False, **kwargs: Any) -
         "num_heads": (3, 6, 12, 24),
         **kwargs,
     }
-    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), sum(args["depths"]))
+    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), sum(args["depths"]), "swin")
     return build_model_with_cfg(
         MPVGSwinTransformer,
         "mpvg_swin_tiny_patch4_window7_224",

@@ -163,20 +163,24 @@ class T2TModule(nn.Module):
 class MPVGT2TViT(MPVGVisionTransformer):
     """T2T-ViT: :class:`MPVGVisionTransformer` with the T2T module and a fixed sinusoidal PE."""
 
+    pe_family = "t2t"
+
     def __init__(self, pe_method: PEMethod = DEFAULT_METHOD, token_dim: int = 64, **kwargs: Any) -> None:
         if "embed_layer" in kwargs:
             raise ValueError("embed_layer is the T2T module; do not pass it")
         kwargs.setdefault("norm_layer", nn.LayerNorm)  # torch default eps 1e-5, as the official model
         super().__init__(pe_method=pe_method, embed_layer=partial(T2TModule, token_dim=token_dim), **kwargs)
         self._init_t2t()
+        if self.pe_encoding is not None:  # the fixed table was just written: let the method set pos_0
+            self.pe_encoding.init_pos_embed(self.pos_embed)
 
     @torch.no_grad()
     def _init_t2t(self) -> None:
         # timm's init already did Linear trunc-normal .02 / zero bias and LN 1 / 0 (official T2T)
-        assert self.pos_embed is not None
-        table = sinusoid_table(self.pos_embed.shape[1], self.pos_embed.shape[2])
-        self.pos_embed.copy_(table.to(self.pos_embed.device, self.pos_embed.dtype))
-        self.pos_embed.requires_grad_(False)  # fixed PE; still a parameter, so it counts and saves
+        if self.pos_embed is not None:  # a PE method module may replace the absolute PE
+            table = sinusoid_table(self.pos_embed.shape[1], self.pos_embed.shape[2])
+            self.pos_embed.copy_(table.to(self.pos_embed.device, self.pos_embed.dtype))
+            self.pos_embed.requires_grad_(False)  # fixed PE; still a parameter, so it counts and saves
         if self.cls_token is not None:
             trunc_normal_(self.cls_token, std=0.02)
 
@@ -203,7 +207,7 @@ def mpvg_t2t_vit_7(pretrained: bool = False, **kwargs: Any) -> MPVGT2TViT:
         "qkv_bias": False,
         **kwargs,
     }
-    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), args["depth"])
+    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), args["depth"], "t2t")
     return build_model_with_cfg(
         MPVGT2TViT,
         "mpvg_t2t_vit_7",

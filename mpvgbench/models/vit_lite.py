@@ -40,8 +40,9 @@ class CCTBlock(PEBlock):
         pe: Optional[Tensor] = None,
         attn_mask: Optional[Tensor] = None,
         is_causal: bool = False,
+        rope: Optional[Tensor] = None,
     ) -> Tensor:
-        x = self.norm2(attention_with_pe(self, x, pe, attn_mask, is_causal))
+        x = self.norm2(attention_with_pe(self, x, pe, attn_mask, is_causal, rope))
         return x + self.drop_path2(self.ls2(self.mlp(x)))
 
 
@@ -49,11 +50,14 @@ class MPVGViTLite(MPVGVisionTransformer):
     """ViT-Lite: a :class:`MPVGVisionTransformer` with CCT blocks and CCT initialisation."""
 
     block_fn = CCTBlock
+    pe_family = "vit_lite"
 
     def __init__(self, pe_method: PEMethod = DEFAULT_METHOD, **kwargs: Any) -> None:
         kwargs.setdefault("norm_layer", nn.LayerNorm)  # torch default eps 1e-5, as CCT
         super().__init__(pe_method=pe_method, **kwargs)
         self._init_cct()
+        if self.pe_encoding is not None:  # CCT's init re-drew pos_0: let the method set it again
+            self.pe_encoding.init_pos_embed(self.pos_embed)
 
     @torch.no_grad()
     def _init_cct(self) -> None:
@@ -70,8 +74,8 @@ class MPVGViTLite(MPVGVisionTransformer):
         nn.init.kaiming_normal_(self.patch_embed.proj.weight)
         if self.cls_token is not None:
             nn.init.zeros_(self.cls_token)
-        assert self.pos_embed is not None
-        nn.init.trunc_normal_(self.pos_embed, std=0.2)
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.2)
 
 
 default_cfgs = generate_default_cfgs({
@@ -100,5 +104,5 @@ def mpvg_vit_lite_7_4_32(pretrained: bool = False, **kwargs: Any) -> MPVGViTLite
         "drop_path_rate": 0.1,
         **kwargs,
     }
-    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), args["depth"])
+    args["pe_method"] = entry_method(args.get("pe_method", DEFAULT_METHOD), args["depth"], "vit_lite")
     return build_model_with_cfg(MPVGViTLite, "mpvg_vit_lite_7_4_32", pretrained=False, **args)

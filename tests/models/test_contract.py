@@ -1,0 +1,23 @@
+"""Every shipped PE method passes the contract `mpvgbench check-method` runs (models/contract.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpvgbench.models.contract import CONTRACT_MODELS, check_method, claimed_families
+from mpvgbench.methods import resolve_method
+
+
+def test_new_methods_claim_the_vit_families_only() -> None:
+    for name in ("sincos2d", "rope_axial", "rope_mixed", "peg", "peg_gap"):
+        assert claimed_families(resolve_method(name)) == ["micro", "deit", "vit_lite"]
+    assert claimed_families(resolve_method("mpvg")) == list(CONTRACT_MODELS)
+
+
+@pytest.mark.slow  # torch._dynamo.explain per method: ~10-40 s each on a loaded 2-core machine
+@pytest.mark.parametrize("name", ["mpvg", "sincos2d", "rope_axial", "rope_mixed", "peg", "peg_gap"])
+def test_shipped_methods_pass_the_contract_on_vit_micro(name: str) -> None:
+    seen: list[str] = []
+    assert check_method(name, ["micro"], report=seen.append) == []
+    expected = {"forward", "params", "compile", "checkpoint", "ddp"} | ({"fold"} if name == "mpvg" else set())
+    assert {line.split(": ")[1] for line in seen} == expected

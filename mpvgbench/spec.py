@@ -36,8 +36,9 @@ Format (only ``name``, ``models``, ``methods``, ``datasets`` are required)::
 
 from __future__ import annotations
 
-import copy
+import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -337,7 +338,10 @@ _SafeLoader.add_constructor(
 def read_yaml(text: str, source: str) -> Any:
     """Parse spec text; bounded in depth and in size after alias expansion (a 600-byte
     "billion laughs" would otherwise take minutes and gigabytes downstream)."""
-    loader = _SafeLoader(text)
+    try:
+        loader = _SafeLoader(text)  # the reader refuses control characters here already
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{source}: {_yaml_problem(exc)}") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -362,7 +366,7 @@ def apply_overrides(data: Any, overrides: Sequence[str], source: str) -> Any:
         return data
     if not isinstance(data, Mapping):
         return data  # parse_spec names the problem
-    data = copy.deepcopy(dict(data))
+    data = _unshared_copy(data)
     for item in overrides:
         path, sep, text = item.partition("=")
         parts = path.strip().split(".")
@@ -380,6 +384,48 @@ def apply_overrides(data: Any, overrides: Sequence[str], source: str) -> Any:
             target = child
         target[parts[-1]] = value
     return data
+
+
+def _unshared_copy(value: Any) -> Any:
+    """A copy in which no two places share a dict or list: a YAML alias (``recipe: &r {...}``
+    used again under ``model_overrides.M.recipe``) is one object after loading, and
+    ``copy.deepcopy`` keeps it one, so ``--set recipe.epochs=1`` would change both places.
+    Bounded: read_yaml refused documents over MAX_YAML_VALUES after alias expansion."""
+    if isinstance(value, Mapping):
+        return {key: _unshared_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unshared_copy(item) for item in value]
+    return value
+
+
+def display_path(path: str | Path) -> str:
+    """A path as one printable line: repr() when it holds a newline or another control character
+    (a message built from it must stay one line)."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def read_spec_bytes(path: str | Path, source: str) -> bytes:
+    """The file's bytes, read without blocking and at most MAX_SPEC_BYTES + 1 of them: a FIFO,
+    a terminal or /dev/zero named as a spec is refused instead of hanging or filling memory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise SpecError(f"{source}: no such spec file") from None
+    except IsADirectoryError:
+        raise SpecError(f"{source}: is a directory, not a spec file") from None
+    except OSError as exc:
+        raise SpecError(f"{source}: cannot read spec: {exc.strerror or exc}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = "is a directory" if stat.S_ISDIR(mode) else "not a regular file (a pipe, device or socket)"
+        raise SpecError(f"{source}: {what}, not a spec file")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            return handle.read(MAX_SPEC_BYTES + 1)
+        except OSError as exc:
+            raise SpecError(f"{source}: cannot read spec: {exc.strerror or exc}") from None
 
 
 def parse_spec(data: Any, source: str = "<spec>") -> Spec:
@@ -400,17 +446,10 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
 
     ``overrides``: ``FIELD.PATH=VALUE`` strings applied before validation (``run --set``); they
     become part of the spec and so of the job keys they change."""
-    source = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise SpecError(f"{source}: no such spec file") from None
-    except IsADirectoryError:
-        raise SpecError(f"{source}: is a directory, not a spec file") from None
-    except OSError as exc:
-        raise SpecError(f"{source}: cannot read spec: {exc.strerror or exc}") from None
+    source = display_path(path)
+    raw = read_spec_bytes(path, source)
     if len(raw) > MAX_SPEC_BYTES:
-        raise SpecError(f"{source}: spec is {len(raw)} bytes; the limit is {MAX_SPEC_BYTES}")
+        raise SpecError(f"{source}: spec is over {MAX_SPEC_BYTES} bytes, the limit")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -420,6 +459,10 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.reader.ReaderError):  # control characters, binary content
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        return (f"position {exc.position}: character {char!r} is not allowed "
+                "(binary content or a control character); a spec is plain UTF-8 text")
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
     problem = getattr(exc, "problem", None) or str(exc)

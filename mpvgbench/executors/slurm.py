@@ -303,8 +303,9 @@ class SlurmExecutor(Executor):
         stamp = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         folder = settings.base_folder(ctx.runs_root) / stamp
         try:
+            max_requeues = max(settings.requeues_for(job.config.recipe.epochs) for job in chunk)
             executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
-                                             slurm_max_num_timeout=settings.max_requeues)
+                                             slurm_max_num_timeout=max_requeues)
             params = settings.submitit_parameters()
             if dependency:
                 params["slurm_dependency"] = f"afterok:{dependency}"
@@ -328,7 +329,7 @@ class SlurmExecutor(Executor):
             atomic_write_json(run_dir / SLURM_JSON, {
                 "job_id": job_id, "folder": str(paths[0].folder), "submitted_at": time.time(),
                 "stdout": [str(p.stdout) for p in paths], "stderr": [str(p.stderr) for p in paths],
-                "timeout_min": settings.timeout_min, "max_requeues": settings.max_requeues,
+                "timeout_min": settings.timeout_min, "max_requeues": max_requeues,
                 "dependency": dependency or None, "mem": settings.mem or settings.mem_per_gpu,
                 "job_name": settings.job_name,
             })

@@ -30,6 +30,8 @@ _RESERVED = {
     "gres": "gres", "gpus_per_task": "gpus_per_task", "mem_per_gpu": "mem_per_gpu",
     "exclusive": "exclusive", "reservation": "reservation", "nodelist": "nodelist", "w": "nodelist",
     "exclude": "exclude", "x": "exclude",
+    # init_from's afterok is the executor's: a user dependency would replace it silently
+    "dependency": None, "d": None,
 }
 
 STARTUP_MINUTES = 2.0  # a start: imports, data, the checkpoint read back

@@ -144,25 +144,9 @@ class LocalExecutor(Executor):
                         f"{len(queue)} job(s) wait for init_from runs trained elsewhere; "
                         "rerun this command once those are finished")
                     break
-                for key in list(running):
-                    entry = running[key]
-                    if entry.process.poll() is None:
-                        continue
-                    del running[key]
-                    for handle in entry.logs:
-                        handle.close()
-                    give_back_gpus(free_gpus, entry.gpu)
-                    outcome = self._finish(entry, store, owner, ctx)
-                    if outcome != "retry":
-                        self._release_lock(key)
-                    if outcome == "retry":
-                        running[key] = self._start(entry.job, ctx, entry.gpu, store, owner, entry.attempt + 1)
-                        take_gpus(free_gpus, per_job, exactly=entry.gpu)
-                        continue
-                    (summary.finished if outcome == "finished" else summary.failed).append(key)
-                    if outcome != "finished" and ctx.fail_fast:
-                        stop = True
-                        self._terminate(running, store, owner)
+                if self._reap(running, free_gpus, store, owner, ctx, summary) and ctx.fail_fast:
+                    stop = True
+                    self._terminate(running, store, owner)
                 if running and time.monotonic() - last_heartbeat > HEARTBEAT_EVERY_S:
                     if store.heartbeat(owner, list(running)) < len(running):
                         # `mpvgbench cancel` (or a coordinator that took a run over): stop its worker
@@ -183,6 +167,29 @@ class LocalExecutor(Executor):
         if stop and queue:
             summary.messages.append(f"--fail-fast: {len(queue)} job(s) not started")
         return summary
+
+    def _reap(self, running: dict[str, RunningJob], free_gpus: list[str], store: Store, owner: str,
+              ctx: RunContext, summary: LaunchSummary) -> bool:
+        """Record the jobs whose worker ended (an infra failure starts again); True when one
+        of them failed."""
+        failed = False
+        for key in list(running):
+            entry = running[key]
+            if entry.process.poll() is None:
+                continue
+            del running[key]
+            for handle in entry.logs:
+                handle.close()
+            give_back_gpus(free_gpus, entry.gpu)
+            outcome = self._finish(entry, store, owner, ctx)
+            if outcome == "retry":  # the run's lock stays with this coordinator for the next attempt
+                running[key] = self._start(entry.job, ctx, entry.gpu, store, owner, entry.attempt + 1)
+                take_gpus(free_gpus, self.processes_per_job, exactly=entry.gpu)
+                continue
+            self._release_lock(key)
+            (summary.finished if outcome == "finished" else summary.failed).append(key)
+            failed = failed or outcome != "finished"
+        return failed
 
     def _settled_elsewhere(self, elsewhere: dict[str, Job], store: Store, ctx: RunContext) -> list[Job]:
         """Drop the jobs another coordinator has finished (or failed); return the rest for one

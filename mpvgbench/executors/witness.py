@@ -43,7 +43,11 @@ def try_lock(run_dir: Path) -> Optional[IO[bytes]]:
     """The run directory's lock, held by the returned file (close it to release), or None when
     another process holds it. Creates the directory; never follows a link (RunDirError)."""
     check_not_a_link(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # /proc, a read-only mount, a full disk: the runs dir cannot hold runs
+        raise RunDirError(f"cannot create run dir {run_dir} ({exc.strerror}); pass --runs-dir DIR on a "
+                          "writable file system") from None
     check_not_a_link(run_dir)  # created by someone else in between
     try:
         fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)

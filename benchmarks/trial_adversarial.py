@@ -459,8 +459,12 @@ def kill_cases() -> Iterator[Case]:
                 deadline = time.time() + 90
                 while not (tmp / "runs" / key / "metrics.jsonl").exists() and time.time() < deadline:
                     time.sleep(0.2)
+                if proc.poll() is not None:
+                    raise Broke("the run ended before it could be interrupted")
                 os.kill(proc.pid, sig)
                 proc.communicate(timeout=60)
+                if not (tmp / "runs" / key / "result.json").exists() and "finished" in cli("status", cwd=tmp).stdout:
+                    raise Broke("status says finished without result.json")
                 status = cli("status", cwd=tmp)
                 expect_no_bug(status, (0,))
                 if sig != signal.SIGKILL and "failed" in status.stdout:
@@ -517,6 +521,9 @@ def main() -> int:
     parser.add_argument("--only", default=None, help="run the categories that contain this word")
     parser.add_argument("--json", type=Path, default=None, help="write every case's outcome here")
     args = parser.parse_args()
+    # A shell's background job ignores SIGINT, and its children inherit that: the Ctrl-C cases
+    # would interrupt nothing. Python's own handler here; children start with the default.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     cases = [c for c in all_cases() if args.only is None or args.only in c.category]
     start, outcomes = time.monotonic(), []
     home = os.getcwd()

@@ -38,6 +38,7 @@ from mpvgbench.executors.slurm_queue import (
     ACTIVE_STATES, SCHEDULER_TIMEOUT_S, SLURM_STATE_JSON, SchedulerUnreachable, first_line, max_array_size, record_state,
     scheduler, squeue_jobs, squeue_states,
 )
+from mpvgbench.executors.witness import is_locked
 from mpvgbench.slurm_settings import SlurmSettings, parse_time_minutes
 
 if TYPE_CHECKING:
@@ -241,8 +242,8 @@ class SlurmExecutor(Executor):
             if (run_dir / "result.json").exists() and store.ingest_run_dir(run_dir) == "finished":
                 summary.finished.append(job.key)
                 continue
-            if states.get(queued.get(job.key) or "") in ACTIVE_STATES:
-                summary.skipped.append(job.key)
+            if states.get(queued.get(job.key) or "") in ACTIVE_STATES or is_locked(run_dir):
+                summary.skipped.append(job.key)  # queued already, or a local worker trains it
                 continue
             if not store.claim(job.key, owner, stale_after_s=ctx.stale_after_s, executor=self.name,
                                run_dir=str(run_dir)):

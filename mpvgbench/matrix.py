@@ -311,6 +311,8 @@ def _parse_pattern(text: str) -> dict[str, set[Any]]:
     from mpvgbench.recipes import dataset_info
 
     pattern: dict[str, set[Any]] = {}
+    if not text.strip(","" "):  # an empty pattern would match every cell: the whole matrix
+        raise SpecError(f"--only {text!r}: empty; give AXIS=VALUE[|VALUE], e.g. model=deit_tiny,method=mpvg")
     for item in filter(None, (part.strip() for part in text.split(","))):
         axis, sep, values = item.partition("=")
         if not sep or axis not in CELL_KEYS or not values:

@@ -30,7 +30,13 @@ _RESERVED = {
     "gres": "gres", "gpus_per_task": "gpus_per_task", "mem_per_gpu": "mem_per_gpu",
     "exclusive": "exclusive", "reservation": "reservation", "nodelist": "nodelist", "w": "nodelist",
     "exclude": "exclude", "x": "exclude",
+    # init_from's afterok is the executor's: a user dependency would replace it silently
+    "dependency": None, "d": None,
 }
+
+STARTUP_MINUTES = 2.0  # a start: imports, data, the checkpoint read back
+MIN_USEFUL_MINUTES = 3.0  # below this, `run` warns that requeues may make no progress
+MAX_DERIVED_REQUEUES = 100
 
 _TIME_RE = re.compile(
     r"^(?:(?P<days>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?$"
@@ -100,7 +106,10 @@ class SlurmSettings(BaseModel):
     nodelist: Optional[str] = None  # run only on these nodes, e.g. "gpu[01-04]"
     exclude: Optional[str] = None  # never on these nodes, e.g. "gpu07,gpu12"
     array_parallelism: int = Field(default=256, ge=1)  # tasks of one array running at once
-    max_requeues: int = Field(default=3, ge=0)  # time-limit requeues per job (preemptions are not counted)
+    # time-limit requeues per job (preemptions are not counted); unset: requeues_for(epochs)
+    max_requeues: int = Field(default=3, ge=0)
+    # your estimate of one epoch's minutes on this allocation: sizes max_requeues when it is unset
+    epoch_minutes: Optional[float] = Field(default=None, gt=0, allow_inf_nan=False)
     # USR2 this long before the time limit -> checkpoint + requeue. Unset: 90 s, but at most a
     # quarter of the time limit (a 1-minute job would otherwise be signalled as it starts)
     signal_delay_s: int = Field(default=90, ge=1)
@@ -153,6 +162,19 @@ class SlurmSettings(BaseModel):
         if "signal_delay_s" in self.model_fields_set:
             return self.signal_delay_s
         return max(10, min(self.signal_delay_s, self.timeout_min * 60 // 4))
+
+    def useful_minutes(self) -> float:
+        """Minutes one allocation can train: the limit less the start-up and the signal lead
+        (Slurm sends --signal up to 60 s earlier than asked)."""
+        return self.timeout_min - STARTUP_MINUTES - (self.effective_signal_delay_s + 60) / 60
+
+    def requeues_for(self, epochs: int) -> int:
+        """``max_requeues`` when set; else enough allocations for ``epochs`` at ``epoch_minutes``
+        each (plus one spare), never fewer than the default 3."""
+        if "max_requeues" in self.model_fields_set or self.epoch_minutes is None:
+            return self.max_requeues
+        useful = max(self.useful_minutes(), 0.5)
+        return min(MAX_DERIVED_REQUEUES, max(self.max_requeues, math.ceil(epochs * self.epoch_minutes / useful)))
 
     @classmethod
     def parse(cls, data: Optional[Mapping[str, Any]]) -> SlurmSettings:

@@ -39,13 +39,11 @@ job key. ``init_from: {dataset: D}`` applies to a model's cells on other dataset
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field,
                       PositiveInt, PrivateAttr, Strict, Tag, ValidationError, field_validator,
                       model_validator)
@@ -56,10 +54,11 @@ from mpvgbench.errors import FieldError, SpecError, first_validation_error, shor
 from mpvgbench.methods import PEMethod, resolve_method
 from mpvgbench.recipes import dataset_info
 from mpvgbench.slurm_settings import SlurmSettings
+from mpvgbench.spec_yaml import (MAX_SPEC_BYTES, MAX_YAML_DEPTH, MAX_YAML_VALUES, unshared_copy,  # noqa: F401
+                                 display_path, read_spec_bytes, read_yaml)
 
 AXES: tuple[str, ...] = ("models", "methods", "datasets", "seeds")
 CELL_KEYS: tuple[str, ...] = ("model", "method", "dataset", "seed")
-MAX_SPEC_BYTES = 1_000_000
 RUN_KEY_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
@@ -278,98 +277,13 @@ class Spec(_Section):
 # ---------------------------------------------------------------------------- loading
 
 
-MAX_YAML_DEPTH = 64  # a spec nests a handful of levels
-MAX_YAML_VALUES = 200_000  # values after alias expansion: a 10k-job spec needs a few thousand
-
-
-class _SafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses duplicate mapping keys, explicit tags and deep nesting."""
-
-    _depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
-        tag = getattr(event, "tag", None)
-        if tag is not None and tag != "!" and not isinstance(event, yaml.AliasEvent):
-            raise yaml.constructor.ConstructorError(
-                None, None, f"the tag {tag} is not allowed (YAML tags are not allowed in specs)",
-                event.start_mark)
-        self._depth += 1
-        try:
-            if self._depth > MAX_YAML_DEPTH:
-                raise yaml.composer.ComposerError(
-                    None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
-    """How many values ``node`` becomes once every alias is expanded (shared nodes memoised:
-    linear in the document, however large the expansion)."""
-    known = memo.get(id(node))
-    if known is not None:
-        return known
-    memo[id(node)] = 1  # a cycle (an alias to an enclosing anchor) counts once, then is refused below
-    if isinstance(node, yaml.SequenceNode):
-        size = 1 + sum(_expanded_size(child, memo) for child in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
-    else:
-        size = 1
-    memo[id(node)] = size
-    return size
-
-
-def _construct_mapping(loader: _SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:  # explicit keys only: a key may override a `<<:` merge
-        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    loader.flatten_mapping(node)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_SafeLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
-
-
-def read_yaml(text: str, source: str) -> Any:
-    """Parse spec text; bounded in depth and in size after alias expansion (a 600-byte
-    "billion laughs" would otherwise take minutes and gigabytes downstream)."""
-    loader = _SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        size = _expanded_size(node, {})
-        if size > MAX_YAML_VALUES:
-            raise SpecError(f"{source}: the YAML expands to over {MAX_YAML_VALUES:,} values "
-                            "(nested aliases); write the spec out without them")
-        return loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{source}: {_yaml_problem(exc)}") from None
-    except RecursionError:
-        raise SpecError(f"{source}: malformed YAML: nested too deeply (or an alias refers to "
-                        "its own enclosing value)") from None
-    finally:
-        loader.dispose()
-
-
 def apply_overrides(data: Any, overrides: Sequence[str], source: str) -> Any:
     """``--set recipe.epochs=1 --set seeds=[0]``: dotted paths into the spec, values as YAML."""
     if not overrides:
         return data
     if not isinstance(data, Mapping):
         return data  # parse_spec names the problem
-    data = copy.deepcopy(dict(data))
+    data = unshared_copy(data)
     for item in overrides:
         path, sep, text = item.partition("=")
         parts = path.strip().split(".")
@@ -421,30 +335,13 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
 
     ``overrides``: ``FIELD.PATH=VALUE`` strings applied before validation (``run --set``); they
     become part of the spec and so of the job keys they change."""
-    source = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise SpecError(f"{source}: no such spec file") from None
-    except IsADirectoryError:
-        raise SpecError(f"{source}: is a directory, not a spec file") from None
-    except OSError as exc:
-        raise SpecError(f"{source}: cannot read spec: {exc.strerror or exc}") from None
+    source = display_path(path)
+    raw = read_spec_bytes(path, source)
     if len(raw) > MAX_SPEC_BYTES:
-        raise SpecError(f"{source}: spec is {len(raw)} bytes; the limit is {MAX_SPEC_BYTES}")
+        raise SpecError(f"{source}: spec is over {MAX_SPEC_BYTES} bytes, the limit")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"{source}: not UTF-8 text (byte {exc.start})") from None
     data = apply_overrides(read_yaml(text, source), overrides, source)
     return parse_spec(data, source)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    problem = getattr(exc, "problem", None) or str(exc)
-    problem = " ".join(str(problem).split())
-    if "could not determine a constructor" in problem:
-        problem += " (YAML tags are not allowed in specs)"
-    return f"{where}malformed YAML: {problem}"

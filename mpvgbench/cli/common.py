@@ -50,6 +50,8 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:
+            end_quietly_on_closed_pipe()
         except MpvgbenchError as error:
             raise UserError(" ".join(str(error).split("\n")[0:1]) or type(error).__name__) from None
         except Exception:
@@ -61,6 +63,19 @@ def user_errors(func: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def end_quietly_on_closed_pipe() -> None:
+    """``mpvgbench status | head -1``: the reader left; say nothing more and exit 141 (SIGPIPE's
+    exit status), as a shell tool would. stdout now points at /dev/null so that the final flush at
+    exit cannot raise again."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    sys.exit(141)
 
 
 def db_option(func: F) -> F:
@@ -83,6 +98,12 @@ def open_store(db: str | None, spec: Spec | None = None, *, must_exist: bool = F
     from mpvgbench.store import Store
 
     target = db or (spec.results.db if spec is not None and spec.results and spec.results.db else None) or DEFAULT_DB
+    try:
+        missing = must_exist and "://" not in target and not Path(target).exists()
+    except OSError as exc:  # a name too long for the file system, and the like
+        raise UserError(f"results database {target[:80]}...: {exc.strerror}; check the --db path") from None
+    if missing:
+        raise UserError(f"no results database at {target}; run `mpvgbench run SPEC` first or pass --db")
     return Store(target, create=not must_exist)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Iterable
 from pathlib import Path
 
 import click
@@ -11,6 +13,9 @@ from mpvgbench.cli.common import UserError, cli, db_option, open_store, user_err
 
 def _resolve_keys(store, target: str) -> list[str]:  # type: ignore[no-untyped-def]
     """TARGET is a spec file (all its runs) or a key / unique key prefix."""
+    if not target.strip():
+        raise UserError("an empty KEY matches every run; give a key (or a unique prefix of one) "
+                        "from `mpvgbench status --all`, or a spec file")
     path = Path(target)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         from mpvgbench.spec import load_spec
@@ -28,7 +33,8 @@ def _resolve_keys(store, target: str) -> list[str]:  # type: ignore[no-untyped-d
 @cli.command()
 @click.argument("key")
 @click.option("--stream", type=click.Choice(["both", "stdout", "stderr"]), default="both", show_default=True)
-@click.option("--tail", "tail_lines", type=int, default=None, help="Only the last N lines of each stream.")
+@click.option("--tail", "tail_lines", type=click.IntRange(min=1), default=None,
+              help="Only the last N lines of each stream.")
 @db_option
 @user_errors
 def logs(key: str, stream: str, tail_lines: int | None, db: str | None) -> None:
@@ -49,18 +55,18 @@ def logs(key: str, stream: str, tail_lines: int | None, db: str | None) -> None:
     if row.run_dir:
         paths += [Path(row.run_dir) / "stdout.log", Path(row.run_dir) / "stderr.log"]
     wanted = [p for p in paths if stream == "both" or p.name.endswith(("out", "stdout.log") if stream == "stdout" else ("err", "stderr.log"))]
-    found = [p for p in wanted if p.exists()]
+    found = [p for p in wanted if p.is_file() and not p.is_symlink()]  # a link may point anywhere
     if not found and row.run_dir and not Path(row.run_dir).is_dir():
         raise UserError(f"run {full_key}'s directory {row.run_dir} is gone (deleted or moved), and its "
                         f"logs with it (status: {row.status}); `mpvgbench run SPEC --force` retrains it")
     if not found:
         raise UserError(f"run {full_key} has no logs yet (status: {row.status})")
     for path in found:
-        lines = path.read_text(errors="replace").splitlines()
-        if tail_lines is not None:
-            lines = lines[-tail_lines:]
         click.echo(f"==> {path} <==")
-        click.echo("\n".join(lines))
+        with open(path, errors="replace") as handle:  # streamed: a log may be gigabytes
+            lines: Iterable[str] = collections.deque(handle, maxlen=tail_lines) if tail_lines else handle
+            for line in lines:
+                click.echo(line, nl=False)
 
 
 @cli.command()

@@ -12,6 +12,7 @@ import click
 
 from mpvgbench.catalog import DATASET_TABLE
 from mpvgbench.cli.common import UserError
+from mpvgbench.spec import display_path
 
 if TYPE_CHECKING:
     from mpvgbench.matrix import Job
@@ -48,6 +49,40 @@ def adopt_finished_run_dirs(store: Store, jobs: Sequence[Job], runs_root: Path) 
             continue  # damaged: the executor sets it aside and trains the job
 
 
+def revive_parents(store: Store, jobs: Sequence[Job], runs_root: Path) -> list[str]:
+    """A child about to train whose init_from run is finished but has no checkpoint.pt left
+    (deleted, or a smoke run that kept none) gets its parent retrained first, instead of failing
+    with "train that run first": the parent is a job of the same matrix, so this is its rerun."""
+    by_key = {job.key: job for job in jobs}
+    states = store.statuses(list(by_key))
+    parents = {job.depends_on for job in jobs
+               if job.depends_on in by_key and states.get(job.key) in ("pending", "running")}
+    gone = sorted(key for key in parents if states.get(key) == "finished"
+                  and not (runs_root / key / "checkpoint.pt").is_file())
+    for key in gone:
+        clear_training_state(runs_root / key)
+    if gone:
+        store.reset(gone)
+        click.echo(f"{len(gone)} finished init_from run(s) have no checkpoint.pt left: retrained "
+                   "first for the runs that start from them", err=True)
+    return gone
+
+
+def warn_about_slurm_timing(spec: Spec, jobs: Sequence[Job]) -> None:
+    """Warn when a Slurm job's time limit leaves almost nothing to train in: Slurm sends the
+    requeue signal up to 60 s before the time asked (--signal), and a start costs a minute or
+    two (imports, data, the checkpoint), so a few-minute limit requeues without progress."""
+    from mpvgbench.slurm_settings import MIN_USEFUL_MINUTES, SlurmSettings
+
+    settings = spec.slurm or SlurmSettings()
+    left = settings.useful_minutes()
+    if left < MIN_USEFUL_MINUTES:
+        click.echo(f"warning: slurm.time {settings.timeout_min} min leaves {max(left, 0):.1f} min "
+                   f"to train after start-up and the requeue signal (sent up to "
+                   f"{settings.signal_delay_s + 60} s early); each requeue may make no progress; raise "
+                   "slurm.time (docs/slurm.md, \"Time limits\")", err=True)
+
+
 def preflight_device(device: str, *, local: bool, smoke: bool) -> str:
     """Fail before any job starts when every job would fail the same way: CUDA asked, none here.
     A smoke run checks the pipeline, not the hardware: it falls back to the CPU and says so."""
@@ -70,15 +105,18 @@ def check_writable_dir(path: Path, what: str, fix: str) -> None:
     import os
 
     existing = path
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent  # nothing is created before the inputs are known to be good
+    try:
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent  # nothing is created before the inputs are known to be good
+    except OSError as exc:  # ENAMETOOLONG and the like
+        raise UserError(f"{what} {display_path(path)} cannot hold run directories ({exc.strerror}); {fix}") from None
     problem = None
     if not existing.is_dir():
         problem = "not a directory" if existing == path else f"{existing} is not a directory"
     elif not os.access(existing, os.W_OK | os.X_OK):
         problem = "not writable" if existing == path else f"{existing} is not writable"
     if problem:
-        raise UserError(f"{what} {path} cannot hold run directories ({problem}); {fix}")
+        raise UserError(f"{what} {display_path(path)} cannot hold run directories ({problem}); {fix}")
 
 
 ROOT_FREE_DATASETS = frozenset(d.name for d in DATASET_TABLE.values() if not d.needs_root)  # bundled or generated
@@ -137,14 +175,26 @@ def check_data_roots(spec: Spec, jobs: Sequence[Job], *, local: bool, download: 
                     )
 
 
-def check_run_dirs(jobs: Sequence[Job], runs_root: Path) -> None:
-    """A RunDirError (one line, exit 2) when a job about to resume has a corrupted result.json or
-    checkpoint.pt, instead of a worker failing on it."""
+RUN_LOGS = ("stdout.log", "stderr.log")
+
+
+def check_run_dirs(jobs: Sequence[Job], resumed: Sequence[Job], runs_root: Path) -> None:
+    """A RunDirError (one line, exit 2) when a job's run directory is a link or a file, or a log
+    is not a file; or when a job about to resume has a corrupted result.json or checkpoint.pt,
+    instead of a worker failing on it (or --force deleting outside the runs root)."""
     import zipfile
 
+    from mpvgbench.executors.witness import check_not_a_link
     from mpvgbench.rundir import RunDir, RunDirError, read_result
 
     for job in jobs:
+        check_not_a_link(runs_root / job.key)
+        for name in RUN_LOGS:
+            log = runs_root / job.key / name
+            if log.is_symlink() or (log.exists() and not log.is_file()):
+                raise RunDirError(f"run dir {log.parent}: {name} is not a regular file; move it away "
+                                  "(the run's output is appended to it)")
+    for job in resumed:
         rd = RunDir(runs_root / job.key)
         if not rd.path.is_dir():
             continue

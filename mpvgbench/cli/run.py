@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 from collections import Counter
@@ -10,14 +11,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from mpvgbench.cli.common import (DEFAULT_RUNS_DIR, cli, db_option, open_store,
                                    resolve_runs_root, user_errors)
 from mpvgbench.cli.preflight import (adopt_finished_run_dirs, check_data_roots, check_init_from,
                                      check_run_dirs, check_writable_dir, clear_training_state,
-                                     preflight_device)
+                                     preflight_device, revive_parents, warn_about_slurm_timing)
 
 if TYPE_CHECKING:
+    from mpvgbench.executors.base import RunContext
     from mpvgbench.matrix import Job
     from mpvgbench.spec import Spec
     from mpvgbench.store import Store
@@ -43,7 +46,8 @@ if TYPE_CHECKING:
               help="torch.compile the training step (auto: on CUDA only). Never part of the job key.")
 @click.option("--amp", "amp_mode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="bf16 autocast (auto: the recipe's setting on CUDA, fp32 on CPU).")
-@click.option("--checkpoint-every-min", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+@click.option("--checkpoint-every-min", type=click.FloatRange(min=0.1, max=1e6), default=10.0, show_default=True,
+              callback=lambda ctx, param, value: _finite(value, "--checkpoint-every-min"),
               help="Also checkpoint mid-epoch this often (a killed or requeued job resumes exactly).")
 @click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
               help="Override a spec field (YAML value), e.g. --set recipe.epochs=1 --set 'seeds=[0]'. "
@@ -73,16 +77,15 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
     when no GPU is here, into its own database and runs dir (.smoke/), keeping no checkpoints:
     it checks the pipeline, never touches real results.
     """
-    from mpvgbench.data import default_num_workers
-    from mpvgbench.executors.base import RunContext
+    from mpvgbench.cli.config_checks import check_configs
     from mpvgbench.matrix import expand, select
     from mpvgbench.spec import load_spec
 
     spec = load_spec(spec_path, overrides)
     jobs = select(expand(spec, smoke=smoke), only)
+    check_configs(spec, jobs)
     if smoke:
-        db = db or str(SMOKE_DIR / "results.db")
-        runs_dir = runs_dir or str(SMOKE_DIR / "runs")
+        db, runs_dir = _smoke_places(db, runs_dir)
     if dry_run:
         _print_matrix(jobs, db, spec)
         return
@@ -96,15 +99,50 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
     device = preflight_device(device or spec.executor.device, local=name != "slurm", smoke=smoke)
     runs_root = resolve_runs_root(runs_dir, spec).resolve()
     check_writable_dir(runs_root, "runs dir", "pass --runs-dir DIR or set results.runs_dir in the spec")
+    if name == "slurm":
+        warn_about_slurm_timing(spec, jobs)
     store = open_store(db, spec)
-    states = store.statuses([job.key for job in jobs])
+    todo = _settle(store, spec, jobs, runs_root, force=force, retry_failed=retry_failed, local=name != "slurm")
+    if not todo:
+        _exit_unless_finished(store, jobs)  # a rerun that finds failed runs says so in its status
+        return
+    ctx = _run_context(spec, todo, runs_root, device, fail_fast=fail_fast, download=download,
+                       amp=amp_mode, compile_mode=compile_mode, checkpoint_every_min=checkpoint_every_min,
+                       smoke=smoke)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        _launch(name, spec, jobs, todo, store, ctx, workers, wait, smoke=smoke)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _smoke_places(db: str | None, runs_dir: str | None) -> tuple[str, str]:
+    """--smoke's database and runs dir: .smoke/ unless given on the command line. MPVGBENCH_DB
+    names the real results, so a smoke run never writes there."""
+    source = click.get_current_context().get_parameter_source("db")
+    if db and source == ParameterSource.ENVIRONMENT:
+        click.echo(f"smoke: MPVGBENCH_DB ({db}) is ignored; smoke results go to {SMOKE_DIR}/ "
+                   "(--db to choose)", err=True)
+        db = None
+    return db or str(SMOKE_DIR / "results.db"), runs_dir or str(SMOKE_DIR / "runs")
+
+
+def _settle(store: Store, spec: Spec, jobs: Sequence[Job], runs_root: Path, *, force: bool,
+            retry_failed: bool, local: bool) -> list[Job]:
+    """Store the matrix, fold in what the run directories witness (results, live Slurm jobs),
+    apply --force/--retry-failed; print the counts and return the jobs to run."""
+    from mpvgbench.executors.witness import adopt_live_slurm_jobs
+
+    keys = [job.key for job in jobs]
+    states = store.statuses(keys)
     resumed = ("pending", "running", "failed", "cancelled") if retry_failed and not force else ("pending", "running")
-    check_run_dirs([job for job in jobs if states.get(job.key, "pending") in resumed], runs_root)
+    check_run_dirs(jobs, [job for job in jobs if states.get(job.key, "pending") in resumed], runs_root)
     check_init_from(store, jobs)
     store.register_jobs(jobs, spec.name)
-    states = store.statuses([job.key for job in jobs])
+    states = store.statuses(keys)
     adopt_finished_run_dirs(store, [job for job in jobs if states.get(job.key) == "pending"], runs_root)
-    states = store.statuses([job.key for job in jobs])
+    on_slurm = adopt_live_slurm_jobs(store, [job for job in jobs if states.get(job.key) != "finished"], runs_root)
+    states = store.statuses(keys)
     if force:
         # --force retrains from scratch: resuming would only re-read a finished run's last
         # checkpoint. Files first, then the database: killed in between, the rows still say
@@ -115,21 +153,32 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
         store.reset(ended)
     elif retry_failed:
         store.reset([job.key for job in jobs if states.get(job.key) in ("failed", "cancelled")])
-    states = store.statuses([job.key for job in jobs])
-    todo = [job for job in jobs if states.get(job.key) in ("pending", "running")]
+    revive_parents(store, jobs, runs_root)
+    states = store.statuses(keys)
+    todo = [job for job in jobs if states.get(job.key) in ("pending", "running")
+            and not (local and job.key in on_slurm)]
     counts = Counter(states.get(job.key) for job in jobs)
-    ended = f"{counts['failed']} failed" + (f", {counts['cancelled']} cancelled" if counts["cancelled"] else "")
+    ended_text = f"{counts['failed']} failed" + (f", {counts['cancelled']} cancelled" if counts["cancelled"] else "")
     retry = " (rerun with --retry-failed)" if counts["failed"] or counts["cancelled"] else ""
-    click.echo(f"{spec.name}: {len(jobs)} jobs, {counts['finished']} finished, {ended}{retry}, {len(todo)} to run")
-    if not todo:
-        return
+    click.echo(f"{spec.name}: {len(jobs)} jobs, {counts['finished']} finished, {ended_text}{retry}, {len(todo)} to run")
+    if local and on_slurm:
+        click.echo(f"{len(on_slurm)} job(s) queued or running on Slurm (their run dirs say so): not "
+                   "started here; `mpvgbench status SPEC` follows them", err=True)
+    return todo
+
+
+def _run_context(spec: Spec, todo: Sequence[Job], runs_root: Path, device: str, *, fail_fast: bool,
+                 download: bool, amp: str, compile_mode: str, checkpoint_every_min: float,
+                 smoke: bool) -> RunContext:
+    from mpvgbench.data import default_num_workers
+    from mpvgbench.executors.base import RunContext
 
     data_roots = {d: root for d in {job.dataset for job in todo} if (root := spec.data_root(d))}
     if smoke:  # real-format stand-ins (ImageNet JPEGs, CIFAR pickles), generated once under .smoke/data
         from mpvgbench.data_standins import smoke_data_roots
 
         data_roots.update(smoke_data_roots({job.dataset for job in todo}, SMOKE_DIR))
-    ctx = RunContext(
+    return RunContext(
         runs_root=runs_root,
         data_roots=data_roots,
         device=device,
@@ -137,15 +186,16 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
                      else max(default_num_workers(job.dataset) for job in todo)),
         fail_fast=fail_fast,
         download=download or spec.data.download,
-        amp=amp_mode,
+        amp=amp,
         compile=compile_mode,
         checkpoint_every_min=checkpoint_every_min,
     )
-    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        _launch(name, spec, jobs, todo, store, ctx, workers, wait, smoke=smoke)
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _finite(value: float, option: str) -> float:
+    if not math.isfinite(value):  # FloatRange lets nan through (every comparison with it is False)
+        raise click.BadParameter(f"{value} is not a number of minutes", param_hint=option)
+    return value
 
 
 SMOKE_DIR = Path(".smoke")  # run --smoke's own database and run dirs, never the real ones

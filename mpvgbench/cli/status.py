@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mpvgbench.cli.common import cli, db_option, open_store, user_errors
+from mpvgbench.cli.common import cli, db_option, end_quietly_on_closed_pipe, open_store, user_errors
 
 if TYPE_CHECKING:
     from mpvgbench.spec import Spec
@@ -72,6 +72,7 @@ def status(spec_path: Path | None, db: str | None, show_all: bool) -> None:
     for r in rows:
         add_plain_row(table, [r[c] for c in columns])
     out = console()
+    out.on_broken_pipe = end_quietly_on_closed_pipe  # type: ignore[method-assign] # rich: exit 1
     out.print(table)
     if not show_all and len(pending) > MAX_PENDING_SHOWN:
         click.echo(f"... and {len(pending) - MAX_PENDING_SHOWN} more pending (mpvgbench status --all)")

@@ -83,7 +83,7 @@ def prepare_run_dir(job: Job, ctx: RunContext) -> Path:
     run_dir = ctx.run_dir(job.key)
     run_dir.mkdir(parents=True, exist_ok=True)
     retire_stale_error(run_dir)  # --retry-failed: the old record is not this attempt's outcome
-    if (run_dir / "result.json").exists() and not _valid_result(run_dir):
+    if (run_dir / "result.json").exists() and not valid_result(run_dir):
         # A damaged result.json never counts; set aside, the worker trains (or resumes) again.
         os.replace(run_dir / "result.json", run_dir / "result.json.invalid")
     atomic_write_json(run_dir / "config.json", job.config.model_dump(mode="json"))
@@ -115,7 +115,23 @@ def write_attempt_header(run_dir: Path, attempt: int, executor: str) -> None:
             log.write(line)
 
 
-def _valid_result(run_dir: Path) -> bool:
+# How a full disk reads when torch.save hits it: torch re-raises ENOSPC as a RuntimeError
+# ("PytorchStreamWriter failed writing file ...", "unexpected pos N vs M"), which the worker
+# records as an exception; it is the machine's failure all the same, and retried.
+DISK_FULL_WORDS = ("no space left on device", "disk quota exceeded", "unexpected pos",
+                   "pytorchstreamwriter failed writing")
+
+
+def is_infra_failure(failure: Mapping[str, Any]) -> bool:
+    """A failure of the machine rather than of the job (retried automatically): error.json's kind
+    ``infra``, or a full disk that surfaced as another exception type."""
+    if failure.get("kind") == "infra":
+        return True
+    text = f"{failure.get('error') or ''} {failure.get('traceback_tail') or ''}".lower()
+    return failure.get("kind") == "exception" and any(words in text for words in DISK_FULL_WORDS)
+
+
+def valid_result(run_dir: Path) -> bool:
     from mpvgbench.rundir import RunDirError, read_result
     from mpvgbench.store_schema import result_problem
 

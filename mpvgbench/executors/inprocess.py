@@ -57,7 +57,15 @@ class InProcessExecutor(LocalExecutor):
         store.set_run_dir(job.key, str(run_dir), executor=self.name)
         write_attempt_header(run_dir, attempt, self.name)
         self.on_event("started", job, {"run_dir": run_dir, "gpu": None, "attempt": attempt})
-        returncode = _run_logged(run_job, run_dir)
+        try:
+            returncode = _run_logged(run_job, run_dir)
+        except KeyboardInterrupt:
+            # Ctrl-C stops the coordinator, not the job's worth: the run goes back to pending
+            # (its checkpoint stays) instead of being failed by this attempt's error.json.
+            (run_dir / "error.json").unlink(missing_ok=True)
+            store.release(job.key, owner)
+            self._release_lock(job.key)
+            raise
         return RunningJob(job, run_dir, FinishedProcess(returncode), None, [], attempt)  # type: ignore[arg-type]
 
 

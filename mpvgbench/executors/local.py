@@ -11,20 +11,20 @@ MPVGBENCH_CPUS, from which the worker plans its threads (``mpvgbench.threads``).
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TextIO
+from typing import IO, TYPE_CHECKING, Any, ClassVar, TextIO
 
 from mpvgbench.errors import MpvgbenchError
-from mpvgbench.executors.base import (Executor, LaunchSummary, RunContext, new_owner_id, prepare_run_dir,
-                                      process_start_time, write_attempt_header)
+from mpvgbench.executors.base import (Executor, LaunchSummary, RunContext, is_infra_failure, new_owner_id,
+                                      prepare_run_dir, valid_result, write_attempt_header)
+from mpvgbench.executors.witness import (WORKER_FILE, live_slurm_jobs, owner_is_alive, process_state,  # noqa: F401
+                                         record_worker, try_lock, worker_is_training)
 from mpvgbench.threads import CPUS_ENV, job_cpus
 
 if TYPE_CHECKING:
@@ -34,66 +34,6 @@ if TYPE_CHECKING:
 HEARTBEAT_EVERY_S = 10.0
 POLL_EVERY_S = 0.2
 ELSEWHERE_POLL_S = 2.0  # how often jobs another coordinator runs are looked up
-
-
-def owner_is_alive(owner: str) -> bool:
-    """False only when ``owner`` (host:pid:nonce) is a coordinator on this host whose pid is gone."""
-    host, _, rest = owner.partition(":")
-    pid_text, _, nonce = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return True  # another machine's coordinator: only its heartbeat can tell
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    started = nonce.partition("@")[2]
-    if started.isdigit() and int(started) and process_start_time(int(pid_text)) not in (None, int(started)):
-        return False  # the pid was reused by a process that started later
-    # a killed process its parent has not reaped yet is a zombie: dead all the same
-    return process_state(int(pid_text)) != "Z"
-
-
-WORKER_FILE = "worker.json"  # {"host", "pid", "start"} of the run's current worker process
-
-
-def worker_is_training(run_dir: Path, within_s: float) -> bool:
-    """True when the run's worker still trains: a claim whose coordinator went quiet (stopped,
-    hung) is not taken over while its worker runs. On this host the worker's pid (and start
-    time) answers; elsewhere, whether it reported progress within ``within_s`` seconds."""
-    try:
-        record = json.loads((run_dir / WORKER_FILE).read_text())
-        if record.get("host") == socket.gethostname():
-            pid, start = int(record["pid"]), record.get("start")
-            return _running(pid) and (start is None or process_start_time(pid) == start)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    try:
-        return time.time() - (run_dir / "progress.json").stat().st_mtime < within_s
-    except OSError:
-        return False
-
-
-def process_state(pid: int) -> str | None:
-    """The state letter of /proc/PID/stat (``Z``: a zombie), None when it cannot be read."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def _running(pid: int) -> bool:
-    """The process exists and is no zombie (a killed worker nobody reaped yet is dead)."""
-    return process_state(pid) not in (None, "Z")
-
-
-def record_worker(run_dir: Path, pid: int) -> None:
-    """Who trains this run now, for :func:`worker_is_training`."""
-    from mpvgbench.rundir import atomic_write_json
-
-    atomic_write_json(run_dir / WORKER_FILE, {"host": socket.gethostname(), "pid": pid,
-                                              "start": process_start_time(pid)})
 
 
 def visible_gpus() -> list[str]:
@@ -156,6 +96,7 @@ class LocalExecutor(Executor):
         # > 1: each job is a one-node DDP run under torchrun, one process (and one GPU) per rank
         self.processes_per_job = processes_per_job
         self.on_event = on_event or (lambda event, job, info: None)
+        self._locks: dict[str, IO[bytes]] = {}  # run-directory locks this coordinator holds
 
     def options(self) -> dict[str, Any]:
         return {"workers": self.workers}
@@ -203,23 +144,9 @@ class LocalExecutor(Executor):
                         f"{len(queue)} job(s) wait for init_from runs trained elsewhere; "
                         "rerun this command once those are finished")
                     break
-                for key in list(running):
-                    entry = running[key]
-                    if entry.process.poll() is None:
-                        continue
-                    del running[key]
-                    for handle in entry.logs:
-                        handle.close()
-                    give_back_gpus(free_gpus, entry.gpu)
-                    outcome = self._finish(entry, store, owner, ctx)
-                    if outcome == "retry":
-                        running[key] = self._start(entry.job, ctx, entry.gpu, store, owner, entry.attempt + 1)
-                        take_gpus(free_gpus, per_job, exactly=entry.gpu)
-                        continue
-                    (summary.finished if outcome == "finished" else summary.failed).append(key)
-                    if outcome != "finished" and ctx.fail_fast:
-                        stop = True
-                        self._terminate(running, store, owner)
+                if self._reap(running, free_gpus, store, owner, ctx, summary) and ctx.fail_fast:
+                    stop = True
+                    self._terminate(running, store, owner)
                 if running and time.monotonic() - last_heartbeat > HEARTBEAT_EVERY_S:
                     if store.heartbeat(owner, list(running)) < len(running):
                         # `mpvgbench cancel` (or a coordinator that took a run over): stop its worker
@@ -240,6 +167,29 @@ class LocalExecutor(Executor):
         if stop and queue:
             summary.messages.append(f"--fail-fast: {len(queue)} job(s) not started")
         return summary
+
+    def _reap(self, running: dict[str, RunningJob], free_gpus: list[str], store: Store, owner: str,
+              ctx: RunContext, summary: LaunchSummary) -> bool:
+        """Record the jobs whose worker ended (an infra failure starts again); True when one
+        of them failed."""
+        failed = False
+        for key in list(running):
+            entry = running[key]
+            if entry.process.poll() is None:
+                continue
+            del running[key]
+            for handle in entry.logs:
+                handle.close()
+            give_back_gpus(free_gpus, entry.gpu)
+            outcome = self._finish(entry, store, owner, ctx)
+            if outcome == "retry":  # the run's lock stays with this coordinator for the next attempt
+                running[key] = self._start(entry.job, ctx, entry.gpu, store, owner, entry.attempt + 1)
+                take_gpus(free_gpus, self.processes_per_job, exactly=entry.gpu)
+                continue
+            self._release_lock(key)
+            (summary.finished if outcome == "finished" else summary.failed).append(key)
+            failed = failed or outcome != "finished"
+        return failed
 
     def _settled_elsewhere(self, elsewhere: dict[str, Job], store: Store, ctx: RunContext) -> list[Job]:
         """Drop the jobs another coordinator has finished (or failed); return the rest for one
@@ -272,6 +222,29 @@ class LocalExecutor(Executor):
         return None
 
     def _claim(self, job: Job, store: Store, owner: str, ctx: RunContext) -> bool:
+        """The store's claim, then the run directory's lock (another database's coordinator, a
+        Slurm job): both or neither. A run whose directory already holds a valid result (its
+        coordinator was killed after the worker finished) is recorded, not trained again."""
+        if live_slurm_jobs([job], ctx.runs_root):
+            return False  # queued or running on Slurm: that job trains it
+        if not self._claim_in_store(job, store, owner, ctx):
+            return False
+        lock = try_lock(ctx.run_dir(job.key))
+        if lock is None:
+            store.release(job.key, owner)
+            return False
+        if valid_result(ctx.run_dir(job.key)) and store.ingest_run_dir(ctx.run_dir(job.key)) == "finished":
+            lock.close()
+            return False  # _settled_elsewhere reports it finished
+        self._locks[job.key] = lock
+        return True
+
+    def _release_lock(self, key: str) -> None:
+        lock = self._locks.pop(key, None)
+        if lock is not None:
+            lock.close()
+
+    def _claim_in_store(self, job: Job, store: Store, owner: str, ctx: RunContext) -> bool:
         if worker_is_training(ctx.run_dir(job.key), ctx.stale_after_s):
             (row,) = store.runs(keys=[job.key]) or (None,)
             if row is not None and row.status == "running":
@@ -316,6 +289,7 @@ class LocalExecutor(Executor):
             stderr=err,
             stdin=subprocess.DEVNULL,
             env=env,
+            pass_fds=(self._locks[job.key].fileno(),),  # the worker holds the run's lock as long as it lives
         )
         record_worker(run_dir, process.pid)
         self.on_event("started", job, {"run_dir": run_dir, "gpu": gpu, "attempt": attempt})
@@ -329,7 +303,7 @@ class LocalExecutor(Executor):
             return "finished"
         if status == "failed":
             failure = store.failure(entry.job.key)
-            if failure and failure.get("kind") == "infra" and entry.attempt <= ctx.max_infra_retries:
+            if failure and is_infra_failure(failure) and entry.attempt <= ctx.max_infra_retries:
                 # The machine failed the job (a full disk, a lost port), not the job itself.
                 store.reset([entry.job.key])
                 if not store.claim(entry.job.key, owner, stale_after_s=ctx.stale_after_s):
@@ -366,6 +340,7 @@ class LocalExecutor(Executor):
                 entry.process.wait()
             for handle in entry.logs:
                 handle.close()
+            self._release_lock(key)
             give_back_gpus(free_gpus, entry.gpu)
             self.on_event("cancelled", entry.job, {"run_dir": entry.run_dir})
         return lost
@@ -387,6 +362,8 @@ class LocalExecutor(Executor):
             if store.ingest_run_dir(entry.run_dir) not in ("finished", "failed"):
                 store.release(entry.job.key, owner)
         running.clear()
+        for key in list(self._locks):  # claimed but not started (a job interrupted in-process)
+            self._release_lock(key)
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -38,6 +38,7 @@ from mpvgbench.executors.slurm_queue import (
     ACTIVE_STATES, SCHEDULER_TIMEOUT_S, SLURM_STATE_JSON, SchedulerUnreachable, first_line, max_array_size, record_state,
     scheduler, squeue_jobs, squeue_states,
 )
+from mpvgbench.executors.witness import is_locked
 from mpvgbench.slurm_settings import SlurmSettings, parse_time_minutes
 
 if TYPE_CHECKING:
@@ -241,8 +242,8 @@ class SlurmExecutor(Executor):
             if (run_dir / "result.json").exists() and store.ingest_run_dir(run_dir) == "finished":
                 summary.finished.append(job.key)
                 continue
-            if states.get(queued.get(job.key) or "") in ACTIVE_STATES:
-                summary.skipped.append(job.key)
+            if states.get(queued.get(job.key) or "") in ACTIVE_STATES or is_locked(run_dir):
+                summary.skipped.append(job.key)  # queued already, or a local worker trains it
                 continue
             if not store.claim(job.key, owner, stale_after_s=ctx.stale_after_s, executor=self.name,
                                run_dir=str(run_dir)):
@@ -303,8 +304,9 @@ class SlurmExecutor(Executor):
         stamp = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         folder = settings.base_folder(ctx.runs_root) / stamp
         try:
+            max_requeues = max(settings.requeues_for(job.config.recipe.epochs) for job in chunk)
             executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm",
-                                             slurm_max_num_timeout=settings.max_requeues)
+                                             slurm_max_num_timeout=max_requeues)
             params = settings.submitit_parameters()
             if dependency:
                 params["slurm_dependency"] = f"afterok:{dependency}"
@@ -328,7 +330,7 @@ class SlurmExecutor(Executor):
             atomic_write_json(run_dir / SLURM_JSON, {
                 "job_id": job_id, "folder": str(paths[0].folder), "submitted_at": time.time(),
                 "stdout": [str(p.stdout) for p in paths], "stderr": [str(p.stderr) for p in paths],
-                "timeout_min": settings.timeout_min, "max_requeues": settings.max_requeues,
+                "timeout_min": settings.timeout_min, "max_requeues": max_requeues,
                 "dependency": dependency or None, "mem": settings.mem or settings.mem_per_gpu,
                 "job_name": settings.job_name,
             })

@@ -187,7 +187,10 @@ def scheduler_view(record: dict[str, Any]) -> tuple[str, int]:
         return "", restarts
     if state == "GONE":
         return "left the queue", restarts
-    if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"):
+    if state == "REQUEUE_HOLD" or reason.startswith("JobHeld"):
+        # `scontrol hold` (or a requeue held by an admin): pending forever until released
+        return f"held: `scontrol release {record.get('job_id') or 'JOBID'}`", restarts
+    if state in ("PENDING", "REQUEUED", "REQUEUE_FED"):
         word = "requeued" if restarts or state != "PENDING" else "pending"
         return (f"{word} ({reason})" if reason else word), restarts
     if state in ("RUNNING", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT"):

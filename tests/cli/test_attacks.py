@@ -261,25 +261,34 @@ def test_15_status_lists_at_most_twenty_pending_rows(tmp_path: Path) -> None:
     assert len(res.output.splitlines()) < 30
 
 
-def test_7_on_this_host_the_workers_pid_decides(tmp_path: Path) -> None:
-    """A live worker fences its claim even when quiet; a dead one does not, even when its last
-    progress is fresh (a killed worker and coordinator resume at once)."""
+def test_7_on_this_host_the_run_dirs_lock_decides(tmp_path: Path) -> None:
+    """A worker holding the run directory's lock fences its claim even when quiet; once it is
+    gone the claim is free, even with fresh progress; a worker.json naming a live process that
+    is no worker (pid 1 here) fences nothing (it used to make `run` wait forever)."""
     import subprocess
     import sys
 
     from mpvgbench.executors.local import record_worker, worker_is_training
+    from mpvgbench.executors.witness import try_lock
 
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
+    lock = try_lock(run_dir)
+    assert lock is not None
     (run_dir / "progress.json").write_text("{}")  # fresh
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(lock.fileno(),))
+    lock.close()  # the child holds it now, as a worker does
     try:
         record_worker(run_dir, alive.pid)
         old = time.time() - 600
         os.utime(run_dir / "progress.json", (old, old))
         assert worker_is_training(run_dir, within_s=120)
+        assert try_lock(run_dir) is None  # a second coordinator (another database) cannot start it
     finally:
         alive.kill()
         alive.wait()
     (run_dir / "progress.json").write_text("{}")  # fresh again, but the worker is gone
     assert not worker_is_training(run_dir, within_s=120)
+    record_worker(run_dir, 1)  # a live process that is not a worker
+    assert not worker_is_training(run_dir, within_s=0)
+    (run_dir / "worker.json").write_text("[1, 2]")  # damaged: a list
+    assert not worker_is_training(run_dir, within_s=0)

@@ -195,7 +195,7 @@ def test_nonfinite_loss_is_recorded_never_cached_and_retried_only_when_asked(tmp
 
     # the next run: the failed job is neither retried nor taken for done
     res = invoke("run", spec)
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # a rerun that finds a failed run exits 1
     assert "tiny: 2 jobs, 1 finished, 1 failed (rerun with --retry-failed), 0 to run" in res.output
     assert "[running]" not in res.output
     assert (tmp_path / "runs" / lite.key / "error.json").stat().st_mtime_ns == error_mtime

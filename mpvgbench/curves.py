@@ -121,10 +121,10 @@ def collect_curves(store: Store, spec: Optional[str] = None,
     as ``report SPEC`` builds it, or of the spec named ``spec``), one Panel per (model,
     dataset) and configuration: runs that differ in a config field (or smoke runs) get their
     own panel, titled by what differs, never hidden. Runs without metrics are left out."""
-    from mpvgbench.report_runs import distinguishing_fields, group_variants, load_runs
+    from mpvgbench.report_runs import distinguishing_fields, group_variants, load_runs, spec_selection
 
     if keys is None and spec is not None:
-        keys = {run.key: run.dataset for run in store.runs(spec_name=spec)}
+        keys = spec_selection(store, spec)
     runs = load_runs(store, keys)
     groups: dict[tuple[str, str, bool], list[Any]] = defaultdict(list)
     for run in runs:

@@ -34,7 +34,7 @@ from mpvgbench.methods import PRESETS, PEMethod, resolve_method
 from mpvgbench.paper import DATASET_NAMES, MODEL_NAMES, TOP1, Metric, PaperRow, PaperTable, TableId, get_table
 from mpvgbench.report_runs import (
     ReportRun, Variant, column_name, distinguishing_fields, group_variants, load_runs, metric_value,
-    stands_in_for,
+    spec_selection, stands_in_for,
 )
 from mpvgbench.stats import TEST_NAME, PairedDifference, paired_difference
 from mpvgbench.store import Store
@@ -149,13 +149,15 @@ def build_table(store: Store, table: Union[TableId, None] = None, *, metric: str
     """The paper's Table ``table`` (1-6, or "fig5") with measured mean ± std next to the paper's
     values and the difference; ``table=None`` pivots whatever is selected (model x method, by
     dataset). ``metric``: "final" (default, as the paper reports) or "best" epoch.
-    ``selection``: job key -> dataset of the runs to show (``spec`` only names them in the
-    title). ``baseline``: a method label or preset for paired differences. Out-of-range tables,
+    ``selection``: job key -> dataset of the runs to show (``spec`` names them in the title;
+    alone, it selects the runs registered under that spec name). ``baseline``: a method label or preset for paired differences. Out-of-range tables,
     unknown metrics and methods raise a one-line MpvgbenchError."""
     if metric not in METRICS:
         raise MpvgbenchError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
     paper_table = None if table is None else get_table(table)
     base = None if baseline is None else resolve_method(baseline)
+    if selection is None and spec is not None:
+        selection = spec_selection(store, spec)
     runs = load_runs(store, selection)
     if paper_table is None:
         out = _pivot(runs, metric) if base is None else _pivot_vs_baseline(runs, metric, base)

@@ -117,6 +117,11 @@ def load_runs(store: Store, selection: Optional[Mapping[str, str]] = None) -> li
     return out
 
 
+def spec_selection(store: Store, spec_name: str) -> dict[str, str]:
+    """The runs registered under a spec's *name* (library callers; the CLI selects by matrix)."""
+    return {run.key: _STAND_IN_FOR.get(run.dataset, run.dataset) for run in store.runs(spec_name=spec_name)}
+
+
 def _provenance(run: RunRow, row: ResultRow) -> Provenance:
     env = row.extra.get("env") if isinstance(row.extra.get("env"), dict) else {}
     return Provenance(run.git_commit, run.git_dirty, run.torch_version or env.get("torch"),
@@ -213,4 +218,5 @@ def stands_in_for(run: ReportRun, dataset: str, cell_runs: Sequence[ReportRun]) 
 
 
 __all__ = ["GENERATED_DATASETS", "Provenance", "ReportRun", "Variant", "column_name", "distinguishing_fields",
-           "flatten", "group_variants", "is_generated", "load_runs", "metric_value", "stands_in_for"]
+           "flatten", "group_variants", "is_generated", "load_runs", "metric_value", "spec_selection",
+           "stands_in_for"]

@@ -122,6 +122,8 @@ def report(spec_path: Path | None, table_number: str | None, fmt: str, metric: s
 
 def _say_what_is_left_out(store: "Store", selection: dict[str, str]) -> None:
     """On stderr: the matrix's cells without a finished run, and stored runs outside it."""
+    from mpvgbench.report_provenance import database_name
+
     finished = {row.key for row in store.results_frame()}
     missing = [key for key in selection if key not in finished]
     if missing:
@@ -129,13 +131,8 @@ def _say_what_is_left_out(store: "Store", selection: dict[str, str]) -> None:
                    "(mpvgbench status SPEC)", err=True)
     others = len(finished - set(selection))
     if others:
-        click.echo(f"{others} other finished run(s) in {store_name(store)} are not in this matrix "
+        click.echo(f"{others} other finished run(s) in {database_name(store.where)} are not in this matrix "
                    "(`mpvgbench report` without SPEC shows every run)", err=True)
-
-
-def store_name(store: "Store") -> str:
-    """The database by its name only (a file's name, a server's database), never a path or host."""
-    return Path(store.where).name if "://" not in store.where else store.where.rsplit("/", 1)[-1]
 
 
 def _write(output: Path, data: str | bytes) -> None:

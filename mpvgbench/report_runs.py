@@ -153,24 +153,35 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+#: fields that name a difference best, tried first: a fine-tune is told from its parent by
+#: ``init_from``, not by the twenty recipe values the transfer recipe also changes
+_FIELD_PRIORITY = ("init_from", "recipe.epochs", "recipe.max_iters", "recipe.lr", "recipe.batch_size",
+                   "img_size", "recipe.weight_decay", "recipe.optimizer")
+
+
 def distinguishing_fields(groups: Iterable[Sequence[ReportRun]]) -> list[str]:
-    """The config fields (dotted, cell fields excluded) whose value differs between the
-    variants of any one group; ``init_from`` compares by the parent's dataset, so the
-    fine-tunes of several methods line up in one row."""
-    fields: dict[str, None] = {}
+    """Config fields (dotted, cell fields excluded) that tell the variants of each group apart:
+    per group, fields are added in :data:`_FIELD_PRIORITY` order, then by name, each only if
+    it splits variants the fields before it left together, until every variant has its own
+    values. ``init_from`` compares by the parent's dataset, so the fine-tunes of several
+    methods line up in one row. The union over groups, in the order found."""
+    chosen: dict[str, None] = {}
     for runs in groups:
         variants = list({r.variant: r for r in runs}.values())
         if len(variants) < 2:
             continue
-        flat = [flatten(r.config) for r in variants]
-        for name in sorted({n for f in flat for n in f} - _CELL_FIELDS):
-            if name == "init_from":
-                differs = len({r.field_text("init_from") for r in variants}) > 1
-            else:
-                differs = len({repr(f.get(name)) for f in flat}) > 1
-            if differs:
-                fields[name] = None
-    return list(fields)
+        names = sorted({n for r in variants for n in flatten(r.config)} - _CELL_FIELDS,
+                       key=lambda n: (_FIELD_PRIORITY.index(n) if n in _FIELD_PRIORITY else len(_FIELD_PRIORITY), n))
+        # methods are columns: variants only need telling apart within one method
+        signature: dict[str, tuple[Any, ...]] = {r.variant: (r.method,) for r in variants}
+        for name in names:
+            if len(set(signature.values())) == len(variants):
+                break
+            split = {r.variant: signature[r.variant] + (r.field_text(name),) for r in variants}
+            if len(set(split.values())) > len(set(signature.values())):
+                signature = split
+                chosen[name] = None
+    return list(chosen)
 
 
 def column_name(name: str, others: Sequence[str]) -> str:

@@ -131,8 +131,9 @@ def _say_what_is_left_out(store: "Store", selection: dict[str, str]) -> None:
                    "(mpvgbench status SPEC)", err=True)
     others = len(finished - set(selection))
     if others:
-        click.echo(f"{others} other finished run(s) in {database_name(store.where)} are not in this matrix "
-                   "(`mpvgbench report` without SPEC shows every run)", err=True)
+        click.echo(f"{others} other finished run(s) in {database_name(store.where)} are not cells of this "
+                   "matrix (runs it starts from, other configurations; `mpvgbench report` without SPEC "
+                   "shows every run)", err=True)
 
 
 def _write(output: Path, data: str | bytes) -> None:

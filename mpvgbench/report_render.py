@@ -19,7 +19,7 @@ from mpvgbench.errors import MpvgbenchError
 from mpvgbench.stats import PairedDifference
 
 if TYPE_CHECKING:
-    from mpvgbench.report import Column, ReportTable
+    from mpvgbench.report_table import Column, ReportTable
 
 FORMATS: tuple[str, ...] = ("table", "markdown", "latex", "csv", "json")
 
@@ -43,11 +43,11 @@ def to_rich(table: "ReportTable", width: Optional[int] = None) -> Any:
     console = Console(width=10_000)
 
     def fits(candidate: Any) -> bool:
-        return width is None or Measurement.get(console, console.options, candidate).maximum <= width
+        return Measurement.get(console, console.options, candidate).maximum <= width
 
     everything = range(len(table.columns))
     full = _rich_table(table, everything, table.title)
-    if fits(full):
+    if width is None or fits(full):
         return full
     constant = [i for i, col in enumerate(table.columns) if col.kind == "label" and table.rows
                 and len({table.cell_text(col, row[i]) for row in table.rows}) == 1]
@@ -57,22 +57,49 @@ def to_rich(table: "ReportTable", width: Optional[int] = None) -> Any:
     title = table.title + (f" ({moved})" if moved else "")
     candidate = _rich_table(table, kept, title)
     if fits(candidate):
+        _fix_widths(candidate, width)
         return candidate
-    candidate = _rich_table(table, kept, title, n_in_header=True)
-    if fits(candidate):
-        return candidate
-    return _rich_table(table, kept, title, n_in_header=True, open_box=True)
+    for narrower in ({"n_in_header": True}, {"n_in_header": True, "open_box": True},
+                     {"n_in_header": True, "open_box": True, "compact": True}):
+        candidate = _rich_table(table, kept, title, **narrower)
+        if fits(candidate):
+            break
+    _fix_widths(candidate, width)
+    return candidate
+
+
+def _fix_widths(rich_table: Any, width: int) -> None:
+    """Column widths for ``width`` set here: each column gets its minimum (its longest number or
+    word), and the rest of the line goes to the columns that want more, the least hungry first
+    (rich's own squeeze shrinks every column alike, numbers too, and then cuts the last one)."""
+    from rich.console import Console
+
+    console = Console(width=10_000)
+    padding = rich_table.padding[1] + rich_table.padding[3]
+    measured = [rich_table._measure_column(console, console.options, c) for c in rich_table.columns]
+    # (an edge column without edge padding measures one less: min_width is the true floor)
+    lows = [max(m.minimum - padding, c.min_width or 0) for m, c in zip(measured, rich_table.columns)]
+    highs = [max(m.maximum - padding, low) for m, low in zip(measured, lows)]
+    spare = width - rich_table._extra_width - padding * len(lows) - sum(lows)
+    widths = list(lows)
+    order = sorted(range(len(lows)), key=lambda i: highs[i] - lows[i])
+    for position, i in enumerate(order):
+        give = min(highs[i] - lows[i], max(spare, 0) // (len(order) - position))
+        widths[i] += give
+        spare -= give
+    for column, value in zip(rich_table.columns, widths):
+        column.width = value
 
 
 def _uniform_n(table: "ReportTable", index: int) -> Optional[int]:
-    from mpvgbench.report import Measured
+    from mpvgbench.report_table import Measured
 
     ns = {v.n for row in table.rows if isinstance(v := row[index], Measured) and v.n}
     return ns.pop() if len(ns) == 1 else None
 
 
 def _rich_table(table: "ReportTable", indexes: Iterable[int], title: str, *, n_in_header: bool = False,
-                open_box: bool = False) -> Any:
+                open_box: bool = False, compact: bool = False) -> Any:
     from rich import box
     from rich.markup import escape
     from rich.table import Table
@@ -80,18 +107,27 @@ def _rich_table(table: "ReportTable", indexes: Iterable[int], title: str, *, n_i
     indexes = list(indexes)
     header_n = {i: _uniform_n(table, i) if n_in_header and table.columns[i].kind == "measured" else None
                 for i in indexes}
-    rich_table = Table(title=escape(title), caption=escape("\n".join(table.notes)) or None,
-                       caption_justify="left", box=box.SIMPLE_HEAD if open_box else box.HEAVY_HEAD,
-                       pad_edge=not open_box)
-    texts_by_row = [[table.cell_text(table.columns[i], row[i], with_n=header_n[i] is None) for i in indexes]
-                    for row in table.rows]
+    notes = table.notes + (["±: half-width of the 95% interval"] if compact and table.baseline else [])
+    # open_box: no lines at all (as `status` draws), the header underlined; each column then
+    # costs its two padding characters only
+    rich_table = Table(title=escape(title), caption=escape("\n".join(notes)) or None,
+                       caption_justify="left", box=None if open_box else box.HEAVY_HEAD,
+                       pad_edge=not open_box, show_edge=not open_box,
+                       header_style="bold underline" if open_box else "bold")
+    texts_by_row = [[table.cell_text(table.columns[i], row[i], with_n=header_n[i] is None, compact=compact)
+                     for i in indexes] for row in table.rows]
     for position, i in enumerate(indexes):
         col = table.columns[i]
         name = col.name + (f" (n={header_n[i]})" if header_n[i] is not None else "")
-        words = [w for texts in texts_by_row for w in texts[position].split()]
-        # Headers wrap at spaces; a value folds only between its words ("80.28 ± 7.26" / "(n=3)").
+        texts = [row_texts[position] for row_texts in texts_by_row]
+        # Headers and labels wrap at spaces; a number never folds: "80.28 ± 7.26" stays one line
+        # (a measured cell may still fold before its "(n=3)").
+        if col.kind == "label":
+            widest = max((len(w) for t in texts for w in t.split()), default=1)
+        else:
+            widest = max((len(t.split(" (")[0]) for t in texts), default=1)
         rich_table.add_column(escape(name), justify="left" if col.kind == "label" else "right",
-                              overflow="fold", min_width=max(map(len, words), default=1))
+                              overflow="fold", min_width=widest)
     for row, texts in zip(table.rows, texts_by_row):
         cells = []
         for position, i in enumerate(indexes):
@@ -178,12 +214,15 @@ def _csv_header(column: "Column") -> list[str]:
     if column.kind == "measured":
         return [f"{column.name} {part}" for part in ("mean", "std", "n", "smoke")]
     if column.kind == "paired":
-        return [f"{column.name} {part}" for part in ("diff", "ci_low", "ci_high", "p", *_PAIRED_SEED_FIELDS)]
+        name = column.name.replace(" [95% CI]", "")
+        return [f"{name} {part}" for part in ("diff", "ci_low", "ci_high", "p", *_PAIRED_SEED_FIELDS)]
+    if column.kind == "pvalue":  # the paired column carries it
+        return []
     return [column.name]
 
 
 def _csv_cells(column: "Column", value: Any, seed: Optional[int]) -> list[Any]:
-    from mpvgbench.report import Measured
+    from mpvgbench.report_table import Measured
 
     def blank(v: Any) -> Any:
         return "" if v is None else v
@@ -196,6 +235,8 @@ def _csv_cells(column: "Column", value: Any, seed: Optional[int]) -> list[Any]:
         pair = next((p for p in value.pairs if p.seed == seed), None)
         per_seed = [pair.value, pair.baseline, pair.diff] if pair else ["", "", ""]
         return [value.mean, blank(value.low), blank(value.high), blank(value.p_value), *per_seed]
+    if column.kind == "pvalue":
+        return []
     return [blank(value)]
 
 
@@ -218,7 +259,7 @@ def _csv(table: "ReportTable") -> str:
 
 
 def _json_value(value: Any) -> Any:
-    from mpvgbench.report import Measured
+    from mpvgbench.report_table import Measured
 
     if isinstance(value, (Measured, PairedDifference)):
         return value.as_dict()

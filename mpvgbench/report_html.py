@@ -37,7 +37,7 @@ from mpvgbench.stats import PairedDifference
 from mpvgbench.store import Store
 from mpvgbench.store_schema import RunRow
 
-__all__ = ["MAX_FIGURES", "build_html", "measured_tables", "png_data_uri", "table_html"]
+__all__ = ["MAX_FIGURES", "build_html", "compare_html", "measured_tables", "png_data_uri", "table_html"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: analysis PNGs embedded at most (a large matrix has four per run; the page must stay loadable)
@@ -258,3 +258,13 @@ def _analysis_parts(store: Store, selection: Optional[Mapping[str, str]], analys
         parts.append("<p>No analysis yet: <code>mpvgbench analyze SPEC --out analysis</code>, "
                      "then <code>mpvgbench report --format html --analysis analysis -o report.html</code>.</p>\n")
     return parts
+
+
+def compare_html(diff: ReportTable, numbers: ReportTable, figure: Any, title: str = "mpvgbench compare") -> str:
+    """``mpvgbench compare --format html``: the config differences, the final numbers and the
+    curves (a matplotlib figure) on one static page."""
+    body = (table_html(diff) + table_html(numbers)
+            + _figure(figure_png(figure), "training curves", "one line per run: colour, line style and marker"))
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            f"<h1>{html.escape(title)}</h1>\n{body}</body>\n</html>\n")

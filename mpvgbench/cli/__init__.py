@@ -5,7 +5,7 @@ Each command lives in a submodule that adds itself to the click group on import.
 
 from __future__ import annotations
 
-from mpvgbench.cli import analyze, ops, recipes, report, run, status  # noqa: F401 - registers the commands
+from mpvgbench.cli import analyze, compare, ops, recipes, report, run, status  # noqa: F401 - registers the commands
 from mpvgbench.cli.common import UserError, cli
 
 __all__ = ["UserError", "cli", "main"]

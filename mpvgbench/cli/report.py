@@ -115,7 +115,7 @@ def report(spec_path: Path | None, table_number: str | None, fmt: str, metric: s
         return
     text = render(table, fmt)
     if output is not None:
-        _write(output, text if isinstance(text, str) else str(text))
+        write_output(output, text if isinstance(text, str) else str(text))
     else:
         click.echo(text)
 
@@ -136,7 +136,8 @@ def _say_what_is_left_out(store: "Store", selection: dict[str, str]) -> None:
                    "shows every run)", err=True)
 
 
-def _write(output: Path, data: str | bytes) -> None:
+def write_output(output: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``-o``; an unwritable path is a one-line user error."""
     try:
         if isinstance(data, bytes):
             output.write_bytes(data)
@@ -156,11 +157,11 @@ def _write_figure_or_page(store: "Store", output: Path, *, curves: bool, metric:
         panels = collect_curves(store, keys=selection)
         if not panels:
             raise UserError("no finished run with per-epoch metrics; run `mpvgbench run SPEC` first")
-        _write(output, figure_png(curves_figure(panels)))
+        write_output(output, figure_png(curves_figure(panels)))
         return
     from mpvgbench.report_html import build_html
 
-    _write(output, build_html(store, metric=metric, spec=spec_name, selection=selection,
+    write_output(output, build_html(store, metric=metric, spec=spec_name, selection=selection,
                               analysis_dirs=analysis_dirs, table=table_id, baseline=baseline))
 
 

@@ -54,7 +54,8 @@ def build_table(store: Store, table: Union[TableId, None] = None, *, metric: str
     values and the difference; ``table=None`` pivots whatever is selected (model x method, by
     dataset). ``metric``: "final" (default, as the paper reports) or "best" epoch.
     ``selection``: job key -> dataset of the runs to show (``spec`` names them in the title;
-    alone, it selects the runs registered under that spec name). ``baseline``: a method label or preset for paired differences. Out-of-range tables,
+    alone, it selects the runs registered under that spec name). ``baseline``: a method label or
+    preset for paired differences. Out-of-range tables,
     unknown metrics and methods raise a one-line MpvgbenchError."""
     if metric not in METRICS:
         raise MpvgbenchError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
@@ -143,7 +144,8 @@ def _pivot_vs_baseline(runs: Sequence[ReportRun], which: str, base: PEMethod) ->
             measured = Measured.of(found[method], TOP1, which)
             paired: Any = BASELINE_MARK if method == base else _paired(found[method], reference, TOP1, which)
             p_value = paired.p_value if isinstance(paired, PairedDifference) else None
-            out.add_row(rows.labels(key) + [method.label, measured, paired, p_value], {len(out.columns) - 3: found[method]})
+            out.add_row(rows.labels(key) + [method.label, measured, paired, p_value],
+                        {len(out.columns) - 3: found[method]})
     out.notes += _paired_notes(base.label)
     return out
 
@@ -223,7 +225,8 @@ def _paper(table: PaperTable, runs: Sequence[ReportRun], which: str, base: Optio
             columns.append(Column(name, "paired", m.digits))
     out = ReportTable(table.title, which, columns, baseline=reference.label if with_paired and reference else None)
     for row, variant in expanded:
-        cells_out: list[Any] = list(row.labels) + (list(_signature(variant, fields)) if variant else ["-"] * len(fields))
+        signature = list(_signature(variant, fields)) if variant else ["-"] * len(fields)
+        cells_out: list[Any] = list(row.labels) + signature
         if table.has_params:
             cells_out.append(row.params_printed)
         linked: dict[int, Variant] = {}
@@ -238,7 +241,8 @@ def _paper(table: PaperTable, runs: Sequence[ReportRun], which: str, base: Optio
                 if row.pe_method == reference:
                     cells_out.append(BASELINE_MARK)
                 else:
-                    cells_out.append(None if variant is None else _paired(variant, baseline_variant(row, variant), m, which))
+                    reference_runs = None if variant is None else baseline_variant(row, variant)
+                    cells_out.append(None if variant is None else _paired(variant, reference_runs, m, which))
         out.add_row(cells_out, linked)
     if table.downstream:
         out.notes.append(f"dense prediction: experiments/table{table.id}.yaml trains it; its smoke "

@@ -108,7 +108,8 @@ def table_html(table: ReportTable) -> str:
         variant = variants.get(column_index)
         return provenance_anchor(variant) if variant is not None else None
 
-    body = "\n".join("<tr>" + "".join(_cell(table, c, v, link(r, i)) for i, (c, v) in enumerate(zip(table.columns, row)))
+    body = "\n".join("<tr>" + "".join(_cell(table, c, v, link(r, i))
+                                             for i, (c, v) in enumerate(zip(table.columns, row)))
                      + "</tr>" for r, row in enumerate(table.rows))
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
     return (f"<table>\n<caption>{html.escape(table.title)}</caption>\n<thead><tr>{head}</tr></thead>\n"

@@ -61,8 +61,9 @@ def _block(variant: Variant) -> str:
     runs = sorted(variant.runs, key=lambda r: (r.seed, r.key))
     first = runs[0]
     flat = flatten(first.config)
-    recipe = "".join(f"<tr><th>{html.escape(name.removeprefix('recipe.'))}</th><td>{html.escape(_value(flat[name]))}</td></tr>"
-                     for name in RECIPE_FIELDS if name in flat and (name != "recipe.max_iters" or flat[name] is not None))
+    shown = [name for name in RECIPE_FIELDS if name in flat and (name != "recipe.max_iters" or flat[name] is not None)]
+    recipe = "".join(f"<tr><th>{html.escape(name.removeprefix('recipe.'))}</th>"
+                     f"<td>{html.escape(_value(flat[name]))}</td></tr>" for name in shown)
     rows = []
     for run in runs:
         p, r = run.provenance, run.row

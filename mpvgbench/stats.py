@@ -67,8 +67,6 @@ def paired_difference(values: Mapping[int, float], baseline: Mapping[int, float]
     """The paired difference over the seeds in both mappings (``{seed: value}``); None when
     they share no seed. Identical differences (sd 0) give a zero-width interval and no p-value
     (the t statistic is undefined)."""
-    from scipy import stats
-
     pairs = tuple(SeedPair(s, float(values[s]), float(baseline[s])) for s in sorted(set(values) & set(baseline)))
     if not pairs:
         return None
@@ -76,6 +74,8 @@ def paired_difference(values: Mapping[int, float], baseline: Mapping[int, float]
     mean = statistics.fmean(diffs)
     if len(pairs) < 2:
         return PairedDifference(pairs, mean, confidence=confidence)
+    from scipy import stats  # here: a report without two paired seeds never pays its import
+
     half = float(stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
     p_value: Optional[float] = None
     if half > 0:

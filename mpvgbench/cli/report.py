@@ -69,16 +69,7 @@ def report(spec_path: Path | None, table_number: str | None, fmt: str, metric: s
     spec_path = spec_path or spec_option
     if (overrides or only) and spec_path is None:
         raise UserError("--set/--only change a spec's matrix; pass the SPEC they apply to")
-    if (fmt == "html" or curves) and output is None:
-        what = "--curves" if curves else "--format html"
-        raise UserError(f"{what} writes a file; pass -o {'curves.png' if curves else 'report.html'}")
-    if curves and (fmt != "table" or table_number is not None or baseline is not None):
-        raise UserError("--curves draws the selected runs' curves; drop --format/--table/--baseline")
-    if analysis_dirs and fmt != "html":
-        raise UserError("--analysis only applies to --format html; add --format html")
-    for folder in analysis_dirs:
-        if not folder.is_dir():
-            raise UserError(f"--analysis {folder}: no such folder; pass the --out folder of `mpvgbench analyze`")
+    _check_outputs(fmt, output, curves, table_number is not None or baseline is not None, analysis_dirs)
     table_id = None if table_number is None else get_table(table_number).id  # a bad --table: exit 2, nothing read
     from mpvgbench.spec import load_spec
 
@@ -118,6 +109,20 @@ def report(spec_path: Path | None, table_number: str | None, fmt: str, metric: s
         write_output(output, text if isinstance(text, str) else str(text))
     else:
         click.echo(text)
+
+
+def _check_outputs(fmt: str, output: Path | None, curves: bool, has_table_options: bool,
+                   analysis_dirs: tuple[Path, ...]) -> None:
+    if (fmt == "html" or curves) and output is None:
+        what = "--curves" if curves else "--format html"
+        raise UserError(f"{what} writes a file; pass -o {'curves.png' if curves else 'report.html'}")
+    if curves and (fmt != "table" or has_table_options):
+        raise UserError("--curves draws the selected runs' curves; drop --format/--table/--baseline")
+    if analysis_dirs and fmt != "html":
+        raise UserError("--analysis only applies to --format html; add --format html")
+    for folder in analysis_dirs:
+        if not folder.is_dir():
+            raise UserError(f"--analysis {folder}: no such folder; pass the --out folder of `mpvgbench analyze`")
 
 
 def _say_what_is_left_out(store: "Store", selection: dict[str, str]) -> None:

@@ -174,3 +174,18 @@ def test_smoke_marks_in_every_format(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert 'class="num smoke"' in page and "(n=1, smoke)" in page and "[smoke]" in page
+
+
+@pytest.mark.slow
+def test_table2_smoke_replayed_for_real(tmp_path: Path) -> None:
+    """Item 2 as a user runs it: `run table2.yaml --smoke`, then `report --table 2 --db
+    .smoke/results.db`: every measured cell holds its smoke run, marked, and nothing else."""
+    spec = EXPERIMENTS / "table2.yaml"
+    res = invoke("run", spec, "--smoke", "--executor", "debug", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    res = invoke("report", "--table", "2", "--db", tmp_path / ".smoke" / "results.db", "--format", "markdown")
+    assert res.exit_code == 0, res.output
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ViT-Lite") or line.startswith("| T2T")]
+    assert len(rows) == 8 and all("(n=1, smoke) |" in row for row in rows), res.stdout
+    assert res.stderr == "" and "[smoke]" in res.stdout
+    assert_clean(res.stdout)

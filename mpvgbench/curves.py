@@ -33,10 +33,10 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mpvgbench.methods import PRESETS, PEMethod  # noqa: E402
 from mpvgbench.paper import DATASET_NAMES, MODEL_NAMES  # noqa: E402
 from mpvgbench.store import Store  # noqa: E402
-from mpvgbench.store_schema import MetricRow, ResultRow  # noqa: E402
+from mpvgbench.store_schema import MetricRow  # noqa: E402
 
 __all__ = ["CURVE_METRICS", "MethodCurves", "Panel", "SeedBand", "collect_curves", "correlation_analyses",
-           "figure_png", "method_order", "plot_correlation_by_method", "plot_curves", "seed_band"]
+           "figure_png", "line_style", "method_order", "plot_correlation_by_method", "plot_curves", "seed_band"]
 
 #: (MetricRow field, axis label) of each column of the curves figure
 CURVE_METRICS: tuple[tuple[str, str], ...] = (
@@ -79,10 +79,12 @@ class Panel:
     model: str
     dataset: str
     methods: list[MethodCurves] = field(default_factory=list)
+    detail: str = ""  # what sets this panel's runs apart from another panel's (smoke, epochs=1)
 
     @property
     def title(self) -> str:
-        return f"{MODEL_NAMES.get(self.model, self.model)} / {DATASET_NAMES.get(self.dataset, self.dataset)}"
+        name = f"{MODEL_NAMES.get(self.model, self.model)} / {DATASET_NAMES.get(self.dataset, self.dataset)}"
+        return name + (f" ({self.detail})" if self.detail else "")
 
 
 @dataclass(frozen=True)
@@ -113,35 +115,41 @@ def method_order(methods: Sequence[PEMethod]) -> list[PEMethod]:
     return sorted(set(methods), key=lambda m: (rank.get(m, len(rank)), m.label))
 
 
-def _chosen_variant(rows: list[ResultRow]) -> list[ResultRow]:
-    # Like the report: of several configurations of one cell (a smoke run next to full runs),
-    # show the one with the most epochs, then the most seeds.
-    by_variant: dict[str, list[ResultRow]] = defaultdict(list)
-    for row in rows:
-        by_variant[row.variant].append(row)
-    return max(by_variant.values(), key=lambda rs: (rs[0].epochs or 0, len(rs)))
+def collect_curves(store: Store, spec: Optional[str] = None,
+                   keys: Optional[Mapping[str, str]] = None) -> list[Panel]:
+    """The per-epoch metrics of the finished runs (of ``keys``, a selection ``{key: dataset}``
+    as ``report SPEC`` builds it, or of the spec named ``spec``), one Panel per (model,
+    dataset) and configuration: runs that differ in a config field (or smoke runs) get their
+    own panel, titled by what differs, never hidden. Runs without metrics are left out."""
+    from mpvgbench.report_runs import distinguishing_fields, group_variants, load_runs, spec_selection
 
-
-def collect_curves(store: Store, spec: Optional[str] = None) -> list[Panel]:
-    """The per-epoch metrics of the finished runs (of ``spec`` if given), one Panel per
-    (model, dataset) sorted like the paper's tables; runs without metrics are left out."""
-    cells: dict[tuple[str, str, PEMethod], list[ResultRow]] = defaultdict(list)
-    for row in store.results_frame(spec):
-        cells[(row.model, row.dataset, row.method)].append(row)
-    panels: dict[tuple[str, str], Panel] = {}
+    if keys is None and spec is not None:
+        keys = spec_selection(store, spec)
+    runs = load_runs(store, keys)
+    groups: dict[tuple[str, str, bool], list[Any]] = defaultdict(list)
+    for run in runs:
+        groups[(run.dataset, run.model, run.smoke)].append(run)
+    # what sets a panel apart, named only where a (dataset, model) has several configurations
+    fields = {group: distinguishing_fields([runs]) for group, runs in groups.items()}
+    panels: dict[tuple[Any, ...], Panel] = {}
     model_rank = {m: i for i, m in enumerate(MODEL_NAMES)}
-    for (model, dataset, method), rows in cells.items():
-        curves = MethodCurves(method)
-        for row in sorted(_chosen_variant(rows), key=lambda r: (r.seed, r.key)):
-            metrics = store.metrics(row.key)
-            if metrics:
-                curves.seeds.setdefault(row.seed, metrics)
-        if curves.seeds:
-            panels.setdefault((model, dataset), Panel(model, dataset)).methods.append(curves)
+    for (model, dataset, method), variants in group_variants(runs).items():
+        for variant in variants.values():
+            first = variant.runs[0]
+            detail = [f"{f.rsplit('.', 1)[-1]}={first.field_text(f)}" for f in fields[(dataset, model, first.smoke)]]
+            curves = MethodCurves(method)
+            for run in sorted(variant.runs, key=lambda r: (r.seed, r.key)):
+                metrics = store.metrics(run.key)
+                if metrics:
+                    curves.seeds.setdefault(run.seed, metrics)
+            if curves.seeds:
+                panel_key = (dataset, model_rank.get(model, len(model_rank)), model, variant.smoke, tuple(detail))
+                detail_text = ", ".join((["smoke"] if variant.smoke else []) + detail)
+                panels.setdefault(panel_key, Panel(model, dataset, detail=detail_text)).methods.append(curves)
     for panel in panels.values():
         order = {m: i for i, m in enumerate(method_order([c.method for c in panel.methods]))}
         panel.methods.sort(key=lambda c: order[c.method])
-    return sorted(panels.values(), key=lambda p: (p.dataset, model_rank.get(p.model, len(model_rank)), p.model))
+    return [panels[k] for k in sorted(panels)]
 
 
 # ---------------------------------------------------------------------------------- figures
@@ -161,9 +169,28 @@ def _colours(labels: Sequence[str]) -> dict[str, Any]:
     return {label: cycle[index[label] % len(cycle)] for label in labels}
 
 
+#: a line style and marker per preset, so lines stay apart where colours are hard to tell or
+#: lines overlap (PVG dotted with diamonds under MPVG solid with stars)
+PRESET_STYLES: dict[str, tuple[str, str]] = {
+    "default": ("-", "o"), "gap": ("--", "s"), "lape": ("-.", "^"), "pvg": (":", "D"),
+    "mpvg": ("-", "*"), "gap_lastln": ("--", "v"), "lape_gap": ("-.", "<"), "pvg_cls": (":", ">"),
+}
+_SPARE_STYLES: tuple[tuple[str, str], ...] = (("--", "P"), ("-.", "X"), (":", "h"), ("-", "p"))
+
+
+def line_style(label: str) -> tuple[str, str]:
+    """(line style, marker) of a method label: the preset's, else one of the spare ones."""
+    if label in PRESET_STYLES:
+        return PRESET_STYLES[label]
+    return _SPARE_STYLES[sum(map(ord, label)) % len(_SPARE_STYLES)]
+
+
 def _draw_band(ax: Axes, band: SeedBand, colour: Any, label: str, marker: Optional[str] = None) -> None:
-    ax.plot(band.epochs, band.mean, color=colour, linewidth=1.8, marker=marker, markersize=4,
-            label=f"{label} (n={band.n_seeds})")
+    style, default_marker = line_style(label.split(" / ")[-1])
+    # about 12 markers per line, whatever the number of epochs
+    every = max(1, len(band.epochs) // 12)
+    ax.plot(band.epochs, band.mean, color=colour, linewidth=1.8, linestyle=style,
+            marker=marker or default_marker, markersize=5, markevery=every, label=f"{label} (n={band.n_seeds})")
     if band.n_seeds > 1:
         ax.fill_between(band.epochs, band.low, band.high, color=colour, alpha=0.2, linewidth=0)
 
@@ -201,8 +228,7 @@ def curves_figure(panels: Sequence[Panel]) -> Figure:
             for curves in panel.methods:
                 band = seed_band(curves.series(metric))
                 if band is not None:
-                    _draw_band(ax, band, colours[curves.label], curves.label,
-                               marker="o" if len(band.epochs) < 15 else None)
+                    _draw_band(ax, band, colours[curves.label], curves.label)
             ax.set_title(f"{panel.title}: {name}", fontsize=9)
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -266,7 +292,7 @@ def correlation_figure(analyses: Sequence[Mapping[str, Any]]) -> Figure:
             notes.append(f"{name}: {note or 'no layer-wise PE'}")
             continue
         depth = max(depth, max(len(a.get("correlation") or []) for a in runs))
-        _draw_band(ax, band, colours[method], name, marker="o")
+        _draw_band(ax, band, colours[method], name)
     ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xlim(-0.5, depth - 0.5)
     ax.set_xticks(range(depth))

@@ -1,215 +1,127 @@
 """Tables from the store: the paper's tables next to the measured runs, or a pivot of the database.
 
 ``build_table(store, table)`` returns a :class:`ReportTable`; :func:`render` turns it into
-``table`` (rich text), ``markdown``, ``latex`` (booktabs), ``csv`` or ``json``.
+``table`` (rich text), ``markdown``, ``latex`` (booktabs), ``csv`` or ``json``
+(:mod:`mpvgbench.report_render`).
 
 Measured numbers are the mean ± sample std over the finished runs of a cell (one run per seed);
 a failed or unfinished run never counts. The default metric is the **final** epoch's top-1,
 because the paper reports the accuracy of the last epoch (DeiT's protocol), not the best one;
 ``metric="best"`` uses each run's best epoch instead. A run is matched to a paper row by
-``(model, dataset, PEMethod)``. When one cell holds runs of several configurations
-(e.g. a smoke run next to full runs), the configuration with the most epochs (then the most
-seeds) is shown and a note says what was left out; ``spec=`` restricts the runs to one spec.
+``(model, dataset, PEMethod)``. ``selection`` (job key -> dataset, from a spec's matrix) limits
+the runs to exactly those; without it, runs of one cell that differ in a configuration field
+are shown as separate rows with that field as a column (:mod:`mpvgbench.report_runs`).
+Smoke runs (generated data) are marked in every cell and never compared with the paper.
+
+``baseline`` (a method): each cell also gets the paired per-seed difference to that method's
+run of the same configuration, its 95% t interval and the paired t-test's p-value
+(:mod:`mpvgbench.stats`), marked ``*`` when the interval excludes 0. The paper's tables gain the
+difference (to ``default``, or to ``baseline``) whenever a cell has two or more paired seeds.
+Notes about runs a table does not show are :attr:`ReportTable.diagnostics`: the CLI prints them
+on stderr, no renderer writes them.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import statistics
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Optional, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional, Union
 
-from mpvgbench.catalog import METRIC_LABELS
 from mpvgbench.errors import MpvgbenchError
-from mpvgbench.methods import PRESETS, PEMethod
-from mpvgbench.recipes import SMOKE_DATASETS
-from mpvgbench.paper import DATASET_NAMES, MODEL_NAMES, Metric, PaperTable, TableId, get_table
+from mpvgbench.methods import PRESETS, PEMethod, resolve_method
+from mpvgbench.catalog import METRIC_LABELS
+from mpvgbench.paper import DATASET_NAMES, MODEL_NAMES, Metric, PaperRow, PaperTable, TableId, get_table
+from mpvgbench.report_render import RichText, render, to_rich  # re-exported: one import for callers
+from mpvgbench.report_runs import (
+    PRIMARY, ReportRun, Variant, column_name, distinguishing_fields, group_variants, load_runs, metric_value,
+    spec_selection, stands_in_for,
+)
+from mpvgbench.report_table import BASELINE_MARK, Column, Measured, ReportTable, paired_text
+from mpvgbench.stats import TEST_NAME, PairedDifference, paired_difference
 from mpvgbench.store import Store
-from mpvgbench.store_schema import ResultRow
 
 METRICS: tuple[str, ...] = ("final", "best")
-PRIMARY = Metric("primary", "primary metric")  # each run's own: top-1, AP box or mIoU
-_SMOKE_STAND_IN_FOR = {stand_in: dataset for dataset, stand_in in SMOKE_DATASETS.items()}
 FORMATS: tuple[str, ...] = ("table", "markdown", "latex", "csv", "json")
-ColumnKind = Literal["label", "params", "measured", "paper", "diff"]
-
-
-@dataclass(frozen=True)
-class Measured:
-    """The runs of one cell: their values (one per seed), mean and sample std."""
-
-    values: tuple[float, ...] = ()
-    digits: int = 2
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> Optional[float]:
-        return statistics.fmean(self.values) if self.values else None
-
-    @property
-    def std(self) -> Optional[float]:
-        return statistics.stdev(self.values) if len(self.values) > 1 else None
-
-    def text(self, pm: str = "±") -> str:
-        if self.mean is None:
-            return "-"
-        std = "" if self.std is None else f" {pm} {self.std:.{self.digits}f}"
-        return f"{self.mean:.{self.digits}f}{std} (n={self.n})"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "n": self.n, "values": list(self.values)}
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    kind: ColumnKind
-    digits: int = 2
-
-
-@dataclass
-class ReportTable:
-    """Columns and rows; a row holds one value per column: str (label), Measured, float or None."""
-
-    title: str
-    metric: str
-    columns: list[Column]
-    rows: list[list[Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def cell_text(self, column: Column, value: Any, pm: str = "±") -> str:
-        if isinstance(value, Measured):
-            return value.text(pm)
-        if value is None:
-            return "-"
-        if column.kind == "diff":
-            return f"{value:+.{column.digits}f}"
-        if isinstance(value, float):
-            return f"{value:.{column.digits}f}"
-        return str(value)
+SMOKE_NOTE = "smoke: trained on generated data to check the pipeline; not a measurement, no Δ"
 
 
 # ---------------------------------------------------------------------------------- building
 
-def _metric_value(row: ResultRow, metric: Metric, which: str) -> Optional[float]:
-    """A run's value of ``metric``, read from its own column (``primary``: the run's primary
-    metric, the one its task reports: top-1, AP box or mIoU)."""
-    value = row.primary(which) if metric.name == PRIMARY.name else row.metric(metric.name, which)
-    if value is None or not math.isfinite(value):
-        return None
-    return value
-
-
-class _Index:
-    """Finished runs grouped by cell ``(model, dataset, method)``, one config per cell."""
-
-    def __init__(self, rows: list[ResultRow]) -> None:
-        groups: dict[tuple[str, str, PEMethod], dict[str, list[ResultRow]]] = defaultdict(
-            lambda: defaultdict(list))
-        for row in rows:
-            # a smoke stand-in reports as its dataset (a full run, with more epochs, wins the
-            # cell below)
-            dataset = _SMOKE_STAND_IN_FOR.get(row.dataset, row.dataset)
-            groups[(row.model, dataset, row.method)][row.variant].append(row)
-        self.cells: dict[tuple[str, str, PEMethod], list[ResultRow]] = {}
-        self.notes: list[str] = []
-        for cell, variants in groups.items():
-            ranked = sorted(variants.values(), key=lambda rs: (_epochs(rs[0]), len(rs)), reverse=True)
-            self.cells[cell] = sorted(ranked[0], key=lambda r: (r.seed, r.key))
-            dropped = sum(len(rs) for rs in ranked[1:])
-            if dropped:
-                self.notes.append(
-                    f"{cell[0]} / {ranked[0][0].method_label} / {cell[1]}: {dropped} run(s) of "
-                    f"{len(ranked) - 1} other configuration(s) not shown (showing the one with "
-                    f"{_epochs(ranked[0][0])} epochs); pass a spec to choose")
-
-    def measured(self, model: str, dataset: str, method: PEMethod, metric: Metric, which: str) -> Measured:
-        rows = self.cells.get((model, dataset, method), [])
-        values = [v for v in (_metric_value(r, metric, which) for r in rows) if v is not None]
-        return Measured(tuple(values), metric.digits)
-
-
-def _epochs(row: ResultRow) -> int:
-    return row.epochs or 0
-
 
 def build_table(store: Store, table: Union[TableId, None] = None, *, metric: str = "final",
-                spec: Optional[str] = None) -> ReportTable:
+                spec: Optional[str] = None, selection: Optional[Mapping[str, str]] = None,
+                baseline: Optional[str] = None) -> ReportTable:
     """The paper's Table ``table`` (1-6, or "fig5") with measured mean ± std next to the paper's
-    values and the difference; ``table=None`` pivots whatever the database holds (model x
-    method, by dataset). ``metric``: "final" (default, as the paper reports) or "best" epoch.
-    Out-of-range tables and unknown metrics raise a one-line MpvgbenchError."""
+    values and the difference; ``table=None`` pivots whatever is selected (model x method, by
+    dataset). ``metric``: "final" (default, as the paper reports) or "best" epoch.
+    ``selection``: job key -> dataset of the runs to show (``spec`` names them in the title;
+    alone, it selects the runs registered under that spec name). ``baseline``: a method label or
+    preset for paired differences. Out-of-range tables,
+    unknown metrics and methods raise a one-line MpvgbenchError."""
     if metric not in METRICS:
         raise MpvgbenchError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
     paper_table = None if table is None else get_table(table)
-    index = _Index(store.results_frame(spec))
-    out = _pivot(index, metric) if paper_table is None else _paper(paper_table, index, metric)
+    base = None if baseline is None else resolve_method(baseline)
+    if selection is None and spec is not None:
+        selection = spec_selection(store, spec)
+    runs = load_runs(store, selection)
+    if paper_table is None:
+        out = _pivot(runs, metric) if base is None else _pivot_vs_baseline(runs, metric, base)
+    else:
+        out = _paper(paper_table, runs, metric, base, exact=selection is not None)
     if spec is not None:
         out.title += f" (spec {spec})"
-    out.notes.extend(index.notes)
+    if out.has_smoke:
+        out.title += " [smoke]"
+        out.notes.append(SMOKE_NOTE)
     return out
 
 
-def _paper(table: PaperTable, index: _Index, which: str) -> ReportTable:
-    columns = [Column(name, "label") for name in table.label_columns]
-    if table.has_params:
-        columns.append(Column("Params (M)", "params", 3))
-    for m in table.metrics:
-        header = f"{which.capitalize()} {m.header}" if m.name == "top1" else m.header
-        columns += [Column(f"{header} measured", "measured", m.digits),
-                    Column(f"{m.header} paper", "paper", m.digits),
-                    Column("Δ" if len(table.metrics) == 1 else f"Δ {m.header}", "diff", m.digits)]
-    out = ReportTable(table.title, which, columns)
-    for row in table.rows:
-        cells: list[Any] = list(row.labels)
-        if table.has_params:
-            cells.append(row.params_printed)
-        for m in table.metrics:
-            measured = index.measured(row.model, row.dataset, row.pe_method, m, which)
-            paper = row.values.get(m.name)
-            diff = None if measured.mean is None or paper is None else measured.mean - paper
-            cells += [measured, paper, diff]
-        out.rows.append(cells)
-    if table.downstream:
-        out.notes.append(f"dense prediction: experiments/table{table.id}.yaml trains it; a "
-                         "smoke stand-in's run shows until a full run is stored")
-        out.notes.extend(_dense_settings_notes(table, index))
-    out.notes.extend(table.notes)
-    out.notes.append(f"measured: mean ± sample std over seeds of the {which} epoch's value; "
-                     "Δ = measured mean - paper")
-    return out
+def _signature(variant: Variant, fields: Sequence[str]) -> tuple[str, ...]:
+    return tuple(variant.runs[0].field_text(f) for f in fields)
 
 
-def _dense_settings_notes(table: PaperTable, index: _Index) -> list[str]:
-    """The open questions' answers (result.json ``dense_settings``) of the runs shown."""
-    seen: Counter[str] = Counter()
-    for row in table.rows:
-        for run in index.cells.get((row.model, row.dataset, row.pe_method), []):
-            settings = run.extra.get("dense_settings")
-            if isinstance(settings, dict):
-                seen[", ".join(f"{k} {v}" for k, v in sorted(settings.items()))] += 1
-    return [f"settings of {n} run(s): {text} (docs/downstream.md: open questions)" for text, n in sorted(seen.items())]
+def _method_order(methods: Sequence[PEMethod]) -> list[PEMethod]:
+    rank = {p: i for i, p in enumerate(PRESETS.values())}
+    return sorted(set(methods), key=lambda m: (rank.get(m, len(rank)), m.label))
 
 
-def _pivot(index: _Index, which: str) -> ReportTable:
-    preset_order = {p: i for i, p in enumerate(PRESETS.values())}
-    model_order = {m: i for i, m in enumerate(MODEL_NAMES)}
-    labels = {method: method.label for (_, _, method) in index.cells}
-    methods = sorted(labels, key=lambda k: (preset_order.get(k, len(preset_order)), labels[k]))
+class _Rows:
+    """Pivot rows: (dataset, model, smoke, distinguishing values) -> {method: Variant}."""
+
+    def __init__(self, runs: Sequence[ReportRun]) -> None:
+        groups: dict[tuple[str, str, bool], list[ReportRun]] = defaultdict(list)
+        for run in runs:
+            groups[(run.dataset, run.model, run.smoke)].append(run)
+        self.fields = distinguishing_fields(groups.values())
+        self.names = [column_name(f, self.fields) for f in self.fields]
+        self.rows: dict[tuple[Any, ...], dict[PEMethod, Variant]] = defaultdict(dict)
+        for (model, dataset, method), variants in group_variants(runs).items():
+            for variant in variants.values():
+                key = (dataset, model, variant.smoke, _signature(variant, self.fields))
+                self.rows[key][method] = variant
+        model_rank = {m: i for i, m in enumerate(MODEL_NAMES)}
+        self.order = sorted(self.rows, key=lambda k: (k[0], model_rank.get(k[1], len(model_rank)), k[1], k[2], k[3]))
+        self.methods = _method_order([m for row in self.rows.values() for m in row])
+
+    def labels(self, key: tuple[Any, ...]) -> list[str]:
+        dataset, model, _, signature = key
+        return [DATASET_NAMES.get(dataset, dataset), MODEL_NAMES.get(model, model), *signature]
+
+    def label_columns(self) -> list[Column]:
+        return [Column("Dataset", "label"), Column("Model", "label")] + [Column(n, "label") for n in self.names]
+
+
+def _pivot(runs: Sequence[ReportRun], which: str) -> ReportTable:
+    rows = _Rows(runs)
     title = f"All finished runs: {which} top-1 (%), mean ± std (n seeds)"
-    out = ReportTable(title, which, [Column("Dataset", "label"), Column("Model", "label")]
-                      + [Column(labels[k], "measured") for k in methods])
-    cells = sorted({(d, m) for (m, d, _) in index.cells},
-                   key=lambda dm: (dm[0], model_order.get(dm[1], len(model_order)), dm[1]))
-    for dataset, model in cells:
-        out.rows.append([DATASET_NAMES.get(dataset, dataset), MODEL_NAMES.get(model, model)]
-                        + [index.measured(model, dataset, k, PRIMARY, which) for k in methods])
-    dense = sorted({r.primary_metric for rows in index.cells.values() for r in rows} - {"top1"})
+    first = len(rows.label_columns())
+    out = ReportTable(title, which, rows.label_columns() + [Column(m.label, "measured") for m in rows.methods])
+    for key in rows.order:
+        found = rows.rows[key]
+        out.add_row(rows.labels(key) + [Measured.of(found.get(m), PRIMARY, which) for m in rows.methods],
+                    {first + i: found[m] for i, m in enumerate(rows.methods) if m in found})
+    dense = sorted({r.row.primary_metric for r in runs} - {"top1"})
     if dense:
         out.notes.append("dense-prediction rows show their primary metric ("
                          + ", ".join(METRIC_LABELS[m] for m in dense) + ")")
@@ -218,161 +130,147 @@ def _pivot(index: _Index, which: str) -> ReportTable:
     return out
 
 
-# --------------------------------------------------------------------------------- rendering
-
-def to_rich(table: ReportTable, width: Optional[int] = None) -> Any:
-    """A ``rich.table.Table``, Δ in green/red. Text is escaped: labels like
-    ``mpvg[last_ln_pe=5]`` are not rich markup.
-
-    ``width``: the terminal's. When the table would not fit, label columns that hold one value
-    in every row (Table 3's model and backbone) move into the title, and headers wrap; numbers
-    never fold and nothing is cut with an ellipsis.
-    """
-    from rich.console import Console
-    from rich.measure import Measurement
-
-    full = _rich_table(table, range(len(table.columns)), table.title)
-    if width is None:
-        return full
-    console = Console(width=10_000)
-    if Measurement.get(console, console.options, full).maximum <= width:
-        return full
-    constant = [i for i, col in enumerate(table.columns) if col.kind == "label" and len(table.rows) > 1
-                and len({table.cell_text(col, row[i]) for row in table.rows}) == 1]
-    kept = [i for i in range(len(table.columns)) if i not in constant]
-    moved = ", ".join(f"{table.columns[i].name} {table.cell_text(table.columns[i], table.rows[0][i])}"
-                      for i in constant)
-    return _rich_table(table, kept, f"{table.title}" + (f" ({moved})" if moved else ""))
+def _pivot_vs_baseline(runs: Sequence[ReportRun], which: str, base: PEMethod) -> ReportTable:
+    rows = _Rows(runs)
+    if base not in rows.methods:
+        raise MpvgbenchError(f"--baseline {base.label}: no finished run of that method here; use one of "
+                             f"{', '.join(m.label for m in rows.methods) or '(none)'}")
+    header = f"{which.capitalize()} top-1 (%)"
+    out = ReportTable(f"{header} vs {base.label}: paired per-seed difference", which,
+                      rows.label_columns() + [Column("Method", "label"), Column(header, "measured"),
+                                              Column(f"Δ vs {base.label} [95% CI]", "paired"),
+                                              Column("p", "pvalue")], baseline=base.label)
+    for key in rows.order:
+        found = rows.rows[key]
+        reference = found.get(base)
+        for method in rows.methods:
+            if method not in found:
+                continue
+            measured = Measured.of(found[method], PRIMARY, which)
+            paired: Any = BASELINE_MARK if method == base else _paired(found[method], reference, PRIMARY, which)
+            p_value = paired.p_value if isinstance(paired, PairedDifference) else None
+            out.add_row(rows.labels(key) + [method.label, measured, paired, p_value],
+                        {len(out.columns) - 3: found[method]})
+    out.notes += _paired_notes(base.label)
+    return out
 
 
-def _rich_table(table: ReportTable, indexes: Iterable[int], title: str) -> Any:
-    from rich.markup import escape
-    from rich.table import Table
-
-    indexes = list(indexes)
-    rich_table = Table(title=escape(title), caption=escape("\n".join(table.notes)) or None,
-                       caption_justify="left")
-    texts_by_row = [[table.cell_text(table.columns[i], row[i]) for i in indexes] for row in table.rows]
-    for position, i in enumerate(indexes):
-        col = table.columns[i]
-        words = [w for texts in texts_by_row for w in texts[position].split()]
-        # Headers wrap at spaces; a value folds only between its words ("80.28 ± 7.26" / "(n=3)").
-        rich_table.add_column(escape(col.name), justify="left" if col.kind == "label" else "right",
-                              overflow="fold", min_width=max(map(len, words), default=1))
-    for row, texts in zip(table.rows, texts_by_row):
-        cells = []
-        for position, i in enumerate(indexes):
-            col, value, text = table.columns[i], row[i], escape(texts[position])
-            if col.kind == "diff" and value is not None:
-                text = f"[{'green' if value >= 0 else 'red'}]{text}[/]"
-            cells.append(text)
-        rich_table.add_row(*cells)
-    return rich_table
+def _paired(variant: Variant, reference: Optional[Variant], metric: Metric, which: str) -> Optional[PairedDifference]:
+    if reference is None:
+        return None
+    return paired_difference(variant.values(metric, which), reference.values(metric, which))
 
 
-class RichText(str):
-    """Plain text of a rendered table that a rich Console prints as the (coloured) table itself,
-    instead of parsing the text as markup (which would eat ``[...]`` in method labels)."""
-
-    _renderable: Any
-
-    def __new__(cls, text: str, renderable: Any) -> "RichText":
-        obj = super().__new__(cls, text)
-        obj._renderable = renderable
-        return obj
-
-    def __rich__(self) -> Any:
-        return self._renderable
+def _paired_notes(base: str) -> list[str]:
+    return [f"Δ: mean over seeds of (method - {base}) for the same seed; [95% CI] from the t "
+            f"distribution, * when it excludes 0; p: two-sided {TEST_NAME} (scipy.stats.ttest_rel)"]
 
 
-def _rich_text(table: ReportTable) -> str:
-    import io
-
-    from rich.console import Console
-
-    renderable = to_rich(table)
-    buf = io.StringIO()
-    Console(file=buf, width=240, color_system=None, force_terminal=False).print(renderable)
-    return RichText(buf.getvalue(), renderable)
+# ------------------------------------------------------------------------------ paper tables
 
 
-def _markdown(table: ReportTable) -> str:
-    def esc(text: str) -> str:
-        return text.replace("|", "\\|")
+class _PaperCells:
+    """The variants of each paper row: exactly the selected runs' (``exact``), or every stored
+    run's, smoke runs on ``synthetic`` standing in for the row's dataset."""
 
-    lines = [f"**{esc(table.title)}**", "",
-             "| " + " | ".join(esc(c.name) for c in table.columns) + " |",
-             "|" + "|".join(":---" if c.kind == "label" else "---:" for c in table.columns) + "|"]
-    for row in table.rows:
-        lines.append("| " + " | ".join(esc(table.cell_text(c, v)) for c, v in zip(table.columns, row))
-                     + " |")
-    lines += [""] + [f"- {esc(note)}" for note in table.notes]
-    return "\n".join(lines).rstrip() + "\n"
+    def __init__(self, runs: Sequence[ReportRun], exact: bool) -> None:
+        self.cells = group_variants(runs)
+        self.exact = exact
+        self.fields: list[str] = []
 
-
-_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                  "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$"}
-
-
-def _tex(text: str) -> str:
-    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+    def variants(self, model: str, dataset: str, method: PEMethod) -> list[Variant]:
+        found = list(self.cells.get((model, dataset, method), {}).values())
+        if not self.exact:
+            synthetic = [r for v in self.cells.get((model, "synthetic", method), {}).values() for r in v.runs]
+            chosen = [r for r in synthetic if stands_in_for(r, dataset, synthetic)]
+            by_variant: dict[str, Variant] = {}
+            for run in chosen:
+                by_variant.setdefault(run.variant, Variant()).runs.append(run)
+            found += list(by_variant.values())
+        return found
 
 
-def _latex(table: ReportTable) -> str:
-    spec = "".join("l" if c.kind == "label" else "r" for c in table.columns)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(table.title)}}}",
-             rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-             " & ".join(_tex(c.name) for c in table.columns) + r" \\", r"\midrule"]
-    for row in table.rows:
-        lines.append(" & ".join(_tex(table.cell_text(c, v)) for c, v in zip(table.columns, row))
-                     + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += [rf"\par\smallskip{{\footnotesize {_tex(note)}}}" for note in table.notes]
-    lines.append(r"\end{table}")
-    return "\n".join(lines) + "\n"
+def _paper_baseline(table: PaperTable, base: Optional[PEMethod]) -> Optional[PEMethod]:
+    if base is not None:
+        return base
+    default = PRESETS["default"]
+    return default if any(row.pe_method == default for row in table.rows) else None
 
 
-def _csv(table: ReportTable) -> str:
-    import csv
-    import io
+def _paper(table: PaperTable, runs: Sequence[ReportRun], which: str, base: Optional[PEMethod],
+           *, exact: bool) -> ReportTable:
+    cells = _PaperCells(runs, exact)
+    per_row = [cells.variants(row.model, row.dataset, row.pe_method) for row in table.rows]
+    fields = distinguishing_fields([[r for v in variants for r in v.runs] for variants in per_row])
+    names = [column_name(f, fields) for f in fields]
+    reference = _paper_baseline(table, base)
 
-    header: list[str] = []
-    for c in table.columns:
-        header += [f"{c.name} mean", f"{c.name} std", f"{c.name} n"] if c.kind == "measured" else [c.name]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    for row in table.rows:
-        out: list[Any] = []
-        for c, v in zip(table.columns, row):
-            if c.kind == "measured":
-                out += ["" if v.mean is None else v.mean, "" if v.std is None else v.std, v.n]
-            else:
-                out.append("" if v is None else v)
-        writer.writerow(out)
-    return buf.getvalue()
+    def baseline_variant(row: PaperRow, variant: Variant) -> Optional[Variant]:
+        if reference is None:
+            return None
+        signature = _signature(variant, fields)
+        return next((v for v in cells.variants(row.model, row.dataset, reference)
+                     if _signature(v, fields) == signature and v.smoke == variant.smoke), None)
+
+    expanded = [(row, variant) for row, variants in zip(table.rows, per_row) for variant in (variants or [None])]
+    # --table N gains the paired difference when asked for, or when a cell has two paired seeds
+    with_paired = reference is not None and (base is not None or any(
+        (p := _paired(v, baseline_variant(r, v), table.metrics[0], which)) is not None and p.n >= 2
+        for r, v in expanded if v is not None and r.pe_method != reference))
+    columns = [Column(name, "label") for name in table.label_columns] + [Column(n, "label") for n in names]
+    if table.has_params:
+        columns.append(Column("Params (M)", "params", 3))
+    for m in table.metrics:
+        header = f"{which.capitalize()} {m.header}" if m.name == "top1" else m.header
+        columns += [Column(f"{header} measured", "measured", m.digits),
+                    Column(f"{m.header} paper", "paper", m.digits),
+                    Column("Δ" if len(table.metrics) == 1 else f"Δ {m.header}", "diff", m.digits)]
+        if with_paired and reference is not None:
+            name = f"vs {reference.label} [95% CI]" if len(table.metrics) == 1 else f"{m.header} vs {reference.label}"
+            columns.append(Column(name, "paired", m.digits))
+    out = ReportTable(table.title, which, columns, baseline=reference.label if with_paired and reference else None)
+    for row, variant in expanded:
+        signature = list(_signature(variant, fields)) if variant else ["-"] * len(fields)
+        cells_out: list[Any] = list(row.labels) + signature
+        if table.has_params:
+            cells_out.append(row.params_printed)
+        linked: dict[int, Variant] = {}
+        for m in table.metrics:
+            measured = Measured.of(variant, m, which)
+            paper = row.values.get(m.name)
+            diff = None if measured.mean is None or paper is None or measured.smoke else measured.mean - paper
+            if variant is not None:
+                linked[len(cells_out)] = variant
+            cells_out += [measured, paper, diff]
+            if with_paired:
+                if row.pe_method == reference:
+                    cells_out.append(BASELINE_MARK)
+                else:
+                    reference_runs = None if variant is None else baseline_variant(row, variant)
+                    cells_out.append(None if variant is None else _paired(variant, reference_runs, m, which))
+        out.add_row(cells_out, linked)
+    if table.downstream:
+        out.notes.append(f"dense prediction: experiments/table{table.id}.yaml trains it; its smoke "
+                         "stand-in's run shows, marked smoke, until a full run is stored")
+        out.notes.extend(_dense_settings_notes(v for _, v in expanded if v is not None))
+    out.notes.extend(table.notes)
+    out.notes.append(f"measured: mean ± sample std over seeds of the {which} epoch's value; "
+                     "Δ = measured mean - paper")
+    if with_paired and reference is not None:
+        out.notes += _paired_notes(reference.label)
+    return out
 
 
-def _json(table: ReportTable) -> str:
-    rows = [{c.name: v.as_dict() if isinstance(v, Measured) else v for c, v in zip(table.columns, row)}
-            for row in table.rows]
-    doc = {"title": table.title, "metric": table.metric,
-           "columns": [{"name": c.name, "kind": c.kind} for c in table.columns],
-           "rows": rows, "notes": table.notes}
-    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+def _dense_settings_notes(variants: Iterable[Variant]) -> list[str]:
+    """The open questions' answers (result.json ``dense_settings``) of the runs shown."""
+    seen: Counter[str] = Counter()
+    for variant in variants:
+        for run in variant.runs:
+            settings = run.row.extra.get("dense_settings")
+            if isinstance(settings, dict):
+                seen[", ".join(f"{k} {v}" for k, v in sorted(settings.items()))] += 1
+    return [f"settings of {n} run(s): {text} (docs/downstream.md: open questions)" for text, n in sorted(seen.items())]
 
 
-_RENDERERS = {"table": _rich_text, "markdown": _markdown, "latex": _latex, "csv": _csv, "json": _json}
-
-
-def render(table: ReportTable, fmt: str = "table") -> str:
-    """``fmt``: table (plain text drawn by rich; a rich Console prints it as the coloured table),
-    markdown, latex, csv or json. An unknown format is a one-line MpvgbenchError."""
-    if fmt not in _RENDERERS:
-        raise MpvgbenchError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
-    return _RENDERERS[fmt](table)
-
-
-__all__ = ["Column", "FORMATS", "METRICS", "Measured", "ReportTable", "RichText", "build_table", "render",
-           "to_rich"]
+__all__ = ["BASELINE_MARK", "Column", "FORMATS", "METRICS", "Measured", "ReportTable", "RichText", "build_table",
+           "metric_value", "paired_text", "render", "to_rich"]

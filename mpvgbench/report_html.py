@@ -3,13 +3,18 @@
 ``build_html(store)`` returns the page as a string; it needs no network to be read: the CSS is
 inline, every image is a ``data:image/png;base64`` URI, and there is no JavaScript. Sections:
 
-1. the pivot of all finished runs and every paper table with at least one measured value
-   (the :class:`~mpvgbench.report.ReportTable` objects of :func:`mpvgbench.report.build_table`);
-2. training curves (:mod:`mpvgbench.curves`): top-1 and losses per epoch, mean and min..max band
-   over seeds, one line per method, one row per (model, dataset);
-3. analysis (``mpvgbench analyze``): the token/PE correlation per method from the numbers in the
+1. the pivot of the selected runs and every paper table with at least one measured value, or
+   the one table asked for (the :class:`~mpvgbench.report.ReportTable` objects of
+   :func:`mpvgbench.report.build_table`); each measured cell links to its provenance;
+2. provenance (:mod:`mpvgbench.report_provenance`): per configuration of a cell, its recipe, full
+   config, and per seed the run's key, value, git commit and environment;
+3. training curves (:mod:`mpvgbench.curves`): top-1 and losses per epoch, mean and min..max band
+   over seeds, one line (colour, line style and marker) per method, one row per (model, dataset);
+4. analysis (``mpvgbench analyze``): the token/PE correlation per method from the numbers in the
    database, and the PNG figures it wrote, found through the database (``pe_figures``) and under
    the ``analysis_dirs`` given (e.g. ``--analysis analysis``).
+
+The page names no absolute path: the database by its name only, figures by run or file name.
 """
 
 from __future__ import annotations
@@ -17,19 +22,22 @@ from __future__ import annotations
 import base64
 import html
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 from mpvgbench.curves import (
     collect_curves, correlation_analyses, correlation_figure, curves_figure, figure_png, method_order,
 )
-from mpvgbench.paper import TABLES
+from mpvgbench.paper import TABLES, TableId
 from mpvgbench.report import Measured, ReportTable, build_table
+from mpvgbench.report_provenance import database_name, provenance_anchor, provenance_html
+from mpvgbench.report_runs import spec_selection
+from mpvgbench.stats import PairedDifference
 from mpvgbench.store import Store
 from mpvgbench.store_schema import RunRow
 
-__all__ = ["MAX_FIGURES", "build_html", "measured_tables", "png_data_uri", "table_html"]
+__all__ = ["MAX_FIGURES", "build_html", "compare_html", "measured_tables", "png_data_uri", "table_html"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: analysis PNGs embedded at most (a large matrix has four per run; the page must stay loadable)
@@ -47,6 +55,9 @@ th, td { padding: .25rem .6rem; border-bottom: 1px solid #e3e3e3; }
 th { background: #f3f5f7; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.pos { color: #17803d; } td.neg { color: #b42318; } td.none { color: #999; }
+td.sig { font-weight: 600; } td.smoke { background: #fff4d6; }
+td a { color: inherit; text-decoration: none; border-bottom: 1px dotted #999; }
+details { margin: .4rem 0 .8rem; } pre { font-size: .8rem; background: #f7f7f7; padding: .5rem; overflow-x: auto; }
 ul.notes { color: #555; font-size: .85rem; margin-top: .2rem; }
 figure { margin: 1rem 0; } figcaption { color: #555; font-size: .85rem; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
@@ -58,33 +69,48 @@ nav a { margin-right: 1rem; }
 # ------------------------------------------------------------------------------------ tables
 
 
-def measured_tables(store: Store, *, metric: str = "final", spec: Optional[str] = None) -> list[ReportTable]:
+def measured_tables(store: Store, *, metric: str = "final", spec: Optional[str] = None,
+                    selection: Optional[Mapping[str, str]] = None, baseline: Optional[str] = None) -> list[ReportTable]:
     """The pivot, then each paper table (1-6, fig5) that has at least one measured value."""
-    tables = [build_table(store, None, metric=metric, spec=spec)]
+    tables = [build_table(store, None, metric=metric, spec=spec, selection=selection, baseline=baseline)]
     for table_id in TABLES:
-        table = build_table(store, table_id, metric=metric, spec=spec)
+        table = build_table(store, table_id, metric=metric, spec=spec, selection=selection, baseline=baseline)
         if any(isinstance(v, Measured) and v.n for row in table.rows for v in row):
             tables.append(table)
     return tables
 
 
-def _cell(table: ReportTable, column: Any, value: Any) -> str:
+def _cell(table: ReportTable, column: Any, value: Any, link: Optional[str] = None) -> str:
     text = html.escape(table.cell_text(column, value))
     if column.kind == "label":
         return f"<td>{text}</td>"
     classes = ["num"]
     if value is None or (isinstance(value, Measured) and value.n == 0):
         classes.append("none")
-    elif column.kind == "diff":
+    elif column.kind == "diff" and isinstance(value, float):
         classes.append("pos" if value >= 0 else "neg")
+    elif isinstance(value, PairedDifference) and value.significant:
+        classes.append("sig")
+    if isinstance(value, Measured) and value.smoke and value.n:
+        classes.append("smoke")
+    if link is not None:
+        text = f'<a href="#{link}" title="provenance">{text}</a>'
     return f'<td class="{" ".join(classes)}">{text}</td>'
 
 
 def table_html(table: ReportTable) -> str:
-    """A ReportTable as an HTML ``<table>`` (with caption) and its notes as a list."""
+    """A ReportTable as an HTML ``<table>`` (with caption) and its notes as a list; a measured
+    cell links to its configuration's provenance (:func:`provenance_anchor`)."""
     head = "".join(f'<th scope="col">{html.escape(c.name)}</th>' for c in table.columns)
-    body = "\n".join("<tr>" + "".join(_cell(table, c, v) for c, v in zip(table.columns, row)) + "</tr>"
-                     for row in table.rows)
+
+    def link(row_index: int, column_index: int) -> Optional[str]:
+        variants = table.variants[row_index] if row_index < len(table.variants) else {}
+        variant = variants.get(column_index)
+        return provenance_anchor(variant) if variant is not None else None
+
+    body = "\n".join("<tr>" + "".join(_cell(table, c, v, link(r, i))
+                                             for i, (c, v) in enumerate(zip(table.columns, row)))
+                     + "</tr>" for r, row in enumerate(table.rows))
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.notes)
     return (f"<table>\n<caption>{html.escape(table.title)}</caption>\n<thead><tr>{head}</tr></thead>\n"
             f"<tbody>\n{body}\n</tbody>\n</table>\n" + (f'<ul class="notes">{notes}</ul>\n' if notes else ""))
@@ -143,8 +169,8 @@ def analysis_pngs(store: Store, analysis_dirs: Sequence[Path], *, keys: Optional
 def _figure_caption(path: Path, runs: dict[str, RunRow]) -> str:
     # analyze writes <out>/<key>/<figure>.png: name the run, not only its hash
     run = runs.get(path.parent.name)
-    if run is None:
-        return str(path)
+    if run is None:  # a file name, never its folder: the page may travel
+        return path.name
     return f"{run.model} / {run.method_label} / {run.dataset} seed {run.seed} ({run.key[:8]}): {path.stem}"
 
 
@@ -170,49 +196,76 @@ def _section(anchor: str, title: str, body: Iterable[str]) -> str:
 
 
 def build_html(store: Store, *, metric: str = "final", spec: Optional[str] = None,
-               analysis_dirs: Sequence[Path] = (), title: str = "mpvgbench report") -> str:
-    """The whole page (see the module docstring). ``spec`` restricts tables and curves to one
-    spec's runs; ``analysis_dirs`` are folders of ``mpvgbench analyze --out``."""
-    tables = measured_tables(store, metric=metric, spec=spec)
-    sections = [_section("tables", "Tables", (table_html(t) for t in tables))]
+               selection: Optional[Mapping[str, str]] = None, analysis_dirs: Sequence[Path] = (),
+               title: str = "mpvgbench report", table: Optional[TableId] = None,
+               baseline: Optional[str] = None) -> str:
+    """The whole page (see the module docstring). ``selection`` (job key -> dataset, from a
+    spec's matrix) restricts tables, curves and analysis to those runs (``spec`` names them);
+    ``table``: only that paper table (or the pivot, ``"pivot"``), else every measured one;
+    ``baseline``: paired differences to that method; ``analysis_dirs`` are folders of
+    ``mpvgbench analyze --out``."""
+    if selection is None and spec is not None:
+        selection = spec_selection(store, spec)
+    if table is None:
+        tables = measured_tables(store, metric=metric, spec=spec, selection=selection, baseline=baseline)
+    else:
+        chosen = None if table == "pivot" else table
+        tables = [build_table(store, chosen, metric=metric, spec=spec, selection=selection, baseline=baseline)]
+    sections = [_section("tables", "Tables", (table_html(t) for t in tables)),
+                _section("provenance", "Provenance", [provenance_html(tables)])]
 
-    panels = collect_curves(store, spec)
+    panels = collect_curves(store, keys=selection)
     curve_note = ("<p>Per epoch: validation top-1, train loss and validation loss. Line: mean over "
-                  "seeds; band: min..max over seeds; one colour per method.</p>\n")
+                  "seeds; band: min..max over seeds; each method has its own colour, line style and "
+                  "marker.</p>\n")
     curves = [curve_note, _figure(figure_png(curves_figure(panels)), "training curves",
                                   f"{len(panels)} (model, dataset) panel(s)")] if panels else \
         ["<p>No finished run has per-epoch metrics yet.</p>\n"]
     sections.append(_section("curves", "Training curves", curves))
+    sections.append(_section("analysis", "Analysis", _analysis_parts(store, selection, analysis_dirs)))
 
-    analysis_parts: list[str] = []
-    runs = {r.key: r for r in store.runs(spec_name=spec)}
-    correlations = correlation_analyses(store, list(runs) if spec else None)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    scope = f", spec {spec}" if spec else ""
+    meta = (f'<p class="meta">database {html.escape(database_name(store.where))}{html.escape(scope)}; '
+            f"metric: {metric} epoch; written {stamp}</p>\n")
+    nav = ('<nav><a href="#tables">Tables</a><a href="#provenance">Provenance</a><a href="#curves">Curves</a>'
+           '<a href="#analysis">Analysis</a></nav>\n')
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+            f"<h1>{html.escape(title)}</h1>\n{meta}{nav}" + "".join(sections) + "</body>\n</html>\n")
+
+
+def _analysis_parts(store: Store, selection: Optional[Mapping[str, str]], analysis_dirs: Sequence[Path]) -> list[str]:
+    parts: list[str] = []
+    keys = None if selection is None else list(selection)
+    runs = {r.key: r for r in store.runs(keys=keys)}
+    correlations = correlation_analyses(store, keys)
     if correlations:
-        analysis_parts.append(_figure(figure_png(correlation_figure(correlations)), "correlation by method",
-                                      f"token/PE correlation per layer of {len(correlations)} analysed run(s), "
-                                      "one line per method (mean over seeds, band min..max)"))
-    pngs = _figure_order(analysis_pngs(store, analysis_dirs, keys=set(runs) if spec else None,
+        parts.append(_figure(figure_png(correlation_figure(correlations)), "correlation by method",
+                             f"token/PE correlation per layer of {len(correlations)} analysed run(s), "
+                             "one line per method (mean over seeds, band min..max)"))
+    pngs = _figure_order(analysis_pngs(store, analysis_dirs, keys=None if keys is None else set(keys),
                                        skip_top_correlation=bool(correlations)), runs)
     embedded = 0
     for path in pngs:
         if embedded >= MAX_FIGURES:
-            analysis_parts.append(f"<p>{len(pngs) - MAX_FIGURES} more figure(s) not embedded "
-                                  f"(at most {MAX_FIGURES}).</p>\n")
+            parts.append(f"<p>{len(pngs) - MAX_FIGURES} more figure(s) not embedded (at most {MAX_FIGURES}).</p>\n")
             break
         data = _readable_png(path)
         if data is not None:
-            analysis_parts.append(_figure(data, path.stem, _figure_caption(path, runs)))
+            parts.append(_figure(data, path.stem, _figure_caption(path, runs)))
             embedded += 1
-    if not analysis_parts:
-        analysis_parts.append("<p>No analysis yet: <code>mpvgbench analyze SPEC --out analysis</code>, "
-                              "then <code>mpvgbench report --format html --analysis analysis -o report.html</code>.</p>\n")
-    sections.append(_section("analysis", "Analysis", analysis_parts))
+    if not parts:
+        parts.append("<p>No analysis yet: <code>mpvgbench analyze SPEC --out analysis</code>, "
+                     "then <code>mpvgbench report --format html --analysis analysis -o report.html</code>.</p>\n")
+    return parts
 
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    scope = f", spec {spec}" if spec else ""
-    meta = (f'<p class="meta">{html.escape(store.where)}{html.escape(scope)}; metric: {metric} epoch; '
-            f"written {stamp}</p>\n")
-    nav = '<nav><a href="#tables">Tables</a><a href="#curves">Curves</a><a href="#analysis">Analysis</a></nav>\n'
+
+def compare_html(diff: ReportTable, numbers: ReportTable, figure: Any, title: str = "mpvgbench compare") -> str:
+    """``mpvgbench compare --format html``: the config differences, the final numbers and the
+    curves (a matplotlib figure) on one static page."""
+    body = (table_html(diff) + table_html(numbers)
+            + _figure(figure_png(figure), "training curves", "one line per run: colour, line style and marker"))
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            f"<h1>{html.escape(title)}</h1>\n{meta}{nav}" + "".join(sections) + "</body>\n</html>\n")
+            f"<h1>{html.escape(title)}</h1>\n{body}</body>\n</html>\n")

@@ -61,10 +61,14 @@ def test_seed_band_mean_min_max_per_epoch() -> None:
 
 def test_collect_curves_groups_by_cell_method_and_seed(filled: Store) -> None:
     panels = collect_curves(filled)
-    assert [(p.model, p.dataset) for p in panels] == [("vit_lite_7_4", "cifar100"), ("deit_tiny", "imagenet")]
-    deit = panels[1]
-    assert deit.title == "DeiT-Ti / ImageNet-1K"
-    # preset order, the failed lape run absent, the 1-epoch configuration not mixed in
+    assert [(p.model, p.dataset) for p in panels] == [("vit_lite_7_4", "cifar100"), ("deit_tiny", "imagenet"),
+                                                      ("deit_tiny", "imagenet")]
+    # the 1-epoch configuration: its own panel, named by what differs, never mixed in nor hidden
+    assert [p.title for p in panels] == ["ViT-Lite-7/4 / CIFAR-100", "DeiT-Ti / ImageNet-1K (epochs=1)",
+                                         "DeiT-Ti / ImageNet-1K (epochs=300)"]
+    assert [c.label for c in panels[1].methods] == ["mpvg"] and sorted(panels[1].methods[0].seeds) == [7]
+    deit = panels[2]
+    # preset order, the failed lape run absent
     assert [c.label for c in deit.methods] == ["default", "pvg", "mpvg"]
     mpvg = deit.methods[2]
     assert sorted(mpvg.seeds) == [0, 1, 2]
@@ -81,14 +85,18 @@ def test_curves_figure_one_row_per_cell_three_metrics(filled: Store, tmp_path: P
     panels = collect_curves(filled)
     fig = curves_figure(panels)
     axes = fig.axes
-    assert len(axes) == 2 * 3
-    deit_top1 = axes[3]
+    assert len(axes) == 3 * 3
+    deit_top1 = axes[6]
     assert "DeiT-Ti" in deit_top1.get_title() and "top-1" in deit_top1.get_title()
     labels = [t.get_text() for t in deit_top1.get_legend().get_texts()]
     assert labels == ["default (n=1)", "pvg (n=2)", "mpvg (n=3)"]
     mean_line = deit_top1.lines[2]
     assert np.allclose(mean_line.get_ydata(), [70.5, 71.5, 72.5, 73.5])
     assert len(deit_top1.collections) == 2  # bands for pvg and mpvg; one seed draws no band
+    # PVG and MPVG apart without colour: line style and marker differ; every line has markers
+    styles = {line.get_label(): (line.get_linestyle(), line.get_marker()) for line in deit_top1.lines}
+    assert styles["pvg (n=2)"] != styles["mpvg (n=3)"]
+    assert len(set(styles.values())) == 3 and all(marker not in (None, "None", "") for _, marker in styles.values())
     path = plot_curves(panels, tmp_path / "out" / "curves.png")
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width > 600

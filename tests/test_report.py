@@ -40,6 +40,11 @@ def row_of(table: ReportTable, *labels: str) -> dict[str, Any]:
     raise AssertionError(f"no row {labels} in {table.title}")
 
 
+def keys_of(store: Store, spec: str) -> dict[str, str]:
+    """A selection as the CLI builds it from a spec's matrix: job key -> its cell's dataset."""
+    return {run.key: run.dataset for run in store.runs(spec_name=spec)}
+
+
 @pytest.fixture
 def filled(store: Store, tmp_path: Path) -> Store:
     """DeiT-Ti MPVG x3 seeds, PVG x1, a failed Default, ViT-Lite MPVG on CIFAR-100, a smoke run."""
@@ -57,17 +62,20 @@ def filled(store: Store, tmp_path: Path) -> Store:
 
 def test_table1_measured_next_to_paper(filled: Store) -> None:
     table = build_table(filled, 1)
-    mpvg = row_of(table, "DeiT-Ti", "MPVG")
+    assert [c.name for c in table.columns][:3] == ["Model", "Method", "epochs"]  # the field that differs
+    mpvg = row_of(table, "DeiT-Ti", "MPVG", "300")
     measured = mpvg["Final Top-1 (%) measured"]
     assert isinstance(measured, Measured)
     assert (measured.n, measured.mean, measured.std) == (3, 73.5, 0.5)
     assert mpvg["Top-1 (%) paper"] == 73.51 and mpvg["Params (M)"] == 5.721
     assert mpvg["Δ"] == pytest.approx(-0.01)
-    default = row_of(table, "DeiT-Ti", "Default")  # its only run failed: no result
+    default = row_of(table, "DeiT-Ti", "Default", "-")  # its only run failed: no result
     assert default["Final Top-1 (%) measured"].n == 0 and default["Δ"] is None
     assert row_of(table, "Swin-Ti", "MPVG")["Top-1 (%) paper"] == 81.64
-    assert any("1 run(s) of 1 other configuration(s)" in note for note in table.notes)
-    best = row_of(build_table(filled, 1, metric="best"), "DeiT-Ti", "MPVG")
+    # the 1-epoch run of the same cell is its own row, never hidden behind a note
+    assert row_of(table, "DeiT-Ti", "MPVG", "1")["Final Top-1 (%) measured"].values == (5.0,)
+    assert table.diagnostics == [] and not any("not shown" in n for n in table.notes)
+    best = row_of(build_table(filled, 1, metric="best"), "DeiT-Ti", "MPVG", "300")
     assert best["Best Top-1 (%) measured"].mean == 74.0
 
 
@@ -76,10 +84,10 @@ def test_same_run_serves_several_tables_and_spec_filter(filled: Store) -> None:
     assert row_of(t5, "DeiT-Ti", "MPVG", "pos_0")["Final Top-1 (%) measured"].n == 3
     assert row_of(t5, "DeiT-Ti", "PVG (reference)")["Final Top-1 (%) measured"].mean == 73.0
     assert row_of(t5, "DeiT-Ti", "MPVG", "pos_11")["Final Top-1 (%) measured"].n == 0
-    only_t5 = build_table(filled, 5, spec="t5")
+    only_t5 = build_table(filled, 5, spec="t5", selection=keys_of(filled, "t5"))
     assert row_of(only_t5, "DeiT-Ti", "MPVG", "pos_0")["Final Top-1 (%) measured"].n == 0
     assert "(spec t5)" in only_t5.title
-    smoke = build_table(filled, 1, spec="smoke")
+    smoke = build_table(filled, 1, spec="smoke", selection=keys_of(filled, "smoke"))
     assert row_of(smoke, "DeiT-Ti", "MPVG")["Final Top-1 (%) measured"].mean == 5.0
     t2 = build_table(filled, "2")
     assert row_of(t2, "ViT-Lite-7/4", "MPVG")["Final Top-1 (%) measured"].mean == 76.0
@@ -115,15 +123,17 @@ def test_downstream_tables_say_which_open_question_settings_their_runs_used(stor
 def test_pivot_of_the_database(filled: Store) -> None:
     table = build_table(filled, None)
     names = [c.name for c in table.columns]
-    assert names == ["Dataset", "Model", "pvg", "mpvg"]  # failed default: no column
-    deit = row_of(table, "ImageNet-1K", "DeiT-Ti")
+    assert names == ["Dataset", "Model", "epochs", "pvg", "mpvg"]  # failed default: no column
+    deit = row_of(table, "ImageNet-1K", "DeiT-Ti", "300")
     assert (deit["mpvg"].n, deit["pvg"].n) == (3, 1)
+    assert row_of(table, "ImageNet-1K", "DeiT-Ti", "1")["mpvg"].values == (5.0,)  # its own row
     assert row_of(table, "CIFAR-100", "ViT-Lite-7/4")["pvg"].n == 0
-    assert render(table, "csv").splitlines()[0] == "Dataset,Model,pvg mean,pvg std,pvg n,mpvg mean,mpvg std,mpvg n"
+    assert render(table, "csv").splitlines()[0] == ("Dataset,Model,epochs,pvg mean,pvg std,pvg n,pvg smoke,"
+                                                    "mpvg mean,mpvg std,mpvg n,mpvg smoke")
 
 
 def test_renderers(filled: Store) -> None:
-    table = build_table(filled, 1)
+    table = build_table(filled, 1, selection=keys_of(filled, "t1"))
     text = render(table, "table")
     assert "Table 1" in text and "73.50 ± 0.50 (n=3)" in text and "-0.01" in text
     md = render(table, "markdown")

@@ -35,8 +35,9 @@ class _Page(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = dict(attrs)
-        self._into = {"th": self.headers, "td": self.cells, "caption": self.captions}.get(tag)
-        if self._into is not None:
+        target = {"th": self.headers, "td": self.cells, "caption": self.captions}.get(tag)
+        if target is not None:  # text of tags inside a cell (a provenance link) is the cell's
+            self._into = target
             self._into.append("")
         if tag == "img":
             self.images.append(values.get("src") or "")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from mpvgbench.cli import analyze, db, methods, ops, recipes, report, run, status  # noqa: F401 - registers the commands
+from mpvgbench.cli import analyze, compare, db, methods, ops, recipes, report, run, status  # noqa: F401 - registers the commands
 from mpvgbench.cli.common import UserError, cli, end_quietly_on_closed_pipe
 
 __all__ = ["UserError", "cli", "main"]

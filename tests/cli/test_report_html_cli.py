@@ -11,7 +11,7 @@ from PIL import Image
 
 from mpvgbench.store import Store
 
-from .conftest import fabricate_run, invoke, micro_config
+from .conftest import fabricate_run, invoke, jobs_of, micro_config, write_spec
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -42,6 +42,35 @@ def test_report_html_writes_one_self_contained_page(tmp_path: Path, stored: Path
     assert all(base64.b64decode(data).startswith(PNG) for data in images)
 
 
+def test_report_html_one_table_with_provenance_and_no_paths(tmp_path: Path) -> None:
+    """Any --table; each measured cell links to its recipe, config, commit and environment; the
+    page names the database by its name only and holds no absolute path."""
+    spec = write_spec(tmp_path / "pivot.yaml", name="pivot", methods=["default", "mpvg"], seeds=[0, 1],
+                      recipe={"epochs": 3})
+    tops = {("default", 0): 50.0, ("default", 1): 52.0, ("mpvg", 0): 60.0, ("mpvg", 1): 64.0}
+    with Store(tmp_path / "results.db") as store:
+        for job in jobs_of(spec):
+            fabricate_run(store, tmp_path / "runs", job.config, top1=tops[(job.method_label, job.seed)],
+                          spec_name="pivot")
+    res = invoke("report", spec, "--format", "html", "--table", "1", "--db", tmp_path / "results.db",
+                 "-o", "one.html")
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "one.html").read_text(encoding="utf-8")
+    assert "Table 1: top-1 accuracy on ImageNet-1K" in text and "Table 2" not in text
+    assert str(tmp_path) not in text and "database results.db" in text
+    res = invoke("report", spec, "--format", "html", "--baseline", "default", "-o", "pivot.html")
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "pivot.html").read_text(encoding="utf-8")
+    anchors = set(re.findall(r'<a href="#(cfg-[0-9a-f]+-digits)"', text))
+    assert len(anchors) == 2  # default and mpvg: one configuration each
+    for anchor in anchors:
+        block = text.split(f'id="{anchor}"', 1)[1].split('<div class="prov"', 1)[0]
+        for needed in ("recipe", "epochs", "lr", "commit", "torch", "timm", "device", "full config"):
+            assert needed in block, (anchor, needed)
+    assert "+11.00 [" in text and "paired t-test" in text  # mpvg - default: (10, 12)
+    assert str(tmp_path) not in text
+
+
 def test_report_curves_writes_a_png(tmp_path: Path, stored: Path) -> None:
     res = invoke("report", "--curves", "-o", tmp_path / "curves.png")
     assert res.exit_code == 0, res.output
@@ -52,10 +81,10 @@ def test_report_curves_writes_a_png(tmp_path: Path, stored: Path) -> None:
 @pytest.mark.parametrize("args, message", [
     (["--format", "html"], "--format html writes a file; pass -o report.html"),
     (["--curves"], "--curves writes a file; pass -o curves.png"),
-    (["--curves", "--format", "csv", "-o", "x.png"], "--curves draws every stored run's curves"),
+    (["--curves", "--format", "csv", "-o", "x.png"], "--curves draws the selected runs' curves"),
     (["--analysis", "."], "--analysis only applies to --format html"),
     (["--format", "html", "--analysis", "nowhere", "-o", "r.html"], "--analysis nowhere: no such folder"),
-    (["--format", "html", "--table", "1", "-o", "r.html"], "drop --table"),
+    (["--format", "html", "--set", "seeds=[0]", "-o", "r.html"], "pass the SPEC they apply to"),
 ])
 def test_report_html_and_curves_option_errors(tmp_path: Path, stored: Path, args: list[str], message: str) -> None:
     before = stored.stat().st_mtime_ns

@@ -112,7 +112,9 @@ def test_downstream_tables_say_which_open_question_settings_their_runs_used(stor
     path = write_run_dir(tmp_path, job, final=40.0)
     result = json.loads((path / "result.json").read_text())
     settings = {"last_ln": "skip", "batch": 8, "batching": "orientation groups"}
-    rundir.atomic_write_json(path / "result.json", {**result, "ap_box": 40.0, "ap_mask": 36.0, "dense_settings": settings})
+    dense = {"task": "detection", "primary_metric": "ap_box", "final_top1": None, "best_top1": None,
+             "final_ap_box": 40.0, "best_ap_box": 40.0, "final_ap_mask": 36.0, "best_ap_mask": 36.0}
+    rundir.atomic_write_json(path / "result.json", {**result, **dense, "dense_settings": settings})
     store.ingest_run_dir(path)
     t3 = build_table(store, 3)
     assert row_of(t3, "ViT-Adapter-Ti", "DeiT-Ti", "MPVG")["AP box measured"].mean == 40.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -61,7 +61,7 @@ def report(spec_path: Path | None, table_number: str | None, fmt: str, metric: s
       mpvgbench report --curves -o curves.png
     """
     from mpvgbench.paper import get_table
-    from mpvgbench.report import build_table, render
+    from mpvgbench.report import build_table
 
     # option conflicts first: a wrong command line reads nothing
     if spec_path is not None and spec_option is not None:
@@ -71,6 +71,23 @@ def report(spec_path: Path | None, table_number: str | None, fmt: str, metric: s
         raise UserError("--set/--only change a spec's matrix; pass the SPEC they apply to")
     _check_outputs(fmt, output, curves, table_number is not None or baseline is not None, analysis_dirs)
     table_id = None if table_number is None else get_table(table_number).id  # a bad --table: exit 2, nothing read
+    store, spec_name, selection = _open_selection(spec_path, overrides, only, smoke, db)
+    if curves or fmt == "html":
+        assert output is not None  # checked above
+        _write_figure_or_page(store, output, curves=curves, metric=metric, spec_name=spec_name,
+                              selection=selection, analysis_dirs=analysis_dirs, table_id=table_id,
+                              baseline=baseline)
+        return
+    table = build_table(store, table_id, metric=metric, spec=spec_name, selection=selection, baseline=baseline)
+    for line in table.diagnostics:
+        click.echo(line, err=True)
+    _print_table(table, fmt, output)
+
+
+def _open_selection(spec_path: Path | None, overrides: tuple[str, ...], only: tuple[str, ...], smoke: bool,
+                    db: str | None) -> "tuple[Store, str | None, dict[str, str] | None]":
+    """The database to read (``.smoke/`` with --smoke), the spec's name and, with a spec, the job
+    keys of exactly the matrix `run SPEC` makes with the same --set/--only/--smoke."""
     from mpvgbench.spec import load_spec
 
     spec = load_spec(spec_path, overrides) if spec_path is not None else None
@@ -87,16 +104,12 @@ def report(spec_path: Path | None, table_number: str | None, fmt: str, metric: s
     reconcile_runs(store, spec)
     if selection is not None:
         _say_what_is_left_out(store, selection)
-    spec_name = spec.name if spec else None
-    if curves or fmt == "html":
-        assert output is not None  # checked above
-        _write_figure_or_page(store, output, curves=curves, metric=metric, spec_name=spec_name,
-                              selection=selection, analysis_dirs=analysis_dirs, table_id=table_id,
-                              baseline=baseline)
-        return
-    table = build_table(store, table_id, metric=metric, spec=spec_name, selection=selection, baseline=baseline)
-    for line in table.diagnostics:
-        click.echo(line, err=True)
+    return store, (spec.name if spec else None), selection
+
+
+def _print_table(table: Any, fmt: str, output: Path | None) -> None:
+    from mpvgbench.report import render
+
     if fmt == "table" and output is None:
         from mpvgbench.cli.tables import console
         from mpvgbench.report import to_rich

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 2  # 1: main before Alembic; 2: metrics under their own names
 
 STATUSES: tuple[str, ...] = ("pending", "running", "finished", "failed", "cancelled")
-FAILURE_KINDS: tuple[str, ...] = ("exception", "nonfinite", "oom", "infra", "timeout", "lost")
+FAILURE_KINDS: tuple[str, ...] = ("user", "exception", "nonfinite", "oom", "infra", "timeout", "lost")
 
 
 

@@ -17,7 +17,10 @@ def test_recipes_and_data_read_the_catalog() -> None:
     assert recipes.dataset_info is dataset_info and data.dataset_info is dataset_info
     assert recipes.DOWNSTREAM_TASKS == {"coco": "detection", "coco_synthetic": "detection",
                                         "ade20k": "segmentation", "ade20k_synthetic": "segmentation"}
-    assert recipes.SMOKE_DATASETS == {"coco": "coco_synthetic", "ade20k": "ade20k_synthetic"}
+    assert recipes.SMOKE_DATASETS == {  # each a generated stand-in in its dataset's file format
+        "cifar100": "cifar100_synthetic", "imagenet": "imagenet_synthetic", "imagefolder": "imagenet_synthetic",
+        "coco": "coco_synthetic", "ade20k": "ade20k_synthetic"}
+    assert recipes.smoke_dataset("digits") == "synthetic" and recipes.smoke_dataset("imagenet_synthetic") == "imagenet_synthetic"
 
 
 def test_dataset_facts() -> None:

@@ -99,11 +99,11 @@ def open_store(db: str | None, spec: Spec | None = None, *, must_exist: bool = F
 
     target = db or (spec.results.db if spec is not None and spec.results and spec.results.db else None) or DEFAULT_DB
     try:
-        missing = must_exist and "://" not in target and not Path(target).exists()
-    except OSError as exc:  # a name too long for the file system, and the like
+        if "://" not in target:
+            Path(target).exists()  # a name too long for the file system, and the like, fails here
+    except OSError as exc:
         raise UserError(f"results database {target[:80]}...: {exc.strerror}; check the --db path") from None
-    if missing:
-        raise UserError(f"no results database at {target}; run `mpvgbench run SPEC` first or pass --db")
+    # a missing database (must_exist) is the store's one-line MissingDatabaseError
     return Store(target, create=not must_exist)
 
 

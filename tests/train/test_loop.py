@@ -17,7 +17,7 @@ import torch
 from mpvgbench.errors import NonFiniteError, NonFiniteLossError
 from mpvgbench.rundir import read_checkpoint, read_jsonl
 from mpvgbench.train import request_checkpoint, task_for
-from tests.train.cases import CASES, TaskCase, Interrupt, assert_same_run, interrupt_at
+from tests.train.cases import CASES, Interrupt, TaskCase, assert_same_run, interrupt_at
 
 pytestmark = pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 
@@ -171,8 +171,7 @@ def test_nonfinite_weights_after_the_last_update_are_no_result(
     assert not (tmp_path / "result.json").exists() and read_checkpoint(tmp_path) is None
 
 
-def test_one_line_per_interval_on_stdout(case: TaskCase, baselines: Any, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_line_per_interval_on_stdout(case: TaskCase, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(Interrupt):
         case.train(tmp_path, progress_callback=interrupt_at(2, 1))
     lines = [line for line in capsys.readouterr().out.splitlines() if f"{case.metric} " in line]

@@ -184,7 +184,6 @@ class CellPattern(_Section):
 class Spec(_Section):
     name: Annotated[str, Strict(), Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
     description: str = ""
-    plugins: list[str] = []  # PE-method plugin files, loaded before `methods` is read (parse_spec)
     models: list[ModelName]
     methods: list[MethodValue]
     datasets: list[DatasetName]
@@ -200,6 +199,7 @@ class Spec(_Section):
     executor: ExecutorSection = ExecutorSection()
     slurm: Optional[SlurmSettings] = None
     results: ResultsSection = ResultsSection()
+    plugins: list[str] = []  # PE-method plugin files; parse_spec loads them before `methods` is read
 
     _source: str = PrivateAttr(default="<spec>")
 

@@ -129,3 +129,9 @@ def test_an_installed_entry_point_registers_its_class(tmp_path: Path, monkeypatc
     method = resolve_method("ep_axial")  # an unknown name loads the installed entry points
     assert method.encoding == "ep_axial" and method.plugin.startswith("ep_pe:")
     assert ENCODINGS["ep_axial"].source.endswith("ep_pe.py")
+
+
+def test_a_plugins_field_that_is_not_a_list_of_paths_is_one_line(walkthrough: Path) -> None:
+    (walkthrough / "spec.yaml").write_text(SPEC.replace("plugins: [my_pe.py]", "plugins: my_pe.py"))
+    with pytest.raises(MpvgbenchError, match=r"plugins: must be a list of Python file paths"):
+        load_spec(walkthrough / "spec.yaml")

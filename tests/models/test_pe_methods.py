@@ -121,7 +121,8 @@ def test_parameter_counts_follow_the_original_models() -> None:
     CPVT: no APE, a depthwise 3x3 conv with bias; GAP drops the class token; sin-cos keeps a frozen
     (counted) pos_0 as MAE. Neither paper prints the counts of these exact models."""
     def count(name: str, method: str, classes: int = 1000) -> int:
-        return sum(p.numel() for p in M.build_model(name, method, num_classes=classes).parameters())
+        with torch.device("meta"):  # shapes only: no memory, no init work (DeiT-B six times)
+            return sum(p.numel() for p in M.build_model(name, method, num_classes=classes).parameters())
 
     for name, dim, classes in (("deit_tiny", 192, 1000), ("deit_small", 384, 1000), ("deit_base", 768, 1000),
                                ("vit_lite_7_4", 256, 100)):

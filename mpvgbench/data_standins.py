@@ -27,6 +27,7 @@ import json
 import os
 import pickle
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -36,7 +37,7 @@ from PIL import Image
 from mpvgbench.errors import DataError
 
 __all__ = [
-    "IMAGENET_SIZES", "MANIFEST", "STANDIN_DATASETS", "ensure_standin", "make_cifar100_standin",
+    "IMAGENET_SIZES", "MANIFEST", "STANDIN_DATASETS", "default_root", "ensure_standin", "make_cifar100_standin",
     "make_imagenet_standin", "read_manifest", "smoke_data_roots",
 ]
 
@@ -185,6 +186,13 @@ def ensure_standin(dataset: str, root: str | Path) -> Path:
         if not root.is_dir():
             raise
     return root
+
+
+def default_root(dataset: str) -> Path:
+    """Where a stand-in goes when no root is given (a job started without the CLI, which passes
+    ``.smoke/data/...``): a per-user folder in the temp directory, shared (the bytes are seeded)."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"mpvgbench-standins-{uid}" / f"{dataset}-v{FORMAT_VERSION}"
 
 
 def smoke_data_roots(datasets: set[str], smoke_dir: str | Path) -> dict[str, str]:

@@ -124,6 +124,12 @@ def test_ensure_standin_builds_once_and_smoke_roots_are_absolute(tmp_path: Path,
     assert not [p for p in (tmp_path / ".smoke" / "data").iterdir() if ".tmp" in p.name]
 
 
-def test_a_standin_needs_a_root(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="must be given"):
-        build_datasets(standin_config("imagenet_synthetic"), None)
+def test_a_standin_without_a_root_goes_to_the_shared_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job started without the CLI (Slurm tests, the debugger) still finds its stand-in."""
+    import tempfile
+
+    from mpvgbench.data_standins import default_root
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    train, _ = build_datasets(standin_config("cifar100_synthetic", "vit_lite_7_4"), None)
+    assert Path(train.root) == default_root("cifar100_synthetic") and str(tmp_path) in train.root

@@ -41,7 +41,7 @@ def test_payload_is_the_sorted_compact_dump() -> None:
     data = config.model_dump(mode="json")
     for name in ("param_groups", "decay_all_params", "nesterov", "max_iters", "adapter_last_ln"):  # post-v1 recipe fields at default
         del data["recipe"][name]
-    del data["loader"]  # a post-v1 config field at its default
+    del data["loader"]  # post-v1 config field at its default ("timm")
     dumped = json.dumps(data, sort_keys=True, separators=(",", ":"))
     assert config_payload(config) == dumped
 

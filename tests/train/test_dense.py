@@ -71,7 +71,7 @@ def test_dense_cells_are_deit_tiny_only_and_smoke_keeps_the_task() -> None:
         expand(parse_spec({**base, "models": ["deit_small"]}))
     jobs = expand(parse_spec({**base, "models": ["deit_tiny"]}), smoke=True)
     parent, child = jobs
-    assert (parent.dataset, child.dataset) == ("imagenet_synthetic", "coco_synthetic")
+    assert (parent.dataset, child.dataset) == ("imagenet_synthetic", "coco_synthetic")  # smoke: real-format stand-ins
     assert child.depends_on == parent.key and child.config.num_classes == 3
     full = expand(parse_spec({**base, "models": ["deit_tiny"]}))[1].config
     assert (full.img_size, full.num_classes, full.recipe.lr, full.recipe.epochs) == (1024, 80, 1e-4, 36)

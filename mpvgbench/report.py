@@ -176,13 +176,14 @@ class _PaperCells:
     def __init__(self, runs: Sequence[ReportRun], exact: bool) -> None:
         self.cells = group_variants(runs)
         self.exact = exact
+        self.parents = {run.init_from for run in runs if run.init_from is not None}
         self.fields: list[str] = []
 
     def variants(self, model: str, dataset: str, method: PEMethod) -> list[Variant]:
         found = list(self.cells.get((model, dataset, method), {}).values())
         if not self.exact:
             synthetic = [r for v in self.cells.get((model, "synthetic", method), {}).values() for r in v.runs]
-            chosen = [r for r in synthetic if stands_in_for(r, dataset, synthetic)]
+            chosen = [r for r in synthetic if stands_in_for(r, dataset, self.parents)]
             by_variant: dict[str, Variant] = {}
             for run in chosen:
                 by_variant.setdefault(run.variant, Variant()).runs.append(run)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -219,14 +219,16 @@ def group_variants(runs: Iterable[ReportRun]) -> dict[tuple[str, str, PEMethod],
     return cells
 
 
-def stands_in_for(run: ReportRun, dataset: str, cell_runs: Sequence[ReportRun]) -> bool:
+def stands_in_for(run: ReportRun, dataset: str, parents: Collection[str]) -> bool:
     """Whether a smoke run on ``synthetic`` (which keeps no trace of the dataset it replaced)
-    stands in for a paper row on ``dataset``: a fine-tune never for the pre-training dataset,
-    and a run another run of the cell starts from (its pre-training) never for the fine-tune's."""
+    stands in for a paper row on ``dataset``: never for a dense dataset (those have their own
+    stand-ins), a fine-tune never for the pre-training dataset, and a run another run starts
+    from (``parents``: its pre-training) never for the fine-tune's dataset."""
+    if dataset in SMOKE_DATASETS:
+        return False
     if run.init_from is not None:
         return dataset != PRETRAIN_DATASET
-    is_parent = any(other.init_from == run.key for other in cell_runs)
-    return not (is_parent and dataset != PRETRAIN_DATASET)
+    return not (run.key in parents and dataset != PRETRAIN_DATASET)
 
 
 __all__ = ["GENERATED_DATASETS", "Provenance", "ReportRun", "Variant", "column_name", "distinguishing_fields",

@@ -167,6 +167,7 @@ def test_smoke_marks_in_every_format(tmp_path: Path) -> None:
     assert "| 40.55 | - |" in outputs["markdown"]  # no Δ for a smoke value
     assert "smoke" in outputs["table"] and "1.83 (n=1, smoke)" in outputs["latex"]
     rows = list(csv.DictReader(io.StringIO(outputs["csv"])))
+    assert len(rows) == 4  # the fine-tunes; their DeiT-Ti parents stand in for no ADE20K row
     assert all(r["mIoU measured smoke"] == "true" and r["Δ"] == "" for r in rows)
     doc = json.loads(outputs["json"])
     assert all(r["mIoU measured"]["smoke"] for r in doc["rows"]) and doc["smoke"] is True

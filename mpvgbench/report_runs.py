@@ -25,12 +25,15 @@ from typing import Any, Optional
 
 from mpvgbench.methods import PEMethod
 from mpvgbench.paper import Metric
-from mpvgbench.recipes import SMOKE_DATASETS
+from mpvgbench.recipes import DOWNSTREAM_TASKS, SMOKE_DATASETS
 from mpvgbench.store import Store
 from mpvgbench.store_schema import ResultRow, RunRow
 
 GENERATED_DATASETS: frozenset[str] = frozenset({"synthetic", *SMOKE_DATASETS.values()})
-_STAND_IN_FOR = {stand_in: dataset for dataset, stand_in in SMOKE_DATASETS.items()}
+# a stand-in reports as the dataset it stands in for (imagefolder's is ImageNet's: ImageNet)
+_STAND_IN_FOR: dict[str, str] = {}
+for _dataset, _stand_in in SMOKE_DATASETS.items():
+    _STAND_IN_FOR.setdefault(_stand_in, _dataset)
 #: config fields that name a cell or a seed, never a variant
 _CELL_FIELDS = frozenset({"model", "method", "dataset", "seed"})
 #: the dataset the paper pre-trains on; a smoke fine-tune never stands in for it
@@ -224,7 +227,7 @@ def stands_in_for(run: ReportRun, dataset: str, parents: Collection[str]) -> boo
     stands in for a paper row on ``dataset``: never for a dense dataset (those have their own
     stand-ins), a fine-tune never for the pre-training dataset, and a run another run starts
     from (``parents``: its pre-training) never for the fine-tune's dataset."""
-    if dataset in SMOKE_DATASETS:
+    if dataset in DOWNSTREAM_TASKS:
         return False
     if run.init_from is not None:
         return dataset != PRETRAIN_DATASET

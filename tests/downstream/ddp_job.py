@@ -58,7 +58,8 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown mode {mode!r}")
     finally:
-        torch_dist.destroy_process_group()
+        torch_dist.barrier()  # both ranks done before either tears gloo down (a rank tearing down
+        torch_dist.destroy_process_group()  # while the other still exits aborted it under load)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ uses in trial_support.py.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os

@@ -7,7 +7,8 @@ sklearn's digits (CPU, a few steps), and is bounded in time. A case *holds* when
 answers as promised: bad input is one line and exit 2 (never a traceback, never a hang), a
 damaged file is named (or set aside) without a traceback, nothing is written outside the runs
 root, and nothing is trained twice. The table printed at the end (category, cases, held) is the
-one in docs/reliability.md.
+one in docs/reliability.md. The bad-input cases are in trial_inputs.py, the helpers every case
+uses in trial_support.py.
 """
 
 from __future__ import annotations
@@ -24,218 +25,12 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # this checkout's mpvgbench, in this process as in the CLI processes
-FAST = {"name": "fast", "models": ["vit_micro"], "methods": ["default"], "datasets": ["digits"], "seeds": [0],
-        "recipe": {"epochs": 3, "max_steps_per_epoch": 8}, "data": {"num_workers": 0},
-        "executor": {"name": "local", "device": "cpu"}}
-BUG = "this is a bug"
-
-
-@dataclass
-class Case:
-    category: str
-    name: str
-    check: Callable[[Path], None]  # raises AssertionError (or anything) when mpvgbench broke
-    timeout_s: float = 60.0
-
-
-class Broke(AssertionError):
-    pass
-
-
-# ------------------------------------------------------------------------------ helpers
-
-
-def cli(*args: Any, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """mpvgbench as a user runs it: a process of its own (a hang is killed by the timeout)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    env.pop("MPVGBENCH_DB", None)
-    return subprocess.run([sys.executable, "-m", "mpvgbench", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env, stdin=subprocess.DEVNULL, cwd=cwd)
-
-
-def invoke(*args: Any) -> Any:
-    """mpvgbench in this process (fast: no torch import per case); exit code and output."""
-    from click.testing import CliRunner
-
-    from mpvgbench.cli import cli as group
-
-    return CliRunner().invoke(group, [str(a) for a in args], catch_exceptions=True, prog_name="mpvgbench")
-
-
-def expect_user_error(result: Any, *words: str) -> None:
-    code = getattr(result, "exit_code", getattr(result, "returncode", None))
-    output = getattr(result, "output", None) or (getattr(result, "stdout", "") + getattr(result, "stderr", ""))
-    if code != 2 or "Traceback" in output or BUG in output:
-        raise Broke(f"exit {code}: {output.strip()[-300:]}")
-    for word in words:
-        if word not in output:
-            raise Broke(f"{word!r} not in: {output.strip()[-300:]}")
-
-
-def expect_no_bug(result: Any, codes: tuple[int, ...] = (0, 1, 2)) -> None:
-    code = getattr(result, "exit_code", getattr(result, "returncode", None))
-    output = getattr(result, "output", None) or (getattr(result, "stdout", "") + getattr(result, "stderr", ""))
-    if code not in codes or "Traceback" in output or BUG in output:
-        raise Broke(f"exit {code}: {output.strip()[-300:]}")
-
-
-def write(path: Path, doc: Any) -> Path:
-    path.write_text(yaml.safe_dump(doc, sort_keys=False) if not isinstance(doc, (str, bytes)) else doc) \
-        if not isinstance(doc, bytes) else path.write_bytes(doc)
-    return path
-
-
-def attempts(run_dir: Path) -> int:
-    """Worker starts recorded in the run's log (one header line each)."""
-    try:
-        return (run_dir / "stdout.log").read_text(errors="replace").count("===== mpvgbench attempt")
-    except OSError:
-        return 0
-
-
-_BASELINE: dict[str, Any] = {}
-
-
-def baseline(tmp: Path) -> tuple[Path, str]:
-    """A finished run (trained once per trial, copied into each case's directory)."""
-    if not _BASELINE:
-        home = Path(tempfile.mkdtemp(prefix="trial-base-"))
-        write(home / "fast.yaml", FAST)
-        proc = cli("run", home / "fast.yaml", "--executor", "debug", "--db", home / "results.db",
-                   "--runs-dir", home / "runs", timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        from mpvgbench.matrix import expand
-        from mpvgbench.spec import load_spec
-
-        (job,) = expand(load_spec(home / "fast.yaml"))
-        _BASELINE.update(home=home, key=job.key)
-    home, key = _BASELINE["home"], _BASELINE["key"]
-    for name in ("fast.yaml", "results.db"):
-        shutil.copy(home / name, tmp / name)
-    shutil.copytree(home / "runs", tmp / "runs")
-    return tmp / "runs" / key, key
-
-
-# ----------------------------------------------------------------------- bad spec input
-
-
-def spec_cases() -> Iterator[Case]:
-    controls = [c for c in range(32) if chr(c) not in "\t\n\r"] + [0x7f, 0x85, 0xfeff]
-    for code in controls:
-        def check(tmp: Path, code: int = code) -> None:
-            (tmp / "s.yaml").write_text(f"name: a{chr(code)}b\nmodels: [vit_micro]\n", encoding="utf-8")
-            result = invoke("run", tmp / "s.yaml", "--dry-run")
-            expect_no_bug(result, (2,))
-        yield Case("bad input: spec bytes", f"control character U+{code:04X}", check)
-    for label, data in [("binary", b"\x00\x01binary"), ("latin-1", "name: caf\xe9\n".encode("latin-1")),
-                        ("utf-16", "name: x\n".encode("utf-16")), ("lone surrogate", b"name: \xed\xa0\x80\n"),
-                        ("truncated utf-8", b"name: \xe2\x82"), ("gzip", b"\x1f\x8b\x08\x00"),
-                        ("png", b"\x89PNG\r\n\x1a\n"), ("nul in middle", b"name: fast\nmodels: [\x00]\n"),
-                        ("empty", b""), ("only spaces", b"   \n  \n"), ("BOM", b"\xef\xbb\xbfname: [\n")]:
-        yield Case("bad input: spec bytes", label,
-                   lambda tmp, data=data: expect_no_bug(invoke("run", write(tmp / "s.yaml", data), "--dry-run"), (2,)))
-    malformed = ["name: [unclosed", "name: {a: 1", "- a\nb: 2", "name: 'x", ": no key", "a: b: c",
-                 "name: x\n  bad indent: 1", "[1, 2", "key: @reserved", "\tname: tab", "name: *undefined",
-                 "&a [*a]", "name: !!python/object:os.system x", "name: !custom x", "!!binary aGk=",
-                 "name: x\nname: y", "? [a, b]\n: c", "%YAML 9.9\n---\nname: x", "--- a\n--- b"]
-    for text in malformed:
-        yield Case("bad input: YAML", repr(text)[:40],
-                   lambda tmp, text=text: expect_no_bug(invoke("run", write(tmp / "s.yaml", text), "--dry-run"), (2,)))
-    wrong_types: list[tuple[str, Any]] = [
-        ("name", 5), ("name", ""), ("name", "a b"), ("name", "x" * 500), ("models", "vit_micro"), ("models", []),
-        ("models", ["nope"]), ("models", [None]), ("methods", [{"base": "nope"}]), ("methods", ["mpvg[x=1]"]),
-        ("methods", [{"base": "mpvg", "last_ln_pe": 99}]), ("datasets", ["mnist"]), ("datasets", [1]),
-        ("seeds", [-1]), ("seeds", [2**40]), ("seeds", ["0"]), ("seeds", [True]), ("seeds", list(range(200_000))),
-        ("recipe", {"epochs": 0}), ("recipe", {"epochs": 1.5}), ("recipe", {"lr": float("nan")}),
-        ("recipe", {"lr": float("inf")}), ("recipe", {"lr": -1}), ("recipe", {"batch_size": 0}),
-        ("recipe", {"nope": 1}), ("recipe", []), ("zip", [["models", "nope"]]), ("include", [{"model": "x"}]),
-        ("exclude", [{}]), ("exclude", [{"model": "vit_micro"}]), ("executor", {"name": "k8s"}),
-        ("executor", {"workers": 0}), ("data", {"num_workers": -1}), ("data", {"roots": {"mnist": "/x"}}),
-        ("results", {"db": 5}), ("model_overrides", {"nope": {}}), ("model_overrides", {"vit_micro": {"img_size": 16}}),
-        ("model_overrides", {"vit_micro": {"img_size": 7}}), ("init_from", "zzzz"), ("init_from", {"dataset": "nope"}),
-        ("dataset_overrides", {"digits": {"num_classes": 5}}), ("slurm", {"time": "forever"}),
-        ("slurm", {"mem": "lots"}), ("slurm", {"additional_parameters": {"time": 5}}), ("unknown_field", 1),
-        ("recipe", {"batch_size": 100_000}), ("recipe", {"param_groups": [{"match": ["*"], "lr_scale": 0}]}),
-        ("recipe", {"param_groups": [{"match": ["nothing"], "lr_scale": 1}]}),
-    ]
-    for field, value in wrong_types:
-        def check(tmp: Path, field: str = field, value: Any = value) -> None:
-            doc = {**FAST, field: value}
-            expect_no_bug(invoke("run", write(tmp / "s.yaml", json.dumps(doc)), "--dry-run"), (2,))
-        yield Case("bad input: spec fields", f"{field}={json.dumps(value)[:30]}", check, timeout_s=120)
-    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
-        for i in range(8))
-    yield Case("bad input: YAML", "alias bomb", lambda tmp: expect_user_error(
-        invoke("run", write(tmp / "s.yaml", bomb), "--dry-run"), "expands"), timeout_s=20)
-    yield Case("bad input: YAML", "nested 10,000 deep", lambda tmp: expect_no_bug(
-        invoke("run", write(tmp / "s.yaml", "[" * 10_000 + "]" * 10_000), "--dry-run"), (2,)))
-    yield Case("bad input: spec bytes", "2 MB spec", lambda tmp: expect_user_error(
-        invoke("run", write(tmp / "s.yaml", "# " + "x" * 2_000_000), "--dry-run"), "limit"))
-
-    def fifo(tmp: Path) -> None:
-        os.mkfifo(tmp / "f.yaml")
-        for command in (["run", tmp / "f.yaml", "--dry-run"], ["status", tmp / "f.yaml"], ["cancel", tmp / "f.yaml"]):
-            expect_user_error(cli(*command, timeout=20))
-    yield Case("bad input: spec files", "a FIFO as the spec", fifo)
-    for path in ("/dev/zero", "/dev/null", "/dev/urandom", "/proc/self/mem", "/", "/nonexistent/s.yaml"):
-        yield Case("bad input: spec files", path, lambda tmp, path=path: expect_user_error(
-            cli("run", path, "--dry-run", timeout=20)))
-    for name in ("a\nb.yaml", "a\rb.yaml", "a\x1bb.yaml", " .yaml", "-.yaml", "ü.yaml"):
-        def odd(tmp: Path, name: str = name) -> None:
-            (tmp / name).write_text("name: [")
-            result = invoke("run", tmp / name)
-            expect_user_error(result, "malformed")
-            if len([line for line in result.output.splitlines() if line.startswith("Error")]) != 1:
-                raise Broke(f"not one line: {result.output!r}")
-        yield Case("bad input: spec files", f"path {name!r}", odd)
-
-
-# --------------------------------------------------------------------- bad options / --set
-
-
-def option_cases() -> Iterator[Case]:
-    sets = ["recipe.epochs=-1", "recipe.epochs=abc", "recipe.lr=.nan", "recipe.lr=.inf", "recipe.batch_size=0",
-            "seeds=[-1]", "seeds=notalist", "models=[nope]", "methods=[nope]", "name=a\x07", "recipe=5",
-            "recipe.epochs.x=1", "=1", "recipe.=1", "recipe.epochs", ".=.", "a.b.c.d.e=1", "recipe.epochs=[",
-            "model_overrides.vit_micro.img_size=16", "recipe.batch_size=99999", "executor.workers=0",
-            "recipe.param_groups=[{match: ['*'], lr_scale: 0}]", "datasets=[imagenet]", "seeds=[0, 0]",
-            "recipe.epochs=!!python/object:os.system x", "recipe.epochs=1e400", "name=" + "x" * 5000]
-    for item in sets:
-        expected = (0,) if item == "datasets=[imagenet]" else (2,)  # a dry run reads no data roots
-        yield Case("bad input: --set and options", f"--set {item[:40]!r}", lambda tmp, item=item, expected=expected: expect_no_bug(
-            invoke("run", write(tmp / "s.yaml", json.dumps(FAST)), "--dry-run", "--set", item), expected), timeout_s=120)
-    options = [["--only", ""], ["--only", ","], ["--only", "model="], ["--only", "axis=x"], ["--only", "model=nope"],
-               ["--only", "seed=x"], ["--only", "method=mpvg"], ["--checkpoint-every-min", "nan"],
-               ["--checkpoint-every-min", "inf"], ["--checkpoint-every-min", "-1"], ["--checkpoint-every-min", "0"],
-               ["--workers", "0"], ["--workers", "-3"], ["--device", "tpu"], ["--executor", "k8s"],
-               ["--compile", "maybe"], ["--runs-dir", "r" * 300], ["--db", "d" * 300 + ".db"],
-               ["--db", "postgresql://nobody@127.0.0.1:1/x"], ["--db", "nosuchdialect://x"], ["--runs-dir", "/proc"]]
-    for option in options:
-        def check(tmp: Path, option: list[str] = option) -> None:
-            write(tmp / "s.yaml", json.dumps(FAST))
-            dry = [] if option[0] in ("--runs-dir", "--db", "--device") else ["--dry-run"]
-            expect_no_bug(invoke("run", tmp / "s.yaml", *dry, *option), (2,))
-        yield Case("bad input: --set and options", " ".join(option)[:40], check, timeout_s=60)
-    other = [["logs", ""], ["logs", " "], ["cancel", ""], ["logs", "zzzz"], ["logs", "../../etc/passwd"],
-             ["logs", "%"], ["logs", "_"], ["logs", "'; DROP TABLE runs;--"], ["status", "--db", "missing.db"],
-             ["report", "--table", "9"], ["report", "--format", "xml"], ["report", "--metric", "worst"],
-             ["analyze", "zzzz"], ["recipes", "nope"], ["logs", "KEY", "--tail", "0"], ["logs", "KEY", "--tail", "-2"],
-             ["logs", "KEY", "--tail", "x"], ["report", "-o", "/proc/nope/x.md"]]
-    for command in other:
-        def check(tmp: Path, command: list[str] = command) -> None:
-            run_dir, key = baseline(tmp)
-            args = [key[:8] if a == "KEY" else a for a in command]
-            expect_no_bug(invoke(*args), (2,))
-        yield Case("bad input: --set and options", " ".join(command)[:40], check)
+from trial_inputs import option_cases, spec_cases
+from trial_support import (BASELINE, FAST, Broke, Case, job_keys, spawn, workers_on, attempts, baseline,
+                           cli, expect_no_bug, expect_user_error, invoke, write)
 
 
 # ------------------------------------------------------------------------ damaged run files
@@ -371,60 +166,46 @@ def security_cases() -> Iterator[Case]:
 # ------------------------------------------------------------------------- concurrency, kills
 
 
-def _spawn(tmp: Path, *args: Any) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop("MPVGBENCH_DB", None)
-    return subprocess.Popen([sys.executable, "-m", "mpvgbench", *map(str, args)], cwd=tmp, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _keys(tmp: Path, spec: Path) -> list[str]:
-    from mpvgbench.matrix import expand
-    from mpvgbench.spec import load_spec
-
-    return [job.key for job in expand(load_spec(spec))]
-
-
 def concurrency_cases() -> Iterator[Case]:
     def two_databases(tmp: Path) -> None:
         spec = write(tmp / "s.yaml", json.dumps({**FAST, "seeds": [0, 1], "recipe": {"epochs": 4, "max_steps_per_epoch": 8}}))
-        a = _spawn(tmp, "run", spec, "--db", "a.db")
-        b = _spawn(tmp, "run", spec, "--db", "b.db")
+        a = spawn(tmp, "run", spec, "--db", "a.db")
+        b = spawn(tmp, "run", spec, "--db", "b.db")
         for proc in (a, b):
             proc.communicate(timeout=300)
-        for key in _keys(tmp, spec):
+        for key in job_keys(tmp, spec):
             if attempts(tmp / "runs" / key) != 1:
                 raise Broke(f"{key} trained {attempts(tmp / 'runs' / key)} times by two databases")
     yield Case("concurrency", "two databases on one runs dir", two_databases, timeout_s=400)
 
     def two_coordinators(tmp: Path) -> None:
         spec = write(tmp / "s.yaml", json.dumps({**FAST, "seeds": [0, 1, 2]}))
-        procs = [_spawn(tmp, "run", spec) for _ in range(2)]
-        poller = [_spawn(tmp, "status") for _ in range(3)]
+        procs = [spawn(tmp, "run", spec) for _ in range(2)]
+        poller = [spawn(tmp, "status") for _ in range(3)]
         for proc in procs + poller:
             out, _ = proc.communicate(timeout=300)
             if "Traceback" in out:
                 raise Broke(out[-300:])
         if any(proc.returncode != 0 for proc in procs):
             raise Broke(f"exit codes {[p.returncode for p in procs]}")
-        for key in _keys(tmp, spec):
+        for key in job_keys(tmp, spec):
             if attempts(tmp / "runs" / key) != 1:
                 raise Broke(f"{key} trained twice")
     yield Case("concurrency", "two coordinators, one database, pollers", two_coordinators, timeout_s=400)
 
     def cancel_then_retry(tmp: Path) -> None:
         spec = write(tmp / "s.yaml", json.dumps({**FAST, "recipe": {"epochs": 400, "max_steps_per_epoch": 8}}))
-        first = _spawn(tmp, "run", spec)
-        (key,) = _keys(tmp, spec)
+        first = spawn(tmp, "run", spec)
+        (key,) = job_keys(tmp, spec)
         try:
             deadline = time.time() + 60
             while not (tmp / "runs" / key / "progress.json").exists() and time.time() < deadline:
                 time.sleep(0.5)
             expect_no_bug(cli("cancel", spec, cwd=tmp), (0,))
-            second = _spawn(tmp, "run", spec, "--retry-failed")
+            second = spawn(tmp, "run", spec, "--retry-failed")
             most = 0
             for _ in range(60):  # 12 s: the window in which two workers used to overlap
-                most = max(most, _workers_on(tmp / "runs" / key))
+                most = max(most, workers_on(tmp / "runs" / key))
                 time.sleep(0.2)
             if most > 1:
                 raise Broke(f"{most} workers trained one run directory at once")
@@ -436,26 +217,13 @@ def concurrency_cases() -> Iterator[Case]:
     yield Case("concurrency", "cancel then an immediate --retry-failed", cancel_then_retry, timeout_s=200)
 
 
-def _workers_on(run_dir: Path) -> int:
-    """Worker processes (not their forks) whose command line names ``run_dir``."""
-    count = 0
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"mpvgbench.worker" in argv and str(run_dir).encode() in argv:
-            count += 1
-    return count
-
-
 def kill_cases() -> Iterator[Case]:
     for sig, label in ((signal.SIGKILL, "kill -9"), (signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")):
         for executor in ("local", "debug"):
             def check(tmp: Path, sig: signal.Signals = sig, executor: str = executor) -> None:
                 spec = write(tmp / "s.yaml", json.dumps({**FAST, "recipe": {"epochs": 6, "max_steps_per_epoch": 30}}))
-                proc = _spawn(tmp, "run", spec, "--executor", executor)
-                (key,) = _keys(tmp, spec)
+                proc = spawn(tmp, "run", spec, "--executor", executor)
+                (key,) = job_keys(tmp, spec)
                 deadline = time.time() + 90
                 while not (tmp / "runs" / key / "metrics.jsonl").exists() and time.time() < deadline:
                     time.sleep(0.2)
@@ -550,8 +318,8 @@ def main() -> int:
                          "seconds": round(time.monotonic() - t0, 1)})
         print(("held  " if not problem else "BROKE ") + f"{case.category}: {case.name}" +
               (f"\n      {problem}" if problem else ""), flush=True)
-    if _BASELINE:
-        shutil.rmtree(_BASELINE["home"], ignore_errors=True)
+    if BASELINE:
+        shutil.rmtree(BASELINE["home"], ignore_errors=True)
     by_category: Counter[str] = Counter(o["category"] for o in outcomes)
     held: Counter[str] = Counter(o["category"] for o in outcomes if o["held"])
     print("\n| category | cases | held |\n|:---|---:|---:|")

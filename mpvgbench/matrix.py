@@ -333,8 +333,21 @@ def _parse_pattern(text: str) -> dict[str, set[Any]]:
 
 
 def _matches(job: Job, pattern: dict[str, set[Any]]) -> bool:
-    cell = {"model": job.model, "method": job.method, "dataset": job.dataset, "seed": job.seed}
-    return all(cell[axis] in values for axis, values in pattern.items())
+    cell = {"model": job.model, "method": job.method, "seed": job.seed}
+    for axis, values in pattern.items():
+        if axis == "dataset":
+            # a --smoke job trains on a stand-in: it matches the dataset it stands in for too
+            if not values & ({job.dataset} | _stood_in_for(job.dataset)):
+                return False
+        elif cell[axis] not in values:
+            return False
+    return True
+
+
+def _stood_in_for(dataset: str) -> set[str]:
+    from mpvgbench.catalog import DATASET_TABLE, smoke_dataset
+
+    return {name for name in DATASET_TABLE if smoke_dataset(name) == dataset}
 
 
 def summarize(jobs: Iterable[Job]) -> dict[str, int]:

@@ -10,6 +10,9 @@ from mpvgbench.config import TrainConfig
 from mpvgbench.executors.base import RunContext, prepare_run_dir
 from mpvgbench.matrix import Job
 
+# metrics.jsonl fields that measure time: the only ones two equal runs may differ in
+TIMING = frozenset({"epoch_time_s", "eval_time_s", "images_per_s"})
+
 
 def prepare_job(runs_root: Path, config: TrainConfig, *, data_root: Optional[str] = None,
                 **context: Any) -> Path:

@@ -206,3 +206,20 @@ def test_ten_thousand_jobs_have_distinct_keys_equal_to_config_key() -> None:
     assert len(jobs) == len({j.key for j in jobs}) == 10_000
     for job in jobs[::997]:
         assert job.key == config_key(TrainConfig.model_validate(job.config.model_dump(mode="json")))
+
+
+def test_only_dataset_selects_smoke_cells_by_the_dataset_their_stand_in_replaces() -> None:
+    """`run SPEC --smoke --only dataset=cifar100` keeps the CIFAR-100 cells (they train on the
+    cifar100_synthetic stand-in) and the ImageNet runs they start from; digits on `synthetic`."""
+    from mpvgbench.matrix import select
+
+    jobs = expand(load_spec(EXPERIMENTS / "table2.yaml"), smoke=True)
+    kept = select(jobs, ["dataset=cifar100"])
+    fine_tunes = [job for job in kept if not job.parent_only]
+    assert fine_tunes and {job.dataset for job in fine_tunes} == {"cifar100_synthetic"}
+    assert {job.dataset for job in kept if job.parent_only} <= {"imagenet_synthetic"}
+    assert [j.key for j in select(jobs, ["dataset=cifar100_synthetic"])] == [j.key for j in kept]
+    with pytest.raises(SpecError, match="no cell of the spec matches"):
+        select(jobs, ["dataset=imagenet"])  # the parents are only there for their fine-tunes
+    quick = expand(load_spec(EXPERIMENTS / "quickstart.yaml"), smoke=True)
+    assert len(select(quick, ["dataset=digits"])) == len(quick)

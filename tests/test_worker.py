@@ -21,10 +21,9 @@ from mpvgbench.config import Recipe, TrainConfig
 from mpvgbench.errors import DataError, InfraError, NonFiniteError, NonFiniteLossError
 from mpvgbench.rundir import read_checkpoint, read_json, read_jsonl
 from mpvgbench.train import train_job as train
-from tests.jobs import prepare_job
+from tests.jobs import TIMING, prepare_job
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = {"epoch_time_s", "eval_time_s", "images_per_s"}
 
 
 def make_config(model: str = "vit_micro", **recipe: Any) -> TrainConfig:

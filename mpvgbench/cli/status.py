@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mpvgbench.cli.common import cli, db_option, end_quietly_on_closed_pipe, open_store, user_errors
+from mpvgbench.cli.common import UserError, cli, db_option, end_quietly_on_closed_pipe, open_store, user_errors
 
 if TYPE_CHECKING:
     from mpvgbench.spec import Spec
     from mpvgbench.store import Store
+    from mpvgbench.store_schema import RunRow
 
 STALE_AFTER_S = 120.0  # RunContext.stale_after_s: a claim this quiet belongs to nobody
 
@@ -22,24 +23,30 @@ STALE_AFTER_S = 120.0  # RunContext.stale_after_s: a claim this quiet belongs to
 @click.argument("spec_path", metavar="[SPEC]", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @db_option
 @click.option("--all", "show_all", is_flag=True, help="List finished runs too.")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="As for `run`: the spec with this override (the runs `run --set` made).")
+@click.option("--only", "only", multiple=True, metavar="AXIS=V[|V],...",
+              help="As for `run`: only the cells that match (and the runs they start from).")
+@click.option("--smoke", is_flag=True, help="The runs of `run --smoke` (database .smoke/results.db).")
 @user_errors
-def status(spec_path: Path | None, db: str | None, show_all: bool) -> None:
+def status(spec_path: Path | None, db: str | None, show_all: bool, overrides: tuple[str, ...],
+           only: tuple[str, ...], smoke: bool) -> None:
     """Reconcile running jobs with their run directories and the scheduler, then list them.
+
+    With SPEC, exactly the jobs `run SPEC` makes with the same --set/--only/--smoke.
 
     \b
     Examples:
       mpvgbench status
       mpvgbench status experiments/table1.yaml --all
+      mpvgbench status experiments/table1.yaml --smoke --only method=mpvg
     """
     from mpvgbench.cli.tables import (add_plain_row, console, fit_numbers, model_name, narrow_table,
                                       shared_columns, short_keys)
     from mpvgbench.executors.job_view import job_view
     from mpvgbench.executors.local import owner_is_alive
 
-    spec = load_optional_spec(spec_path)
-    store = open_store(db, spec, must_exist=True)
-    reconcile_runs(store, spec)
-    runs = store.runs(spec_name=spec.name if spec else None)
+    store, runs = _selected_runs(spec_path, overrides, only, smoke, db)
     counts = Counter(row.status for row in runs)
     active = counts["running"] + counts["pending"]
     summary = ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]) or "no runs"
@@ -85,12 +92,29 @@ STATUS_ORDER = ("running", "pending", "finished", "failed", "cancelled")
 MAX_PENDING_SHOWN = 20
 
 
-def load_optional_spec(spec_path: Path | None) -> Spec | None:
-    if spec_path is None:
-        return None
-    from mpvgbench.spec import load_spec
+def _selected_runs(spec_path: Path | None, overrides: tuple[str, ...], only: tuple[str, ...], smoke: bool,
+                   db: str | None) -> "tuple[Store, list[RunRow]]":
+    """The database (``.smoke/`` with --smoke), reconciled, and its runs: with a spec, the jobs
+    its matrix makes with the same --set/--only/--smoke (selected by job key, so a renamed copy
+    or an override shows exactly its own runs); without, every run."""
+    if (overrides or only) and spec_path is None:
+        raise UserError("--set/--only change a spec's matrix; pass the SPEC they apply to")
+    spec = None
+    if spec_path is not None:
+        from mpvgbench.spec import load_spec
 
-    return load_spec(spec_path)
+        spec = load_spec(spec_path, overrides)
+    if smoke and db is None:
+        from mpvgbench.cli.run import SMOKE_DIR
+
+        db = str(SMOKE_DIR / "results.db")
+    store = open_store(db, None if smoke else spec, must_exist=True)
+    reconcile_runs(store, spec)
+    if spec is None:
+        return store, store.runs()
+    from mpvgbench.matrix import expand, select
+
+    return store, store.runs(keys=[job.key for job in select(expand(spec, smoke=smoke), only)])
 
 
 def reconcile_runs(store: Store, spec: Spec | None) -> None:

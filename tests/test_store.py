@@ -7,9 +7,7 @@ each test gets its own schema, so they can run in parallel against one server.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +22,8 @@ from mpvgbench.config import Recipe, TrainConfig
 from mpvgbench.errors import MpvgbenchError
 from mpvgbench.methods import PRESETS
 from mpvgbench.store import Store, StoreError, resolve_url
+from tests.pg import fresh_schema
 
-PG_ENV = "MPVGBENCH_TEST_POSTGRES_URL"
 
 
 @dataclass(frozen=True)
@@ -70,18 +68,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield str(tmp_path / "results.db")
         return
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"{PG_ENV} is not set (start a server with scripts/postgres.sh start)")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    yield sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with fresh_schema() as url:
+        yield url.render_as_string(hide_password=False)
 
 
 @pytest.fixture

@@ -4,10 +4,8 @@ upgrades only when told, to exactly the tables a new database gets, and reports 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +23,11 @@ from mpvgbench import store_schema as S
 from mpvgbench.cli import cli
 from mpvgbench.store import Store, StoreError, upgrade_database
 from mpvgbench.store_engine import sqlite_engine
+from tests.pg import fresh_schema
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "main_v1.db"
 GOLDEN: dict[str, Any] = json.loads((DATA / "main_v1_report.json").read_text())
-PG_ENV = "MPVGBENCH_TEST_POSTGRES_URL"
 V1_TABLES = ("runs", "run_specs", "metrics", "results", "analysis")  # in foreign-key order
 
 
@@ -41,19 +39,9 @@ def v1_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         shutil.copy(FIXTURE, tmp_path / "results.db")
         yield str(tmp_path / "results.db")
         return
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"{PG_ENV} is not set (start a server with scripts/postgres.sh start)")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    _copy_v1_rows(sa.create_engine(url))
-    yield url.render_as_string(hide_password=False)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with fresh_schema() as url:
+        _copy_v1_rows(sa.create_engine(url))
+        yield url.render_as_string(hide_password=False)
 
 
 def _copy_v1_rows(engine: sa.Engine) -> None:

@@ -13,14 +13,13 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from tests.pg import fresh_schema
 
-PG_ENV = "MPVGBENCH_TEST_POSTGRES_URL"
 
 
 class SilentServer:
@@ -126,30 +125,18 @@ def test_cli_against_a_silent_server_prints_one_line_and_exits_2(silent: SilentS
 
 @pytest.mark.postgres
 def test_statement_timeout_is_a_one_line_store_error() -> None:
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"{PG_ENV} is not set (start a server with scripts/postgres.sh start)")
     from mpvgbench.store import Store, StoreError
 
-    # a schema of its own: the database's public schema may hold another version's tables
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}",
-                                               "statement_timeout": "300ms"})
-    store = Store(url.render_as_string(hide_password=False))
-    try:
-        t0 = time.monotonic()
-        with pytest.raises(StoreError) as info, store._read() as conn:
-            conn.execute(sa.text("SELECT pg_sleep(5)"))
-        assert time.monotonic() - t0 < 4
-        assert "statement_timeout=300ms" in str(info.value) and "\n" not in str(info.value)
-    finally:
-        store.close()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with fresh_schema(statement_timeout="300ms") as url:
+        store = Store(url.render_as_string(hide_password=False))
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(StoreError) as info, store._read() as conn:
+                conn.execute(sa.text("SELECT pg_sleep(5)"))
+            assert time.monotonic() - t0 < 4
+            assert "statement_timeout=300ms" in str(info.value) and "\n" not in str(info.value)
+        finally:
+            store.close()
 
 
 def test_silent_server_without_timeouts_in_the_url_still_fails(silent: SilentServer,

@@ -8,7 +8,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import sqlalchemy as sa
 
 from mpvgbench.store import Store
 from tests.cli.conftest import ROOT, fabricate_run, invoke, jobs_of, write_spec
+from tests.pg import fresh_schema
 
-PG_ENV = "MPVGBENCH_TEST_POSTGRES_URL"
 FIXTURE = ROOT / "tests" / "data" / "main_v1.db"
 
 
@@ -41,20 +40,10 @@ def assert_one_line_error(result, *expected: str) -> None:  # type: ignore[no-un
 @pytest.fixture
 def pg_schema() -> Iterator[tuple[str, sa.Engine]]:
     """A fresh PostgreSQL schema: (its URL, an engine to look inside it)."""
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"{PG_ENV} is not set (start a server with scripts/postgres.sh start)")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    engine = sa.create_engine(url)
-    yield url.render_as_string(hide_password=False), engine
-    engine.dispose()
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with fresh_schema() as url:
+        engine = sa.create_engine(url)
+        yield url.render_as_string(hide_password=False), engine
+        engine.dispose()
 
 
 def pg_tables(engine: sa.Engine) -> set[str]:

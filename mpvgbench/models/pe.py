@@ -81,6 +81,7 @@ from mpvgbench.models.pe_interface import (  # noqa: F401  (re-exported: the one
     PEOutputs,
     PositionEncoding,
     Transform,
+    WindowShape,
     build_encoding,
     rotary_attention,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "PositionEncoding",
     "build_encoding",
     "Transform",
+    "WindowShape",
     "PositionEmbeddingChain",
     "PEBlock",
     "PEModelMixin",

@@ -253,10 +253,8 @@ class MPVGSwinTransformer(PEModelMixin, SwinTransformer):
 
     # --- forward ---------------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        x = self.patch_embed(x)  # (B, H, W, C0)
-        pos0 = self.pe_pos0()
-        if self.pe_method_effective.add_to_input and pos0 is not None:
-            x = x + pos0
+        # (B, H, W, C0) + pos_0 when add_to_input; a method's at_input / after_block see this layout
+        x = self.pe_at_input(self.patch_embed(x))
         pe = self.pe_outputs()
         rope = pe.rope or (None,) * len(pe.blocks)
         i = 0
@@ -267,6 +265,7 @@ class MPVGSwinTransformer(PEModelMixin, SwinTransformer):
                     x = checkpoint(blk, x, pe.blocks[i], rope[i], use_reentrant=False)
                 else:
                     x = blk(x, pe.blocks[i], rope[i])
+                x = self.pe_after_block(i, x)
                 i += 1
         # Last LN per token, + LN''(pos_0 merged to the last stage); the head then averages (GAP)
         return add_last_ln_pe(self.norm(x), pe)

@@ -25,7 +25,7 @@ def test_shipped_methods_pass_the_contract_on_vit_micro(name: str) -> None:
     assert {line.split(": ")[1] for line in seen} == expected
 
 
-@pytest.mark.slow  # torch._dynamo.explain on Swin: ~30-60 s per method on a loaded 2-core machine
+@pytest.mark.slow  # torch._dynamo.explain on Swin (~6 s each here, more on a loaded machine)
 @pytest.mark.parametrize("name", ["rope_axial", "rope_mixed"])
 def test_rope_passes_the_contract_on_swin(name: str) -> None:
     seen: list[str] = []

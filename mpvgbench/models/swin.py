@@ -2,7 +2,7 @@
 
 The paper's Swin "Default" is Swin with ``ape=True``: a learnable absolute PE of shape
 ``(1, H*W, C0)`` (``(1, 3136, 96)`` at 224 px) added to the patch tokens, on top of Swin's own
-relative position bias, which every method keeps. How the method's knobs map onto a staged model:
+relative position bias, which every paper method keeps (RoPE drops it, see below). How the method's knobs map onto a staged model:
 
 - **Pooling is always GAP** (Last LN per token, then mean, then the head), whatever
   ``method.pool`` says: Swin has no class token, so ``pool='token'`` methods (default, lape,
@@ -91,8 +91,8 @@ class PEWindowAttention(WindowAttention):
             return super().forward(x, mask)
         B_, N, _ = x.shape
         q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        if rope is not None:
-            q, k = apply_rot_embed_cat(q, rope), apply_rot_embed_cat(k, rope)
+        if rope is not None:  # rotated in the table's float32, back to q's dtype (RoPE-Swin's type_as)
+            q, k = apply_rot_embed_cat(q, rope).type_as(q), apply_rot_embed_cat(k, rope).type_as(k)
         bias = self._get_rel_pos_bias() if self.relative_position_bias_table is not None else None
         if mask is not None:  # (nW, N, N) shifted-window mask, per window of each image
             num_win = mask.shape[0]

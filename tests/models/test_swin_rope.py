@@ -57,7 +57,8 @@ def original_window_attention(attn: torch.nn.Module, x: torch.Tensor, cis: torch
     scores = q @ k.transpose(-2, -1)
     if mask is not None:
         nW = mask.shape[0]
-        scores = (scores.view(B_ // nW, nW, attn.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)).view(-1, attn.num_heads, N, N)
+        scores = scores.view(B_ // nW, nW, attn.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+        scores = scores.view(-1, attn.num_heads, N, N)
     out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B_, N, C)
     return attn.proj(out)
 
@@ -87,7 +88,8 @@ def test_window_rotary_matches_the_original_code(method: str) -> None:
             assert torch.allclose(freqs, original_freqs(head_dim, angles, theta), atol=1e-6)
         else:
             angles, theta = torch.zeros(blk.attn.num_heads, 1), 50.0
-        cis = original_cis(original_freqs(head_dim, angles, theta), *original_t_xy(blk.window_size[1], blk.window_size[0]))
+        t_xy = original_t_xy(end_x=blk.window_size[1], end_y=blk.window_size[0])
+        cis = original_cis(original_freqs(head_dim, angles, theta), *t_xy)
         q = torch.randn(2, blk.attn.num_heads, blk.window_area, head_dim)
         assert (apply_rot_embed_cat(q, tables[i]) - original_rotate(q, cis)).abs().max() <= 1e-5
         mask = blk.attn_mask  # the shifted blocks' (nW, N, N) mask, else None
@@ -148,7 +150,8 @@ def test_mixed_frequencies_are_learned_without_weight_decay() -> None:
     freqs = list(model.pe_encoding.freqs)
     assert len(freqs) == sum(SWIN_T_DEPTHS) and all(f.grad is not None and f.grad.abs().sum() > 0 for f in freqs)
     assert {f"pe_encoding.freqs.{i}" for i in range(len(freqs))} <= model.no_weight_decay()
-    assert [tuple(f.shape) for f in freqs][::2] == [(2, 3, 16), (2, 6, 16), (2, 12, 16), (2, 12, 16), (2, 12, 16), (2, 24, 16)]
+    shapes = [tuple(f.shape) for f in freqs][::2]  # one per block: (2, its stage's heads, head_dim / 2)
+    assert shapes == [(2, 3, 16), (2, 6, 16), (2, 12, 16), (2, 12, 16), (2, 12, 16), (2, 24, 16)]
 
 
 def test_rope_with_the_apes_knobs_keeps_the_ape() -> None:

@@ -66,6 +66,8 @@ class EncodingInfo:
 
 
 _VIT_FAMILIES = ("deit", "vit_lite", "micro")
+# RoPE-ViT defines RoPE for Swin too (RoPE-Swin: rotary inside each window's attention)
+_ROPE_FAMILIES = (*_VIT_FAMILIES, "swin")
 ENCODINGS: dict[str, EncodingInfo] = {
     DEFAULT_ENCODING: EncodingInfo(
         DEFAULT_ENCODING, "learnable absolute PE (the paper's five knobs)", None,
@@ -74,11 +76,12 @@ ENCODINGS: dict[str, EncodingInfo] = {
         "sincos2d", "fixed 2-D sin-cos absolute PE (frozen)", "mpvgbench.models.pe_methods:SinCos2D",
         _VIT_FAMILIES, reference="MAE, He et al., arXiv 2111.06377; MoCo v3, arXiv 2104.02057"),
     "rope_axial": EncodingInfo(
-        "rope_axial", "rotary on q/k, axial frequencies (theta 100)", "mpvgbench.models.pe_methods:RopeAxial",
-        _VIT_FAMILIES, carries_position=True, reference="RoPE-ViT, Heo et al., arXiv 2403.13298"),
+        "rope_axial", "rotary on q/k, axial frequencies (theta 100; Swin: per window, theta 50)",
+        "mpvgbench.models.pe_methods:RopeAxial", _ROPE_FAMILIES, carries_position=True,
+        reference="RoPE-ViT, Heo et al., arXiv 2403.13298"),
     "rope_mixed": EncodingInfo(
         "rope_mixed", "rotary on q/k, learnable mixed frequencies per block and head (theta 10)",
-        "mpvgbench.models.pe_methods:RopeMixed", _VIT_FAMILIES, carries_position=True,
+        "mpvgbench.models.pe_methods:RopeMixed", _ROPE_FAMILIES, carries_position=True,
         reference="RoPE-ViT, Heo et al., arXiv 2403.13298"),
     "peg": EncodingInfo(
         "peg", "conditional PE: 3x3 depthwise conv after block 0", "mpvgbench.models.pe_methods:PEG",

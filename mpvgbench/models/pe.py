@@ -81,6 +81,7 @@ from mpvgbench.models.pe_interface import (  # noqa: F401  (re-exported: the one
     PEOutputs,
     PositionEncoding,
     Transform,
+    WindowShape,
     build_encoding,
     rotary_attention,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "PositionEncoding",
     "build_encoding",
     "Transform",
+    "WindowShape",
     "PositionEmbeddingChain",
     "PEBlock",
     "PEModelMixin",
@@ -130,7 +132,7 @@ def entry_method(pe_method: MethodLike, depth: int, family: Optional[str] = None
 
 
 def require_no_encoding(method: PEMethod, model: str) -> None:
-    """For backbones that build no method module (Swin, CeiT): refuse one instead of ignoring it."""
+    """For backbones that build no method module (CeiT): refuse one instead of ignoring it."""
     if encoding_info(method.encoding).factory is not None:
         raise MethodError(f"PE method {method.encoding!r} is not defined for {model}; it takes the paper's "
                           "learned-PE methods only")

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from mpvgbench.errors import MethodError
 from mpvgbench.methods import PEMethod, encoding_info
 
-__all__ = ["PEContext", "PEOutputs", "PositionEncoding", "Transform", "build_encoding", "rotary_attention"]
+__all__ = ["PEContext", "PEOutputs", "PositionEncoding", "Transform", "WindowShape", "build_encoding",
+           "rotary_attention"]
 
 Transform = Callable[[Tensor, int], Tensor]
 """``transform(pe, stage)``: a PE laid out for stage ``stage - 1`` -> the layout of ``stage``."""
@@ -35,6 +36,14 @@ class PEOutputs(NamedTuple):
     rope: Optional[tuple[Tensor, ...]] = None
 
 
+class WindowShape(NamedTuple):
+    """One block of a windowed backbone (Swin): its width, heads and attention window (h, w)."""
+
+    dim: int
+    num_heads: int
+    window: tuple[int, int]
+
+
 @dataclass(frozen=True)
 class PEContext:
     """What a PE method module may know about the backbone it is built into."""
@@ -46,6 +55,9 @@ class PEContext:
     grid: tuple[int, int]  # patch grid (H, W); the patch tokens are its row-major flattening
     num_prefix_tokens: int  # class token(s) before the patch tokens
     norm_layer: Callable[[int], nn.Module] = LayerNorm
+    # windowed backbones (Swin): one entry per block; attention (and so a rotary table) acts on the
+    # tokens of one window, whose width and heads change per stage. Empty: global attention.
+    windows: tuple[WindowShape, ...] = ()
 
 
 class PositionEncoding(nn.Module):
@@ -57,6 +69,9 @@ class PositionEncoding(nn.Module):
     """
 
     foldable: bool = False
+    # whether a windowed backbone keeps its relative position bias under this method (RoPE-ViT's
+    # RoPE-Swin removes it: the rotary embedding replaces it)
+    relative_position_bias: bool = True
 
     def __init__(self, context: Optional[PEContext] = None) -> None:
         super().__init__()
@@ -80,7 +95,8 @@ class PositionEncoding(nn.Module):
         return None
 
     def rotary(self) -> Optional[tuple[Tensor, ...]]:
-        """One rotary table per block (``(N, 2 * head_dim)`` or ``(heads, N, 2 * head_dim)``)."""
+        """One rotary table per block (``(N, 2 * head_dim)`` or ``(heads, N, 2 * head_dim)``); on a
+        windowed backbone ``N`` is the window's tokens (row-major), the same table for every window."""
         return None
 
     def after_block(self, index: int, x: Tensor) -> Tensor:

@@ -8,10 +8,12 @@
                  they use the learned PE.
 ``rope_axial``   RoPE-ViT's axial rotary embedding (Heo et al., ``compute_axial_cis``, theta 100):
                  half of each head's channel pairs rotate with the column, half with the row. No
-                 parameters; the class token is not rotated.
+                 parameters; the class token is not rotated. On Swin (RoPE-ViT's RoPE-Swin): in each
+                 window, on the window's own coordinates, theta 50, relative position bias removed.
 ``rope_mixed``   RoPE-ViT's mixed rotary embedding (theta 10): learnable frequencies
                  ``(2, depth, heads, head_dim / 2)`` (timm's ``RotaryEmbeddingMixed``), one table
-                 per block and head.
+                 per block and head. On Swin: one ``(2, heads, head_dim / 2)`` per block (its
+                 stage's heads), window coordinates, relative position bias removed.
 ``peg``          CPVT's PEG: ``x_patches + DWConv3x3(x_patches)`` (zero padding 1, bias) after
                  block 0; the class token passes through. With ``pool: avg`` it is CPVT-GAP.
 ===============  ================================================================================
@@ -32,7 +34,7 @@ from torch import Tensor, nn
 
 from mpvgbench.models.pe import PEContext, PositionEncoding
 
-__all__ = ["PEG", "RopeAxial", "RopeMixed", "SinCos2D", "sincos2d_table"]
+__all__ = ["PEG", "RopeAxial", "RopeMixed", "SinCos2D", "init_2d_freqs", "sincos2d_table", "window_rotary_table"]
 
 
 def sincos2d_table(grid: tuple[int, int], dim: int) -> Tensor:
@@ -65,10 +67,39 @@ class SinCos2D(PositionEncoding):
         pos_embed.requires_grad_(False)
 
 
-class RopeAxial(PositionEncoding):
-    """RoPE-ViT's RoPE-Axial: one fixed table shared by every block and head."""
+def init_2d_freqs(head_dim: int, num_heads: int, theta: float, rotate: bool) -> Tensor:
+    """``(2, heads, head_dim / 2)``: RoPE-ViT's 2-D frequencies (x row, then y) for one block.
 
-    theta = 100.0  # RoPE-ViT's rope_theta for the axial variant
+    Bands ``1 / theta^(4i / head_dim)``; head ``h`` turns them by an angle ``a_h`` (uniform in
+    ``[0, 2 pi)`` when ``rotate``, else 0): the first half of the pairs gets direction
+    ``(cos a, sin a)``, the second ``(-sin a, cos a)``. With ``a = 0`` that is axial: the first
+    half rotates with x (column), the second with y (row).
+    """
+    bands = 1.0 / theta ** (torch.arange(0, head_dim, 4)[: head_dim // 4].float() / head_dim)
+    angle = torch.rand(num_heads, 1) * 2 * torch.pi if rotate else torch.zeros(num_heads, 1)
+    fx = torch.cat([bands * angle.cos(), -bands * angle.sin()], dim=-1)
+    fy = torch.cat([bands * angle.sin(), bands * angle.cos()], dim=-1)
+    return torch.stack([fx, fy])
+
+
+def window_rotary_table(freqs: Tensor, window: tuple[int, int]) -> Tensor:
+    """``(heads, h * w, 2 * head_dim)``: cat(sin, cos) over the window's tokens, row-major,
+    coordinates ``x = i mod w``, ``y = i div w`` inside the window (RoPE-Swin), each angle repeated
+    for its channel pair (timm's interleaved layout, ``apply_rot_embed_cat``)."""
+    index = torch.arange(window[0] * window[1], device=freqs.device, dtype=torch.float32)
+    t_x, t_y = index % window[1], torch.div(index, window[1], rounding_mode="floor")
+    angles = t_x[:, None] * freqs[0, :, None, :].float() + t_y[:, None] * freqs[1, :, None, :].float()
+    angles = angles.repeat_interleave(2, dim=-1)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class RopeAxial(PositionEncoding):
+    """RoPE-ViT's RoPE-Axial: one fixed table shared by every block and head (per block and
+    window on Swin)."""
+
+    theta = 100.0  # RoPE-ViT's rope_theta for the axial variant (ViT)
+    window_theta = 50.0  # RoPE-ViT's SwinTransformer/configs/swinrope: THETA 50 for axial
+    relative_position_bias = False  # RoPE-Swin's configs: RPB False
 
     @classmethod
     def expected_parameters(cls, context: PEContext) -> int:
@@ -76,33 +107,53 @@ class RopeAxial(PositionEncoding):
 
     def __init__(self, context: PEContext) -> None:
         super().__init__(context)
+        self.depth = context.depth
+        self.window_tables: list[str] = []
+        for i, block in enumerate(context.windows):  # windowed: fixed tables, buffers (follow .to())
+            freqs = init_2d_freqs(block.dim // block.num_heads, block.num_heads, self.window_theta, rotate=False)
+            self.register_buffer(f"window_table_{i}", window_rotary_table(freqs, block.window), persistent=False)
+            self.window_tables.append(f"window_table_{i}")
+        if context.windows:
+            return
         head_dim = context.dim // context.num_heads
         # index grid, x (column) frequencies first, inverse-frequency bands 1 / theta^(4i / head_dim)
         self.rope = RotaryEmbeddingCat(head_dim, temperature=self.theta, in_pixels=False,
                                        feat_shape=list(context.grid), grid_indexing="xy")
-        self.depth = context.depth
 
     def rotary(self) -> tuple[Tensor, ...]:
+        if self.window_tables:
+            return tuple(getattr(self, name) for name in self.window_tables)
         table = self.rope.get_embed()  # (N, 2 * head_dim): cat(sin, cos)
         return (table,) * self.depth
 
 
 class RopeMixed(PositionEncoding):
-    """RoPE-ViT's RoPE-Mixed: learnable frequencies per block and head (timm's layer)."""
+    """RoPE-ViT's RoPE-Mixed: learnable frequencies per block and head (timm's layer on ViTs;
+    one ``(2, heads, head_dim / 2)`` parameter per block on Swin, as RoPE-Swin's attention)."""
 
-    theta = 10.0  # RoPE-ViT's rope_theta for the mixed variant
+    theta = 10.0  # RoPE-ViT's rope_theta for the mixed variant (ViT and Swin configs)
+    relative_position_bias = False  # RoPE-Swin's configs: RPB False
 
     @classmethod
     def expected_parameters(cls, context: PEContext) -> int:
-        # RoPE-ViT: freqs (2, depth, heads * head_dim / 2), i.e. depth x dim
+        # RoPE-ViT: 2 x heads x head_dim / 2 = dim frequencies per block (ViT: depth x dim)
+        if context.windows:
+            return sum(block.dim for block in context.windows)
         return context.depth * context.dim
 
     def __init__(self, context: PEContext) -> None:
         super().__init__(context)
+        self.windows = [block.window for block in context.windows]
+        if context.windows:  # RoPE-Swin: each block's attention draws its own random head angles
+            self.freqs = nn.ParameterList(
+                init_2d_freqs(b.dim // b.num_heads, b.num_heads, self.theta, rotate=True) for b in context.windows)
+            return
         self.rope = RotaryEmbeddingMixed(context.dim, context.depth, context.num_heads,
                                          temperature=self.theta, feat_shape=list(context.grid), grid_indexing="xy")
 
     def rotary(self) -> tuple[Tensor, ...]:
+        if self.windows:
+            return tuple(window_rotary_table(f, w) for f, w in zip(self.freqs, self.windows))
         tables = self.rope.get_embed()  # (depth, heads, N, 2 * head_dim)
         return tuple(tables.unbind(0))
 

@@ -297,7 +297,8 @@ class Spec(_Section):
 
 
 def apply_overrides(data: Any, overrides: Sequence[str], source: str) -> Any:
-    """``--set recipe.epochs=1 --set seeds=[0]``: dotted paths into the spec, values as YAML."""
+    """``--set recipe.epochs=1 --set seeds=[0]``: dotted paths into the spec, values as YAML;
+    ``--set sweep.recipe.lr=[5e-4,1e-3]`` sets the sweep's ``recipe.lr`` key."""
     if not overrides:
         return data
     if not isinstance(data, Mapping):
@@ -306,6 +307,8 @@ def apply_overrides(data: Any, overrides: Sequence[str], source: str) -> Any:
     for item in overrides:
         path, sep, text = item.partition("=")
         parts = path.strip().split(".")
+        if parts[0] == "sweep" and len(parts) > 2:  # a sweep's keys are dotted paths themselves
+            parts = [parts[0], ".".join(parts[1:])]
         if not sep or not all(parts):
             raise SpecError(f"--set {item!r}: expected FIELD.PATH=VALUE, e.g. recipe.epochs=1")
         value = read_yaml(text, f"--set {path}")

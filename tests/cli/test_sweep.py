@@ -60,3 +60,11 @@ def test_bad_sweep_is_one_line_exit_2(tmp_path: Path) -> None:
         assert words in res.output and len(res.output.strip().splitlines()) == 1, res.output
     res = invoke("run", _sweep_spec(tmp_path), "--dry-run", "--only", "recipe.lr=fast")
     assert res.exit_code == 2 and "--only" in res.output and "valid number" in res.output, res.output
+
+
+def test_set_adds_a_sweep_axis_to_any_spec(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "plain.yaml", methods=["default", "mpvg"], seeds=[0])
+    for override in ("sweep.recipe.lr=[5e-4, 2e-3]", "sweep={recipe.lr: [5e-4, 2e-3]}"):
+        res = invoke("run", spec, "--dry-run", "--set", override)
+        assert res.exit_code == 0, res.output
+        assert "4 jobs: 4 new" in res.output and all(lr in res.output for lr in LRS), res.output

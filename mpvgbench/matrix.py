@@ -111,7 +111,7 @@ def cells(spec: Spec) -> list[Cell]:
         ]
         for row in itertools.product(*choices):
             out[Cell(*row)] = None
-    result = [Cell(*cell[:4], point) for cell in out for point in points]  # type: ignore[misc]
+    result = [cell._replace(sweep=point) for cell in out for point in points]
     for pattern in spec.exclude:
         want = {
             "model": pattern.model,

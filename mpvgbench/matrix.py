@@ -1,9 +1,12 @@
 """Expand a Spec into jobs: one resolved TrainConfig (and its key) per cell.
 
 Cells are ``product(axes)`` with each ``zip`` group as one paired axis, plus ``include``
-(missing keys: every value of that axis), minus ``exclude`` (applied to included cells too).
-A cell's recipe is ``recipes.default_recipe(family, dataset)`` <- ``spec.recipe`` <-
-``spec.model_overrides[model].recipe``. A cell with ``init_from: {dataset: D}`` starts from
+(missing keys: every value of that axis), minus ``exclude`` (applied to included cells too);
+each is then crossed with every point of the spec's ``sweep`` (``spec.sweep_points()``: one
+empty point without a sweep), included cells too. A cell's recipe is
+``recipes.default_recipe(family, dataset)`` <- ``spec.recipe`` <- its sweep point <-
+``spec.model_overrides[model].recipe`` (which may not set a swept field); a run it starts from
+(init_from) takes no sweep value. A cell with ``init_from: {dataset: D}`` starts from
 the same model/method/seed trained on ``D`` with D's default recipe; that parent run becomes
 a job of its own (``parent_only=True`` unless it is a cell too), listed before its children.
 Order is deterministic and every key appears once. ``smoke=True`` runs every cell at the
@@ -29,6 +32,7 @@ from mpvgbench.recipes import (
     default_recipe, smoke_dataset, smoke_recipe,
 )
 from mpvgbench.spec import AXES, CELL_KEYS, InitFrom, Spec, recipe_overrides
+from mpvgbench.spec_sweep import SweepPoint, recipe_field, recipe_value
 
 
 MAX_JOBS = 100_000  # cells one spec may expand to
@@ -59,6 +63,7 @@ class Cell(NamedTuple):
     method: PEMethod
     dataset: str
     seed: int
+    sweep: SweepPoint = ()  # the swept recipe values of this cell
 
 
 # ---------------------------------------------------------------------------- cells
@@ -81,11 +86,12 @@ def cells(spec: Spec) -> list[Cell]:
         group = group_of.get(axis, (axis,))
         emitted.update(group)
         units.append((group, list(zip(*(axis_values[a] for a in group)))))
-    size = 1
+    points = spec.sweep_points()
+    size = len(points)
     for _, values in units:
         size *= len(values)
     if size > MAX_JOBS:  # bounded before anything is built: a typo in seeds is not 39 s and 2 GB
-        raise spec.error("seeds" if len(spec.seeds) > 1000 else "models",
+        raise spec.error("sweep" if len(points) > 1000 else "seeds" if len(spec.seeds) > 1000 else "models",
                          f"the axes multiply to {size:,} cells; the limit is {MAX_JOBS:,} per spec: "
                          "split the spec or use zip/include")
     position = {axis: i for i, axis in enumerate(AXES)}
@@ -105,7 +111,7 @@ def cells(spec: Spec) -> list[Cell]:
         ]
         for row in itertools.product(*choices):
             out[Cell(*row)] = None
-    result = list(out)
+    result = [cell._replace(sweep=point) for cell in out for point in points]
     for pattern in spec.exclude:
         want = {
             "model": pattern.model,
@@ -207,10 +213,10 @@ class _Builder:
         self.smoke = smoke
         self.parents: dict[str, Job] = {}
         self._groups: dict[tuple[Any, ...], TrainConfig] = {}
-        self._settings: dict[tuple[str, str, bool], tuple[Recipe, int, int, Any]] = {}
+        self._settings: dict[tuple[str, str, bool, SweepPoint], tuple[Recipe, int, int, Any]] = {}
 
     def job(self, cell: Cell) -> Job:
-        recipe, img_size, num_classes, init = self._cell_settings(cell.model, cell.dataset)
+        recipe, img_size, num_classes, init = self._cell_settings(cell.model, cell.dataset, sweep=cell.sweep)
         depends_on: Optional[str] = None
         if isinstance(init, str):
             depends_on = None if self.smoke else init  # a real run's weights fit no smoke model
@@ -229,10 +235,11 @@ class _Builder:
         return job
 
     def _cell_settings(
-        self, model: str, dataset: str, parent_overrides: Optional[dict[str, Any]] = None
+        self, model: str, dataset: str, parent_overrides: Optional[dict[str, Any]] = None,
+        sweep: SweepPoint = (),
     ) -> tuple[Recipe, int, int, Any]:
         is_parent = parent_overrides is not None
-        cache_key = (model, dataset, is_parent)
+        cache_key = (model, dataset, is_parent, sweep)
         if cache_key not in self._settings:
             spec = self.spec
             info = model_info(model)
@@ -241,6 +248,7 @@ class _Builder:
                 overrides = dict(parent_overrides or {})
             else:
                 overrides = recipe_overrides(spec.recipe)
+                overrides.update((recipe_field(path), value) for path, value in sweep)
                 model_override = spec.model_overrides.get(model)
                 if model_override is not None:
                     overrides.update(recipe_overrides(model_override.recipe))
@@ -289,7 +297,8 @@ class _Builder:
 
 def select(jobs: list[Job], patterns: Iterable[str]) -> list[Job]:
     """``run --only``: the jobs whose cell matches any pattern ``axis=v1|v2,axis=v``, plus the
-    runs they start from (init_from). Axes: model, method, dataset, seed."""
+    runs they start from (init_from). Axes: model, method, dataset, seed, and any ``recipe.FIELD``
+    (a sweep axis: ``recipe.lr=1e-3``, the value read as ``sweep:`` reads it)."""
     parsed = [_parse_pattern(p) for p in patterns]
     if not parsed:
         return jobs
@@ -315,11 +324,15 @@ def _parse_pattern(text: str) -> dict[str, set[Any]]:
         raise SpecError(f"--only {text!r}: empty; give AXIS=VALUE[|VALUE], e.g. model=deit_tiny,method=mpvg")
     for item in filter(None, (part.strip() for part in text.split(","))):
         axis, sep, values = item.partition("=")
-        if not sep or axis not in CELL_KEYS or not values:
+        axis = axis.strip()
+        if not sep or not (axis in CELL_KEYS or axis.startswith("recipe.")) or not values:
             raise SpecError(f"--only {text!r}: expected AXIS=VALUE[|VALUE] with AXIS one of "
-                            f"{', '.join(CELL_KEYS)}, e.g. model=deit_tiny,method=mpvg")
+                            f"{', '.join(CELL_KEYS)} or a swept recipe.FIELD, e.g. model=deit_tiny,method=mpvg")
         try:
-            if axis == "model":
+            if axis.startswith("recipe."):
+                name = recipe_field(axis)
+                pattern[axis] = {recipe_value(name, v) for v in values.split("|")}
+            elif axis == "model":
                 pattern[axis] = {model_info(v).name for v in values.split("|")}
             elif axis == "method":
                 pattern[axis] = {resolve_method(v) for v in values.split("|")}
@@ -335,7 +348,10 @@ def _parse_pattern(text: str) -> dict[str, set[Any]]:
 def _matches(job: Job, pattern: dict[str, set[Any]]) -> bool:
     cell = {"model": job.model, "method": job.method, "seed": job.seed}
     for axis, values in pattern.items():
-        if axis == "dataset":
+        if axis.startswith("recipe."):
+            if getattr(job.config.recipe, recipe_field(axis)) not in values:
+                return False
+        elif axis == "dataset":
             # a --smoke job trains on a stand-in: it matches the dataset it stands in for too
             if not values & ({job.dataset} | _stood_in_for(job.dataset)):
                 return False
@@ -350,6 +366,12 @@ def _stood_in_for(dataset: str) -> set[str]:
     return {name for name in DATASET_TABLE if smoke_dataset(name) == dataset}
 
 
+def sweep_text(job: Job, path: str) -> str:
+    """A swept field's value in ``job`` as listings show it (``recipe.lr`` -> ``0.001``)."""
+    value = getattr(job.config.recipe, recipe_field(path))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def summarize(jobs: Iterable[Job]) -> dict[str, int]:
     """Counts per axis, for ``run --dry-run``."""
     jobs = list(jobs)
@@ -362,4 +384,4 @@ def summarize(jobs: Iterable[Job]) -> dict[str, int]:
     }
 
 
-__all__ = ["Cell", "Job", "select", "CELL_KEYS", "cells", "check_cells", "expand", "summarize"]
+__all__ = ["Cell", "Job", "select", "CELL_KEYS", "cells", "check_cells", "expand", "summarize", "sweep_text"]

@@ -18,6 +18,7 @@ Format (only ``name``, ``models``, ``methods``, ``datasets`` are required)::
     include: [{model: deit_tiny, method: mpvg, dataset: imagenet, seed: 0}]  # missing key: whole axis
     exclude: [{model: t2t_vit_7, method: default}]  # any subset; method by name, label or knobs
     recipe: {epochs: 100}              # over every family default (mpvgbench.recipes)
+    sweep: {recipe.lr: [5e-4, 1e-3]}   # recipe.FIELD: values; each combination is one more axis
     model_overrides:
       t2t_vit_7:
         recipe: {optimizer: sgd}       # over `recipe`
@@ -54,6 +55,7 @@ from mpvgbench.errors import FieldError, SpecError, first_validation_error, shor
 from mpvgbench.methods import PEMethod, resolve_method
 from mpvgbench.recipes import dataset_info
 from mpvgbench.slurm_settings import SlurmSettings
+from mpvgbench.spec_sweep import SweepPoint, check_sweep, recipe_field, sweep_points
 from mpvgbench.spec_yaml import (MAX_SPEC_BYTES, MAX_YAML_DEPTH, MAX_YAML_VALUES, unshared_copy,  # noqa: F401
                                  display_path, read_spec_bytes, read_yaml)
 
@@ -192,6 +194,8 @@ class Spec(_Section):
     include: list[CellPattern] = []
     exclude: list[CellPattern] = []
     recipe: Optional[RecipeOverride] = None
+    # recipe.FIELD -> values: each combination is crossed with the cells (mpvgbench.spec_sweep)
+    sweep: dict[str, list[Any]] = {}
     model_overrides: dict[ModelName, ModelOverride] = {}
     dataset_overrides: dict[DatasetName, DatasetOverride] = {}
     init_from: Optional[InitFromValue] = None  # for every model without its own init_from
@@ -219,8 +223,19 @@ class Spec(_Section):
             seen[ident] = i
         return values
 
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_values(cls, sweep: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        return check_sweep(sweep)
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Spec:
+        for model, override in self.model_overrides.items():
+            fixed = override.recipe.model_fields_set if override.recipe is not None else set()
+            for path in self.sweep:
+                if recipe_field(path) in fixed:  # the override would replace every swept value
+                    raise FieldError(f"model_overrides.{model}.recipe.{recipe_field(path)}",
+                                     f"also swept by sweep.{path}; remove one of the two")
         zipped: dict[str, int] = {}
         for g, group in enumerate(self.zip):
             if len(group) < 2:
@@ -270,6 +285,10 @@ class Spec(_Section):
         root = getattr(self.data.roots, dataset, None)
         return str(Path(root).expanduser()) if root else None
 
+    def sweep_points(self) -> list[SweepPoint]:
+        """Every combination of the swept values; ``[()]`` without a sweep."""
+        return sweep_points(self.sweep)
+
     def error(self, field: str, message: str) -> SpecError:
         return SpecError(f"{self._source}: {field}: {message}")
 
@@ -278,7 +297,8 @@ class Spec(_Section):
 
 
 def apply_overrides(data: Any, overrides: Sequence[str], source: str) -> Any:
-    """``--set recipe.epochs=1 --set seeds=[0]``: dotted paths into the spec, values as YAML."""
+    """``--set recipe.epochs=1 --set seeds=[0]``: dotted paths into the spec, values as YAML;
+    ``--set sweep.recipe.lr=[5e-4,1e-3]`` sets the sweep's ``recipe.lr`` key."""
     if not overrides:
         return data
     if not isinstance(data, Mapping):
@@ -287,6 +307,8 @@ def apply_overrides(data: Any, overrides: Sequence[str], source: str) -> Any:
     for item in overrides:
         path, sep, text = item.partition("=")
         parts = path.strip().split(".")
+        if parts[0] == "sweep" and len(parts) > 2:  # a sweep's keys are dotted paths themselves
+            parts = [parts[0], ".".join(parts[1:])]
         if not sep or not all(parts):
             raise SpecError(f"--set {item!r}: expected FIELD.PATH=VALUE, e.g. recipe.epochs=1")
         value = read_yaml(text, f"--set {path}")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from mpvgbench.config import TrainConfig, config_key
-from mpvgbench.matrix import Job, expand
+from mpvgbench.matrix import Job, cells as cells_of, expand, select, sweep_text
 from mpvgbench.recipes import default_recipe
 from mpvgbench.spec import SpecError, load_spec, parse_spec
 
@@ -223,3 +223,62 @@ def test_only_dataset_selects_smoke_cells_by_the_dataset_their_stand_in_replaces
         select(jobs, ["dataset=imagenet"])  # the parents are only there for their fine-tunes
     quick = expand(load_spec(EXPERIMENTS / "quickstart.yaml"), smoke=True)
     assert len(select(quick, ["dataset=digits"])) == len(quick)
+
+
+# ------------------------------------------------------------------------ recipe sweeps
+
+
+SWEEP = {"recipe.lr": ["5e-4", 1e-3], "recipe.weight_decay": [0.05, 0.1]}
+
+
+def test_sweep_crosses_every_value_combination_with_the_cells() -> None:
+    plain = expand(spec(methods=["default", "mpvg"], seeds=[0, 1]))
+    swept = expand(spec(methods=["default", "mpvg"], seeds=[0, 1], sweep=SWEEP))
+    assert len(plain) == 4 and len(swept) == 4 * 2 * 2
+    assert len({j.key for j in swept}) == len(swept)  # each value is in its job's config and key
+    seen = {(j.cell, j.config.recipe.lr, j.config.recipe.weight_decay) for j in swept}
+    assert seen == {(j.cell, lr, wd) for j in plain for lr in (5e-4, 1e-3) for wd in (0.05, 0.1)}
+    # everything but the swept fields is the cell's usual recipe
+    base = plain[0].config.recipe
+    for job in swept:
+        assert job.config.recipe.model_copy(update={"lr": base.lr, "weight_decay": base.weight_decay}) == base
+
+
+def test_a_sweep_value_equal_to_the_recipe_is_the_unswept_job() -> None:
+    default_lr = expand(spec())[0].config.recipe.lr
+    jobs = expand(spec(sweep={"recipe.lr": [default_lr, 2 * default_lr]}))
+    assert jobs[0].key == expand(spec())[0].key and jobs[1].key != jobs[0].key
+
+
+def test_sweep_respects_include_exclude_and_leaves_parents_alone() -> None:
+    jobs = expand(spec(methods=["default", "mpvg"], sweep={"recipe.lr": [1e-3, 2e-3]},
+                       include=[{"model": "deit_tiny", "method": "mpvg", "seed": 7}],
+                       exclude=[{"method": "default", "seed": 0}]))
+    assert sorted((j.method_label, j.seed, j.config.recipe.lr) for j in jobs) == [
+        ("mpvg", 0, 1e-3), ("mpvg", 0, 2e-3), ("mpvg", 7, 1e-3), ("mpvg", 7, 2e-3)]
+    # a fine-tune's parent takes no sweep value: both swept fine-tunes start from one run
+    tuned = expand(spec(datasets=["cifar100"], model_overrides={"deit_tiny": {"img_size": 224}},
+                        init_from={"dataset": "imagenet"}, sweep={"recipe.lr": [1e-3, 2e-3]}))
+    parents = [j for j in tuned if j.parent_only]
+    assert len(parents) == 1 and len(tuned) == 3
+    assert {j.depends_on for j in tuned if not j.parent_only} == {parents[0].key}
+
+
+def test_only_selects_along_a_sweep_axis() -> None:
+    jobs = expand(spec(methods=["default", "mpvg"], sweep=SWEEP))
+    picked = select(jobs, ["recipe.lr=1e-3"])
+    assert len(picked) == 4 and {j.config.recipe.lr for j in picked} == {1e-3}
+    picked = select(jobs, ["recipe.lr=0.001,recipe.weight_decay=0.1|0.05,method=mpvg"])
+    assert {(j.method_label, j.config.recipe.lr) for j in picked} == {("mpvg", 1e-3)} and len(picked) == 2
+    assert sweep_text(picked[0], "recipe.lr") == "0.001"
+    for bad, words in (("recipe.lr=fast", "valid number"), ("recipe.lrr=1", "unknown recipe field"),
+                       ("lr=1e-3", "AXIS one of")):
+        with pytest.raises(SpecError, match=words):
+            select(jobs, [bad])
+    with pytest.raises(SpecError, match="no cell of the spec matches"):
+        select(jobs, ["recipe.lr=3e-3"])
+
+
+def test_sweep_counts_toward_the_job_limit() -> None:
+    with pytest.raises(SpecError, match="sweep: the axes multiply"):
+        cells_of(spec(seeds=list(range(100)), sweep={"recipe.epochs": list(range(1, 1002))}))

@@ -116,6 +116,17 @@ BAD_SPECS: list[tuple[str, str, str]] = [
     (GOOD + "exclude: [{seed: x}]\n", "exclude[0].seed", "valid integer"),
     (GOOD + "exclude: [{model: deit_tiny}]\n", "exclude", "no jobs"),
     (GOOD + "slurm: [1, 2]\n", "slurm", "valid dictionary"),
+    # recipe sweeps (mpvgbench.spec_sweep): the path and each value as `--set recipe.F=V` reads them
+    (GOOD + "sweep: {recipe.lrr: [1e-3]}\n", "sweep.recipe.lrr", "unknown recipe field 'lrr'; allowed: epochs"),
+    (GOOD + "sweep: {img_size: [32]}\n", "sweep.img_size", "a swept field is recipe.FIELD"),
+    (GOOD + "sweep: {recipe.lr: []}\n", "sweep.recipe.lr", "empty sweep"),
+    (GOOD + "sweep: {recipe.lr: 1e-3}\n", "sweep.recipe.lr", "valid list"),
+    (GOOD + "sweep: {recipe.lr: [1e-3, -1]}\n", "sweep.recipe.lr[1]", "greater than 0; got -1"),
+    (GOOD + "sweep: {recipe.optimizer: [adamw, adamax]}\n", "sweep.recipe.optimizer[1]", "'adamw'"),
+    (GOOD + "sweep: {recipe.lr: [1e-3, 0.001]}\n", "sweep.recipe.lr[1]", "duplicate value 0.001"),
+    (GOOD + "sweep: [recipe.lr]\n", "sweep", "valid dictionary"),
+    (GOOD + "sweep: {recipe.lr: [1e-3, 2e-3]}\nmodel_overrides: {deit_tiny: {img_size: 224, recipe: {lr: 0.1}}}\n",
+     "model_overrides.deit_tiny.recipe.lr", "also swept by sweep.recipe.lr"),
 ]
 
 

@@ -281,11 +281,15 @@ def _print_matrix(jobs: Sequence[Job], db: str | None, spec: Spec) -> None:
     except MissingDatabaseError:
         pass  # every job is new
     label = {"finished": "done", "pending": "new", None: "new"}
-    rows = [(j.key, j.model, j.method_label, j.dataset, str(j.seed), label.get(states.get(j.key), states.get(j.key) or "new")) for j in jobs]
-    header = ("key", "model", "method", "dataset", "seed", "state")
+    from mpvgbench.matrix import sweep_text
+
+    swept = list(spec.sweep)  # each swept recipe field is a column, like any axis
+    rows = [(j.key, j.model, j.method_label, j.dataset, str(j.seed), *(sweep_text(j, f) for f in swept),
+             label.get(states.get(j.key), states.get(j.key) or "new")) for j in jobs]
+    header = ("key", "model", "method", "dataset", "seed", *swept, "state")
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-    counts = {s: sum(r[5] == s for r in rows) for s in sorted({r[5] for r in rows})}
+    counts = {s: sum(r[-1] == s for r in rows) for s in sorted({r[-1] for r in rows})}
     lines.append(f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     click.echo("\n".join(lines))
 

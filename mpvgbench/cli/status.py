@@ -46,7 +46,7 @@ def status(spec_path: Path | None, db: str | None, show_all: bool, overrides: tu
     from mpvgbench.executors.job_view import job_view
     from mpvgbench.executors.local import owner_is_alive
 
-    store, runs = _selected_runs(spec_path, overrides, only, smoke, db)
+    store, runs, swept = _selected_runs(spec_path, overrides, only, smoke, db)
     counts = Counter(row.status for row in runs)
     active = counts["running"] + counts["pending"]
     summary = ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if counts[s]) or "no runs"
@@ -60,7 +60,8 @@ def status(spec_path: Path | None, db: str | None, show_all: bool, overrides: tu
     if not shown:
         return
     keys = short_keys(row.key for row in shown)
-    header = ["key", "model", "method", "dataset", "seed", "state", "att", "epoch", "executor"]
+    sweep_fields = list(next(iter(swept.values()), {}))  # a spec's swept recipe fields: columns
+    header = ["key", "model", "method", "dataset", "seed", *sweep_fields, "state", "att", "epoch", "executor"]
     rows = []
     for row in shown:
         view = job_view(row)  # the scheduler's state, requeues counted, epoch n/N
@@ -68,9 +69,10 @@ def status(spec_path: Path | None, db: str | None, show_all: bool, overrides: tu
         if state == "running" and row.executor == "local" and row.owner and not owner_is_alive(row.owner):
             state = "running (coordinator gone: rerun to resume)"
         rows.append(dict(zip(header, [keys[row.key], model_name(row.model), row.method_label, row.dataset,
-                                      str(row.seed), state, str(view.attempts), view.epoch,
+                                      str(row.seed), *swept.get(row.key, {}).values(), state,
+                                      str(view.attempts), view.epoch,
                                       row.executor or "-"])))
-    shared = shared_columns(header, rows, ("model", "method", "dataset", "seed", "executor"))
+    shared = shared_columns(header, rows, ("model", "method", "dataset", "seed", *sweep_fields, "executor"))
     if shared:
         click.echo("all: " + ", ".join(f"{c} {rows[0][c]}" for c in shared))
     columns = [c for c in header if c not in shared]
@@ -93,10 +95,11 @@ MAX_PENDING_SHOWN = 20
 
 
 def _selected_runs(spec_path: Path | None, overrides: tuple[str, ...], only: tuple[str, ...], smoke: bool,
-                   db: str | None) -> "tuple[Store, list[RunRow]]":
+                   db: str | None) -> "tuple[Store, list[RunRow], dict[str, dict[str, str]]]":
     """The database (``.smoke/`` with --smoke), reconciled, and its runs: with a spec, the jobs
     its matrix makes with the same --set/--only/--smoke (selected by job key, so a renamed copy
-    or an override shows exactly its own runs); without, every run."""
+    or an override shows exactly its own runs); without, every run. Last, per job key, the
+    values of the spec's swept fields (``{key: {"recipe.lr": "0.001"}}``; empty without a sweep)."""
     if (overrides or only) and spec_path is None:
         raise UserError("--set/--only change a spec's matrix; pass the SPEC they apply to")
     spec = None
@@ -111,10 +114,12 @@ def _selected_runs(spec_path: Path | None, overrides: tuple[str, ...], only: tup
     store = open_store(db, None if smoke else spec, must_exist=True)
     reconcile_runs(store, spec)
     if spec is None:
-        return store, store.runs()
-    from mpvgbench.matrix import expand, select
+        return store, store.runs(), {}
+    from mpvgbench.matrix import expand, select, sweep_text
 
-    return store, store.runs(keys=[job.key for job in select(expand(spec, smoke=smoke), only)])
+    jobs = select(expand(spec, smoke=smoke), only)
+    swept = {job.key: {f: sweep_text(job, f) for f in spec.sweep} for job in jobs} if spec.sweep else {}
+    return store, store.runs(keys=[job.key for job in jobs]), swept
 
 
 def reconcile_runs(store: Store, spec: Spec | None) -> None:

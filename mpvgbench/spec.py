@@ -31,11 +31,11 @@ Format (only ``name``, ``models``, ``methods``, ``datasets`` are required)::
            loader: timm}                # or dali: GPU decode + augmentation (docs/data.md)
     executor: {name: local, workers: 2, device: auto}   # or slurm (+ a `slurm:` section)
     results: {db: results.db, runs_dir: runs}
-    tracking: {tensorboard: true, mlflow: {uri: http://127.0.0.1:5000}, wandb: {project: p, mode: offline}}
+    tracking: {tensorboard: true, mlflow: {uri: http://host:5000}, wandb: {project: p, mode: offline}}
 
 ``data`` (except ``data.loader: dali``, whose augmentation makes another run), ``executor``,
-``slurm`` (also inside the overrides), ``results``, ``tracking``, ``name`` and ``description`` never change a
-job key. ``init_from: {dataset: D}`` applies to a model's cells on other datasets only.
+``slurm`` (also inside the overrides), ``results``, ``tracking``, ``name`` and ``description``
+never change a job key. ``init_from: {dataset: D}`` applies to a model's cells on other datasets only.
 """
 
 from __future__ import annotations

@@ -176,3 +176,21 @@ def test_params_are_flat_strings_and_metrics_numbers() -> None:
         "recipe.lr": "0.1", "recipe.betas": "[0.9, 0.99]", "seed": "0"}
     assert numeric({"epoch": 3, "train_loss": 1.5, "iteration": 6, "flag": True, "note": "x"}) == {
         "train_loss": 1.5, "iteration": 6.0}
+
+
+def test_a_resumed_job_logs_into_the_mlflow_run_it_started(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from mpvgbench.tracking import open_tracker
+
+    settings = TrackingSettings(mlflow={"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    for epoch in (1, 2):  # two attempts of one job, each logging one epoch
+        tracker = open_tracker(settings, tmp_path, "exp", "0123456789abcdef", {"recipe": {"lr": 0.1}})
+        tracker.log_metrics({"epoch": epoch, "train_loss": 3.0 - epoch}, step=epoch)
+        tracker.close()
+    client = MlflowClient(tracking_uri=settings.mlflow.uri)  # type: ignore[union-attr]
+    (found,) = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    assert found.info.run_name == "0123456789abcdef" and found.data.params == {"recipe.lr": "0.1"}
+    history = client.get_metric_history(found.info.run_id, "train_loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 2.0), (2, 1.0)]

@@ -206,7 +206,12 @@ def open_tracker(settings: TrackingSettings, run_dir: Path, experiment: str, run
     if settings.tensorboard:
         trackers.append(TensorBoardTracker(run_dir / "tensorboard"))
     if settings.mlflow is not None:
-        trackers.append(MlflowTracker(settings.mlflow, experiment, run_name))
+        try:
+            trackers.append(MlflowTracker(settings.mlflow, experiment, run_name))
+        except Exception as exc:  # MlflowException, requests' errors: the server, not the job
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise TrackingError(f"tracking.mlflow: cannot use {settings.mlflow.uri} ({first}); start the "
+                                "server or fix tracking.mlflow.uri") from exc
     if settings.wandb is not None:
         trackers.append(WandbTracker(settings.wandb, run_dir, experiment, run_name))
     tracker = Trackers(trackers)

@@ -194,3 +194,17 @@ def test_a_resumed_job_logs_into_the_mlflow_run_it_started(tmp_path: Path) -> No
     assert found.info.run_name == "0123456789abcdef" and found.data.params == {"recipe.lr": "0.1"}
     history = client.get_metric_history(found.info.run_id, "train_loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 2.0), (2, 1.0)]
+
+
+def test_an_unreachable_mlflow_server_is_a_user_error_naming_the_uri(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # no back-off: fail at once
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    uri = f"http://127.0.0.1:{_free_port()}"
+    config = make_config(epochs=1, max_steps_per_epoch=1, eval_max_batches=1)
+    run = prepare_job(tmp_path, config, tracking={"mlflow": {"uri": uri}})
+    assert worker.main([str(run)]) == 1
+    error = json.loads((run / "error.json").read_text())
+    assert error["kind"] == "user" and error["error"].startswith(f"tracking.mlflow: cannot use {uri} (")
+    assert not (run / "metrics.jsonl").exists()  # refused before training

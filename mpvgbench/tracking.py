@@ -161,7 +161,7 @@ class WandbTracker:
         (run_dir / "wandb").mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=settings.project, entity=settings.entity, mode=settings.mode,
                               dir=str(run_dir), id=run_name, name=run_name, group=experiment,
-                              resume="allow", reinit="create_new",
+                              resume="allow",
                               settings=wandb.Settings(console="off", silent=True))
 
     def log_params(self, params: Mapping[str, Any]) -> None:

@@ -32,10 +32,11 @@ Format (only ``name``, ``models``, ``methods``, ``datasets`` are required)::
            loader: timm}                # or dali: GPU decode + augmentation (docs/data.md)
     executor: {name: local, workers: 2, device: auto}   # or slurm (+ a `slurm:` section)
     results: {db: results.db, runs_dir: runs}
+    tracking: {tensorboard: true, mlflow: {uri: http://host:5000}, wandb: {project: p, mode: offline}}
 
 ``data`` (except ``data.loader: dali``, whose augmentation makes another run), ``executor``,
-``slurm`` (also inside the overrides), ``results``, ``name`` and ``description`` never change a
-job key. ``init_from: {dataset: D}`` applies to a model's cells on other datasets only.
+``slurm`` (also inside the overrides), ``results``, ``tracking``, ``name`` and ``description``
+never change a job key. ``init_from: {dataset: D}`` applies to a model's cells on other datasets only.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from mpvgbench.slurm_settings import SlurmSettings
 from mpvgbench.spec_sweep import SweepPoint, check_sweep, recipe_field, sweep_points
 from mpvgbench.spec_yaml import (MAX_SPEC_BYTES, MAX_YAML_DEPTH, MAX_YAML_VALUES, unshared_copy,  # noqa: F401
                                  display_path, read_spec_bytes, read_yaml)
+from mpvgbench.tracking import TrackingSettings
 
 AXES: tuple[str, ...] = ("models", "methods", "datasets", "seeds")
 CELL_KEYS: tuple[str, ...] = ("model", "method", "dataset", "seed")
@@ -203,6 +205,7 @@ class Spec(_Section):
     executor: ExecutorSection = ExecutorSection()
     slurm: Optional[SlurmSettings] = None
     results: ResultsSection = ResultsSection()
+    tracking: TrackingSettings = TrackingSettings()  # TensorBoard / MLflow / W&B (mpvgbench.tracking)
     plugins: list[str] = []  # PE-method plugin files; parse_spec loads them before `methods` is read
 
     _source: str = PrivateAttr(default="<spec>")

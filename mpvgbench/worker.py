@@ -180,6 +180,7 @@ def run_job(run_dir: str) -> dict[str, Any]:
     owns_group = False
     rank = int(os.environ.get("RANK", "0"))
     dist: Any = None
+    tracker: Any = None
     try:
         job = read_job(rd)
         key = job.get("key")
@@ -194,6 +195,7 @@ def run_job(run_dir: str) -> dict[str, Any]:
             rank = dist.get_rank()
         if rank == 0:
             retire_stale_error(rd)
+            tracker = open_job_tracker(job, config, rd)
         phase = "train"
         from mpvgbench.train import task_for, train_job
 
@@ -211,6 +213,7 @@ def run_job(run_dir: str) -> dict[str, Any]:
             checkpoint_every_min=job["checkpoint_every_min"],
             on_requested_checkpoint=_defer_requeue_signal(),
             progress_interval_s=float(os.environ.get(PROGRESS_INTERVAL_ENV, "5")),
+            tracker=tracker,
         )
     except BaseException as exc:
         if _REQUEUED and not isinstance(exc, submitit.core.utils.UncompletedJobError):
@@ -227,8 +230,21 @@ def run_job(run_dir: str) -> dict[str, Any]:
                 pass
         raise
     finally:
+        if tracker is not None:
+            tracker.close()
         if owns_group and dist is not None and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def open_job_tracker(job: dict[str, Any], config: Any, rd: RunDir) -> Any:
+    """The tracking backends job.json names (``mpvgbench.tracking``), None when it names none."""
+    if not job.get("tracking"):
+        return None
+    from mpvgbench.tracking import TrackingSettings, open_tracker
+
+    settings = TrackingSettings.model_validate(job["tracking"])
+    return open_tracker(settings, rd.path, str(job.get("experiment") or "mpvgbench"), str(job["key"]),
+                        config.model_dump(mode="json"))
 
 
 def _defer_requeue_signal() -> Optional[Callable[[], None]]:

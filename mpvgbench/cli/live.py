@@ -1,7 +1,8 @@
 """The live view of a local run: the job list and the running jobs' epoch, loss and accuracy.
 
 On a terminal it is a rich ``Live`` table redrawn twice a second; elsewhere (CI logs, pipes,
-CliRunner) it prints one line per state change so logs stay readable.
+CliRunner) it prints one line per state change, and for every running job one progress line
+(epoch, loss, score, ETA) at most every ``PROGRESS_LINE_INTERVAL_S``, so logs stay readable.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ STATUS_STYLE = {
 }
 
 
+# Off a terminal: the least time between two progress lines of one job (tests shorten it)
+PROGRESS_LINE_INTERVAL_S = 60.0
+
 # (metrics.jsonl field, label in the top-1 column): classification, then Tables 3 and 4
 SCORES = (("top1", ""), ("ap_box", "AP"), ("miou", "mIoU"))
 
@@ -50,6 +54,7 @@ class JobLine:
     started: float | None = None  # time.monotonic() when its worker started
     ended: float | None = None
     fraction: float = 0.0  # of the run's total steps, from progress.json
+    last_line: float | None = None  # time.monotonic() of its last progress line (off a terminal)
 
     def elapsed(self, now: float) -> float | None:
         return None if self.started is None else (self.ended or now) - self.started
@@ -109,10 +114,13 @@ class LiveView:
         line = self.lines.setdefault(job.key, JobLine(job))
         if event == "progress":
             self._update_progress(line, Path(info["run_dir"]))
+            if not self.interactive:
+                self._progress_line(line)
             return
         line.status = {"started": "running"}.get(event, event)
         if event == "started":
             line.started, line.ended = time.monotonic(), None
+            line.last_line = line.started  # its first progress line comes an interval later
         elif event in ("finished", "failed", "cancelled"):
             line.ended = time.monotonic()
         full_note = ""
@@ -128,6 +136,25 @@ class LiveView:
             acc = f" {line.score_name}={line.top1.split()[-1]}" if event == "finished" and line.top1 else ""
             self.console.print(f"[{line.status}] {job.key} {_cell(job)}{acc}{note}", markup=False,
                                highlight=False, soft_wrap=True)
+
+    def _progress_line(self, line: JobLine) -> None:
+        """``[running] KEY CELL epoch 2/100 loss 3.1234 top1 41.20 ETA 1:02:03``, at most every
+        PROGRESS_LINE_INTERVAL_S per job: a log shows a long run moving without a line per step."""
+        now = time.monotonic()
+        if line.status != "running" or not line.epoch or (
+                line.last_line is not None and now - line.last_line < PROGRESS_LINE_INTERVAL_S):
+            return
+        line.last_line = now
+        parts = [f"epoch {line.epoch}"]
+        if line.loss:
+            parts.append(f"loss {line.loss}")
+        if line.top1:
+            parts.append(f"{line.score_name} {line.top1.split()[-1]}")
+        eta = line.eta(now)
+        if eta is not None:
+            parts.append(f"ETA {format_duration(eta)}")
+        self.console.print(f"[running] {line.job.key} {_cell(line.job)} {' '.join(parts)}", markup=False,
+                           highlight=False, soft_wrap=True)
 
     def _update_progress(self, line: JobLine, run_dir: Path) -> None:
         progress = _read_json(run_dir / "progress.json")

@@ -96,6 +96,9 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
         from mpvgbench.data_dali import require_dali
 
         require_dali()  # one line, before anything is stored (a cluster may have it: not checked)
+    from mpvgbench.tracking import require_libraries
+
+    require_libraries(spec.tracking)  # one line naming `pip install 'mpvgbench[tracking]'`
     device = preflight_device(device or spec.executor.device, local=name != "slurm", smoke=smoke)
     runs_root = resolve_runs_root(runs_dir, spec).resolve()
     check_writable_dir(runs_root, "runs dir", "pass --runs-dir DIR or set results.runs_dir in the spec")
@@ -189,6 +192,7 @@ def _run_context(spec: Spec, todo: Sequence[Job], runs_root: Path, device: str, 
         amp=amp,
         compile=compile_mode,
         checkpoint_every_min=checkpoint_every_min,
+        tracking=spec.tracking.model_dump(mode="json") if spec.tracking.libraries() else None,
     )
 
 

@@ -38,6 +38,8 @@ class RunContext:
     amp: str = "auto"  # auto | on | off: bf16 autocast (auto: the recipe's on CUDA, fp32 on CPU)
     compile: str = "auto"  # auto | on | off: torch.compile (auto: on CUDA only)
     checkpoint_every_min: Optional[float] = 10.0  # mid-epoch checkpoints (exact resume)
+    # the spec's `tracking:` section (tracking.TrackingSettings as JSON); None: no tracking
+    tracking: Optional[Mapping[str, Any]] = None
 
     def run_dir(self, key: str) -> Path:
         # The directory name is the job key (hex), never a spec value: nothing in a spec can
@@ -98,6 +100,8 @@ def prepare_run_dir(job: Job, ctx: RunContext) -> Path:
             "amp": ctx.amp,
             "compile": ctx.compile,
             "checkpoint_every_min": ctx.checkpoint_every_min,
+            "tracking": dict(ctx.tracking) if ctx.tracking else None,
+            "experiment": job.spec_name,  # names the tracking backends' experiment
             "source": source_revision(),  # the coordinator's git commit; see source_revision
         },
     )

@@ -19,13 +19,16 @@ This module imports no task at import time: ``mpvgbench.downstream`` imports ``r
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from mpvgbench.config import TrainConfig
 from mpvgbench.rundir import PathLike
 from mpvgbench.train.bookkeeping import ProgressCallback, request_checkpoint
 from mpvgbench.train.loop import LoopOptions, run_training
 from mpvgbench.train.task import DataOptions, ModelFactory, Task
+
+if TYPE_CHECKING:
+    from mpvgbench.tracking import Tracker
 
 __all__ = ["LoopOptions", "request_checkpoint", "run_training", "task_for", "train_job"]
 
@@ -60,6 +63,7 @@ def train_job(
     progress_callback: Optional[ProgressCallback] = None,
     progress_interval_s: float = 5.0,
     model_factory: Optional[ModelFactory] = None,
+    tracker: Optional[Tracker] = None,
 ) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` with ``task`` (default :func:`task_for`), resuming from
     its checkpoint.pt; returns result.json's dict. The options are :class:`LoopOptions`'."""
@@ -68,6 +72,6 @@ def train_job(
         device=device, amp=amp, compile=compile, checkpoint_every_steps=checkpoint_every_steps,
         checkpoint_every_min=checkpoint_every_min, progress_interval_s=progress_interval_s,
         progress_callback=progress_callback, on_requested_checkpoint=on_requested_checkpoint,
-        model_factory=model_factory,
+        model_factory=model_factory, tracker=tracker,
     )
     return run_training(task or task_for(config), config, run_dir, options)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,9 @@ from mpvgbench.train.bookkeeping import (
 from mpvgbench.train.checkpoint import CheckpointManager, LoopState
 from mpvgbench.train.runtime import derive_seed, seed_everything, set_rng_state, setup_runtime
 from mpvgbench.train.task import DataOptions, ModelFactory, Task
+
+if TYPE_CHECKING:
+    from mpvgbench.tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class LoopOptions:
     # called once a checkpoint asked for by request_checkpoint() is on disk (a Slurm requeue)
     on_requested_checkpoint: Optional[Callable[[], None]] = None
     model_factory: Optional[ModelFactory] = None  # the task's model builder (tests)
+    # TensorBoard/MLflow/W&B (mpvgbench.tracking), opened by the worker on rank 0; None: untracked
+    tracker: Optional[Tracker] = None
 
 
 def run_training(task_class: type[Task], config: TrainConfig, run_dir: PathLike,
@@ -187,6 +192,8 @@ class TrainingLoop:
         if self.dist.is_main:
             atomic_write_jsonl(self.rd.metrics, state.rows)
             print(interval_line(row, task, self.task.schedule.intervals), flush=True)
+            if self.options.tracker is not None:
+                self.options.tracker.log_metrics(row, step=number)
         state.wall_time_s = wall.total_s()
         self.checkpoints.save(state)
         self.heartbeat(number, task.schedule.steps_in(interval), log.last, force=True)

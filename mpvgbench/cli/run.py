@@ -86,17 +86,11 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
     check_configs(spec, jobs)
     if smoke:
         db, runs_dir = _smoke_places(db, runs_dir)
-    if dry_run:
-        _print_matrix(jobs, db, spec)
-        return
     name = executor_name or spec.executor.name
-    # Every input is checked before the database is written or a job starts (docs/reliability.md).
-    check_data_roots(spec, jobs, local=name != "slurm", download=download or spec.data.download)
-    if name != "slurm" and any(job.config.loader == "dali" for job in jobs):
-        from mpvgbench.data_dali import require_dali
-
-        require_dali()  # one line, before anything is stored (a cluster may have it: not checked)
-    device = preflight_device(device or spec.executor.device, local=name != "slurm", smoke=smoke)
+    device = _preflight(spec, jobs, name, device, download=download, smoke=smoke)
+    if dry_run:
+        _print_matrix(jobs, db, spec, gpu_name=_local_gpu_name(device, local=name != "slurm"))
+        return
     runs_root = resolve_runs_root(runs_dir, spec).resolve()
     check_writable_dir(runs_root, "runs dir", "pass --runs-dir DIR or set results.runs_dir in the spec")
     if name == "slurm":
@@ -114,6 +108,18 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
         _launch(name, spec, jobs, todo, store, ctx, workers, wait, smoke=smoke)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _preflight(spec: Spec, jobs: Sequence[Job], name: str, device: str | None, *, download: bool,
+               smoke: bool) -> str:
+    """Every input is checked before the database is written or a job starts, by `run` and
+    `run --dry-run` alike (docs/reliability.md); returns the device the jobs run on."""
+    check_data_roots(spec, jobs, local=name != "slurm", download=download or spec.data.download)
+    if name != "slurm" and any(job.config.loader == "dali" for job in jobs):
+        from mpvgbench.data_dali import require_dali
+
+        require_dali()  # one line, before anything is stored (a cluster may have it: not checked)
+    return preflight_device(device or spec.executor.device, local=name != "slurm", smoke=smoke)
 
 
 def _smoke_places(db: str | None, runs_dir: str | None) -> tuple[str, str]:
@@ -271,8 +277,18 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-# bundled or generated: no data.roots entry
-def _print_matrix(jobs: Sequence[Job], db: str | None, spec: Spec) -> None:
+def _local_gpu_name(device: str, *, local: bool) -> str | None:
+    """The CUDA device local jobs run on (the cost estimate's GPU); None on Slurm or the CPU."""
+    if not local or device not in ("auto", "cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def _print_matrix(jobs: Sequence[Job], db: str | None, spec: Spec, *, gpu_name: str | None) -> None:
+    """The matrix, one row per job with its state and estimated cost, then the totals."""
+    from mpvgbench.cost import assumption_for, estimate, read_throughputs, throughput_path
     from mpvgbench.store_migrations import MissingDatabaseError
 
     states: dict[str, str] = {}
@@ -280,14 +296,36 @@ def _print_matrix(jobs: Sequence[Job], db: str | None, spec: Spec) -> None:
         states = open_store(db, spec, must_exist=True).statuses([job.key for job in jobs])
     except MissingDatabaseError:
         pass  # every job is new
+    costs = estimate(jobs, gpu_name, read_throughputs(throughput_path(), gpu_name))
     label = {"finished": "done", "pending": "new", None: "new"}
-    rows = [(j.key, j.model, j.method_label, j.dataset, str(j.seed), label.get(states.get(j.key), states.get(j.key) or "new")) for j in jobs]
-    header = ("key", "model", "method", "dataset", "seed", "state")
+    rows = [(j.key, j.model, j.method_label, j.dataset, str(j.seed),
+             label.get(states.get(j.key), states.get(j.key) or "new"),
+             "-" if c.flops_per_image is None else f"{c.flops_per_image / 1e9:.3g}",
+             _hours(c.gpu_hours) + ("*" if c.measured else "")) for j, c in zip(jobs, costs)]
+    header = ("key", "model", "method", "dataset", "seed", "state", "GFLOP/img", "GPU-h")
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    right = {"GFLOP/img", "GPU-h"}
+    lines = ["  ".join(c.rjust(w) if h in right else c.ljust(w) for c, w, h in zip(r, widths, header)).rstrip()
+             for r in [header, *rows]]
     counts = {s: sum(r[5] == s for r in rows) for s in sorted({r[5] for r in rows})}
     lines.append(f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    todo = [c for r, c in zip(rows, costs) if r[5] != "done"]
+    unknown = sum(c.gpu_hours is None for c in todo)
+    total = sum(c.gpu_hours or 0.0 for c in todo)
+    lines.append(f"estimated cost of the {len(todo)} not done: {_hours(total)} GPU-hours (training only"
+                 + (f"; {unknown} unknown: -" if unknown else "") + ")")
+    if any(c.measured for c in costs):
+        lines.append(f"  *: measured img/s on {gpu_name} from {throughput_path()}")
+    if not all(c.measured for c in costs):
+        lines.append(f"  {'others' if any(c.measured for c in costs) else 'from'}: "
+                     f"{assumption_for(gpu_name).describe()}")
     click.echo("\n".join(lines))
+
+
+def _hours(hours: float | None) -> str:
+    if hours is None:
+        return "-"
+    return f"{hours:,.0f}" if hours >= 100 else f"{hours:.2g}" if hours >= 0.01 else "<0.01"
 
 
 def _print_summary(store: Store, jobs: Sequence[Job]) -> None:

@@ -71,8 +71,8 @@ def assumption_for(device_name: Optional[str]) -> Assumption:
     for key, tflops in PEAK_BF16_TFLOPS.items():
         if device_name and key in device_name:
             return Assumption(device_name, tflops)
-    return Assumption(f"{REFERENCE_GPU} (not this machine's GPU)" if device_name is None else
-                      f"{device_name} taken as {REFERENCE_GPU}", PEAK_BF16_TFLOPS[REFERENCE_GPU])
+    return Assumption(REFERENCE_GPU if device_name is None else f"{device_name} taken as {REFERENCE_GPU}",
+                      PEAK_BF16_TFLOPS[REFERENCE_GPU])
 
 
 def throughput_path() -> Path:
@@ -123,27 +123,30 @@ def train_flops_per_image(config: TrainConfig) -> Optional[float]:
     if config.dataset in DATASET_TABLE and DATASET_TABLE[config.dataset].task != "classification":
         return None
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from mpvgbench.data import input_channels
     from mpvgbench.models import build_model_for_config
 
     shape = (1, input_channels(config), config.img_size, config.img_size)
     # The meta device allocates nothing (DeiT-B at 224 in under a second); a model whose
-    # forward does not run there (autocast on meta) is counted at batch 1 on the CPU.
-    for device in ("meta", "cpu"):
-        try:
-            with torch.device(device):
-                model = build_model_for_config(config)
-                x = torch.zeros(shape)
-            model.train()
-            with FlopCounterMode(display=False) as counter:
-                model(x).float().sum().backward()
-            return _conv_corrected(counter.get_flop_counts()["Global"])
-        except (RuntimeError, NotImplementedError):
-            if device == "cpu":
-                raise
-    raise AssertionError("unreachable")
+    # forward does not run there (T2T's autocast on meta) is counted at batch 1 on the CPU.
+    try:
+        with torch.device("meta"):
+            return count_train_flops(build_model_for_config(config), shape)
+    except (RuntimeError, NotImplementedError):
+        with torch.device("cpu"):
+            return count_train_flops(build_model_for_config(config), shape)
+
+
+def count_train_flops(model: Any, shape: tuple[int, ...]) -> float:
+    """FLOPs of one forward + backward of ``model`` on a zero input of ``shape`` (per batch)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(shape)).float().sum().backward()
+    return _conv_corrected(counter.get_flop_counts()["Global"])
 
 
 def _conv_corrected(counts: dict[Any, int]) -> float:

@@ -302,18 +302,19 @@ def _print_matrix(jobs: Sequence[Job], db: str | None, spec: Spec, *, gpu_name: 
              label.get(states.get(j.key), states.get(j.key) or "new"),
              "-" if c.flops_per_image is None else f"{c.flops_per_image / 1e9:.3g}",
              _hours(c.gpu_hours) + ("*" if c.measured else "")) for j, c in zip(jobs, costs)]
-    header = ("key", "model", "method", "dataset", "seed", "state", "GFLOP/img", "GPU-h")
+    header = ("key", "model", "method", "dataset", "seed", "state", "GFLOP", "GPU-h")
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    right = {"GFLOP/img", "GPU-h"}
-    lines = ["  ".join(c.rjust(w) if h in right else c.ljust(w) for c, w, h in zip(r, widths, header)).rstrip()
+    right = {"GFLOP", "GPU-h"}
+    # one space between columns: a long method label still fits 80 columns with the cost
+    lines = [" ".join(c.rjust(w) if h in right else c.ljust(w) for c, w, h in zip(r, widths, header)).rstrip()
              for r in [header, *rows]]
     counts = {s: sum(r[5] == s for r in rows) for s in sorted({r[5] for r in rows})}
     lines.append(f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     todo = [c for r, c in zip(rows, costs) if r[5] != "done"]
     unknown = sum(c.gpu_hours is None for c in todo)
     total = sum(c.gpu_hours or 0.0 for c in todo)
-    lines.append(f"estimated cost of the {len(todo)} not done: {_hours(total)} GPU-hours (training only"
-                 + (f"; {unknown} unknown: -" if unknown else "") + ")")
+    lines.append(f"estimated cost of the {len(todo)} not done: {_hours(total)} GPU-hours (training"
+                 + (f"; {unknown} unknown: -" if unknown else "") + "; GFLOP per image)")
     if any(c.measured for c in costs):
         lines.append(f"  *: measured img/s on {gpu_name} from {throughput_path()}")
     if not all(c.measured for c in costs):

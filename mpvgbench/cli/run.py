@@ -35,7 +35,8 @@ if TYPE_CHECKING:
                    "after another (breakpoints work; no isolation).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local jobs at once (one GPU each when GPUs exist).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Device for local jobs.")
-@click.option("--dry-run", is_flag=True, help="Print the matrix (key, cell, new/done/failed) and run nothing.")
+@click.option("--dry-run", is_flag=True, help="Check as run does, print the matrix (key, cell, new/done/failed) with "
+                   "each job's estimated GPU-hours and their total, and run nothing.")
 @click.option("--smoke", is_flag=True, help="Run the whole matrix on generated stand-ins of its datasets, small size, a few steps.")
 @click.option("--force", is_flag=True, help="Rerun finished jobs too.")
 @click.option("--retry-failed", is_flag=True, help="Rerun jobs stored as failed.")

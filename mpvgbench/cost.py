@@ -6,14 +6,17 @@ trains on (the catalog's train-set size, the recipe's steps) x its epochs. GPU-h
 images over a *measured* training throughput when ``benchmarks/gpu_check.py --write-throughput``
 has recorded one for this GPU, model, method and image size; otherwise the FLOPs over an
 *assumed* peak x utilisation, both printed with the estimate. Evaluation is not counted (one
-forward pass over the validation set per epoch: a few percent of training on ImageNet).
+forward pass over the validation set per epoch: about 1/75 of an ImageNet epoch's training).
+Dense models are counted at their training crop: UperNet whole, Mask R-CNN's ViT-Adapter and FPN
+(its proposal and RoI heads need boxes to run).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -40,10 +43,10 @@ class ThroughputFileError(MpvgbenchError):
 
 @dataclass(frozen=True)
 class JobCost:
-    """One job's estimate; ``None`` where it cannot be known (a dense model's FLOPs, a dataset
-    whose size is not in the catalog)."""
+    """One job's estimate; ``None`` where it cannot be known (a dataset whose size is not in
+    the catalog)."""
 
-    flops_per_image: Optional[float]  # training: forward + backward
+    flops_per_image: float  # training: forward + backward (Mask R-CNN: backbone and FPN)
     images: Optional[int]  # training images over all epochs
     gpu_hours: Optional[float]
     measured: bool  # gpu_hours from a measured throughput, not the assumption
@@ -117,35 +120,61 @@ def training_images(config: TrainConfig) -> Optional[int]:
     return steps * recipe.batch_size * recipe.total_epochs
 
 
-def train_flops_per_image(config: TrainConfig) -> Optional[float]:
-    """Forward + backward FLOPs of one training image; ``None`` for dense models (their
-    detection/segmentation heads run data-dependent ops that cannot be traced without data)."""
-    if config.dataset in DATASET_TABLE and DATASET_TABLE[config.dataset].task != "classification":
-        return None
+def train_flops_per_image(config: TrainConfig) -> float:
+    """Forward + backward FLOPs of one training image at the job's size. Dense models: UperNet
+    whole; Mask R-CNN its ViT-Adapter and FPN only (the RPN and RoI heads need boxes to run),
+    so a detection job's count is a lower bound."""
     import torch
 
-    from mpvgbench.data import input_channels
-    from mpvgbench.models import build_model_for_config
+    # The meta device allocates and computes nothing (DeiT-B at 224 in under a second)
+    with _autocast_off_on_meta(), torch.device("meta"):
+        task = DATASET_TABLE[config.dataset].task if config.dataset in DATASET_TABLE else "classification"
+        size = (config.img_size, config.img_size)
+        if task == "segmentation":
+            from mpvgbench.downstream.upernet import build_upernet
 
-    shape = (1, input_channels(config), config.img_size, config.img_size)
-    # The meta device allocates nothing (DeiT-B at 224 in under a second); a model whose
-    # forward does not run there (T2T's autocast on meta) is counted at batch 1 on the CPU.
+            # batch 2: batch norm in training mode needs more than one value per channel
+            return count_train_flops(build_upernet(config.method, config.num_classes), (2, 3, *size)) / 2
+        if task == "detection":
+            from mpvgbench.downstream.detection import build_mask_rcnn
+
+            return count_train_flops(build_mask_rcnn(config.method, config.num_classes).backbone, (1, 3, *size))
+        from mpvgbench.data import input_channels
+        from mpvgbench.models import build_model_for_config
+
+        return count_train_flops(build_model_for_config(config), (1, input_channels(config), *size))
+
+
+@contextmanager
+def _autocast_off_on_meta() -> Iterator[None]:
+    """``torch.autocast(device_type="meta", enabled=False)`` (T2T's Performer, the deformable
+    attention: float32 regions) raises in torch; on meta there is nothing to cast, so such a
+    region is a no-op while FLOPs are counted."""
+    import torch
+
+    real = torch.autocast
+
+    def autocast(device_type: str, *args: Any, **kwargs: Any) -> Any:
+        return nullcontext() if device_type == "meta" else real(device_type, *args, **kwargs)
+
+    torch.autocast = autocast  # type: ignore[assignment,misc]
     try:
-        with torch.device("meta"):
-            return count_train_flops(build_model_for_config(config), shape)
-    except (RuntimeError, NotImplementedError):
-        with torch.device("cpu"):
-            return count_train_flops(build_model_for_config(config), shape)
+        yield
+    finally:
+        torch.autocast = real  # type: ignore[misc]
 
 
 def count_train_flops(model: Any, shape: tuple[int, ...]) -> float:
-    """FLOPs of one forward + backward of ``model`` on a zero input of ``shape`` (per batch)."""
+    """FLOPs of one forward + backward of ``model`` on a zero input of ``shape`` (per batch):
+    the backward of the sum of every tensor the model returns (logits, feature maps)."""
     import torch
+    from torch.utils._pytree import tree_leaves
     from torch.utils.flop_counter import FlopCounterMode
 
     model.train()
     with FlopCounterMode(display=False) as counter:
-        model(torch.zeros(shape)).float().sum().backward()
+        outputs = [t for t in tree_leaves(model(torch.zeros(shape))) if isinstance(t, torch.Tensor)]
+        torch.stack([t.float().sum() for t in outputs]).sum().backward()
     return _conv_corrected(counter.get_flop_counts()["Global"])
 
 
@@ -162,7 +191,7 @@ def estimate(jobs: Sequence[Job], device_name: Optional[str],
              throughputs: dict[tuple[str, str, int], float]) -> list[JobCost]:
     """One JobCost per job; FLOPs counted once per distinct model configuration."""
     assumed = assumption_for(device_name)
-    flops: dict[tuple[Any, ...], Optional[float]] = {}
+    flops: dict[tuple[Any, ...], float] = {}
     costs = []
     for job in jobs:
         config = job.config
@@ -174,7 +203,7 @@ def estimate(jobs: Sequence[Job], device_name: Optional[str],
         hours: Optional[float] = None
         if images is not None and rate:
             hours = images / rate / 3600
-        elif images is not None and per_image is not None:
+        elif images is not None:
             hours = per_image * images / assumed.flops_per_s / 3600
         costs.append(JobCost(per_image, images, hours, measured=bool(rate) and images is not None))
     return costs

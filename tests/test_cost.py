@@ -12,8 +12,8 @@ from torch import nn
 
 from mpvgbench.config import Recipe, TrainConfig
 from mpvgbench.cost import (ASSUMED_UTILISATION, PEAK_BF16_TFLOPS, ThroughputFileError, assumption_for,
-                            count_train_flops, estimate, read_throughputs, training_images,
-                            write_throughputs)
+                            count_train_flops, estimate, read_throughputs, train_flops_per_image,
+                            training_images, write_throughputs)
 from mpvgbench.matrix import Job
 
 
@@ -75,3 +75,15 @@ def test_flops_do_not_depend_on_the_device_they_are_counted_on() -> None:
     with torch.device("meta"):
         on_meta = count_train_flops(nn.Linear(4, 4), (2, 4))
     assert on_meta == count_train_flops(nn.Linear(4, 4), (2, 4))
+
+
+def test_models_with_float32_regions_and_dense_models_are_counted_on_meta() -> None:
+    """T2T's Performer and the adapter's deformable attention turn autocast off, which torch
+    refuses on the meta device: counted anyway, and torch.autocast is torch's again after."""
+    real_autocast = torch.autocast
+    t2t = train_flops_per_image(TrainConfig(model="t2t_vit_7", method="mpvg", dataset="imagenet",
+                                            img_size=32, num_classes=10))
+    ade = train_flops_per_image(TrainConfig(model="deit_tiny", method="mpvg", dataset="ade20k",
+                                            img_size=64, num_classes=3))
+    assert t2t > 0 and ade > t2t
+    assert torch.autocast is real_autocast

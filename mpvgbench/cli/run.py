@@ -289,6 +289,7 @@ def _local_gpu_name(device: str, *, local: bool) -> str | None:
 
 def _print_matrix(jobs: Sequence[Job], db: str | None, spec: Spec, *, gpu_name: str | None) -> None:
     """The matrix, one row per job with its state and estimated cost, then the totals."""
+    from mpvgbench.catalog import task_of
     from mpvgbench.cost import assumption_for, estimate, read_throughputs, throughput_path
     from mpvgbench.store_migrations import MissingDatabaseError
 
@@ -301,7 +302,7 @@ def _print_matrix(jobs: Sequence[Job], db: str | None, spec: Spec, *, gpu_name: 
     label = {"finished": "done", "pending": "new", None: "new"}
     rows = [(j.key, j.model, j.method_label, j.dataset, str(j.seed),
              label.get(states.get(j.key), states.get(j.key) or "new"),
-             "-" if c.flops_per_image is None else f"{c.flops_per_image / 1e9:.3g}",
+             _gflop(c.flops_per_image),
              _hours(c.gpu_hours) + ("*" if c.measured else "")) for j, c in zip(jobs, costs)]
     header = ("key", "model", "method", "dataset", "seed", "state", "GFLOP", "GPU-h")
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
@@ -316,12 +317,18 @@ def _print_matrix(jobs: Sequence[Job], db: str | None, spec: Spec, *, gpu_name: 
     total = sum(c.gpu_hours or 0.0 for c in todo)
     lines.append(f"estimated cost of the {len(todo)} not done: {_hours(total)} GPU-hours (training"
                  + (f"; {unknown} unknown: -" if unknown else "") + "; GFLOP per image)")
+    if any(task_of(job.dataset).name == "detection" for job in jobs):
+        lines.append("  detection: ViT-Adapter + FPN only (RPN, RoI heads not counted)")
     if any(c.measured for c in costs):
         lines.append(f"  *: measured img/s on {gpu_name} from {throughput_path()}")
     if not all(c.measured for c in costs):
         lines.append(f"  {'others' if any(c.measured for c in costs) else 'from'}: "
                      f"{assumption_for(gpu_name).describe()}")
     click.echo("\n".join(lines))
+
+
+def _gflop(flops: float) -> str:
+    return f"{flops / 1e9:,.0f}" if flops >= 1e11 else f"{flops / 1e9:.3g}"
 
 
 def _hours(hours: float | None) -> str:

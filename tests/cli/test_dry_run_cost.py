@@ -56,3 +56,13 @@ def test_the_dry_run_reads_a_measured_throughput(tmp_path: Path, monkeypatch: py
     hours = 1437 // 100 * 100 * 3 / 0.1 / 3600  # 11.67
     assert f"{hours:.2g}*" in res.output and f"{hours:.2g} GPU-hours" in res.output, res.output
     assert "measured img/s on Test GPU" in res.output and "(assumed)" not in res.output
+
+
+def test_a_broken_throughput_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = write_spec(tmp_path / "s.yaml")
+    monkeypatch.setattr("mpvgbench.cli.run._local_gpu_name", lambda device, local: "Test GPU")
+    (tmp_path / "throughput.json").write_text('{"Test GPU": [{"model": "vit_micro"}]}')  # the default place
+    res = invoke("run", spec, "--dry-run")
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "throughput.json" in lines[0] and "rewrite or remove it" in lines[0], res.output

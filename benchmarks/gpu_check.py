@@ -24,6 +24,7 @@ Targets (printed beside the numbers):
 
     python benchmarks/gpu_check.py --json gpu_check.json            # on the GPU machine
     python benchmarks/gpu_check.py --device cpu --tiny --models vit_micro   # anywhere, small
+    python benchmarks/gpu_check.py --write-throughput   # img/s for `run --dry-run`'s estimate
 """
 
 from __future__ import annotations
@@ -423,6 +424,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="seconds per training pipeline for the data-bound check (0: skip it)")
     p.add_argument("--dali", action="store_true", help="also time data.loader: dali's training pipelines")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
+    p.add_argument("--write-throughput", type=Path, nargs="?", const=Path("throughput.json"), default=None,
+                   metavar="PATH", help="record each model's training img/s for this device in PATH "
+                   "(default throughput.json), which `mpvgbench run --dry-run` reads for its cost estimate")
     args = p.parse_args(argv)
     if args.batch_size is None:
         args.batch_size = 4 if args.tiny else 128
@@ -448,6 +452,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"({report['dali']['threads']} threads, batch {report['dali']['batch_size']})")
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
+    if args.write_throughput is not None:
+        from mpvgbench.cost import write_throughputs
+
+        write_throughputs(args.write_throughput, report["device_name"],
+                          [r for r in report["results"] if r["model"] != TIMM])
     failed = not all(r["losses_finite"] for r in report["results"])
     failed |= not all(t["ok"] for t in report["targets"])
     failed |= report["ddp"].get("ran", False) and not report["ddp"].get("ok", False)

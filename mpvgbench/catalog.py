@@ -98,6 +98,8 @@ class DatasetInfo:
     # what `run --smoke` trains instead (same task, generated data); None: it is a stand-in
     smoke_stand_in: Optional[str] = "synthetic"
     needs_root: bool = True  # read from the spec's data.roots.<name>
+    # training images per epoch (run --dry-run's cost estimate); None: not known without reading it
+    train_images: Optional[int] = None
 
     @property
     def root_field(self) -> Optional[str]:
@@ -112,9 +114,9 @@ class DatasetInfo:
 DATASET_TABLE: dict[str, DatasetInfo] = {
     d.name: d
     for d in (
-        DatasetInfo("digits", 10, 8, 1, needs_root=False),  # sklearn's 1797 8x8 digits, bundled
-        DatasetInfo("cifar100", 100, 32, 3, smoke_stand_in="cifar100_synthetic"),
-        DatasetInfo("imagenet", 1000, 224, 3, smoke_stand_in="imagenet_synthetic"),
+        DatasetInfo("digits", 10, 8, 1, needs_root=False, train_images=1437),  # sklearn's 1797 8x8, 80 % split
+        DatasetInfo("cifar100", 100, 32, 3, smoke_stand_in="cifar100_synthetic", train_images=50_000),
+        DatasetInfo("imagenet", 1000, 224, 3, smoke_stand_in="imagenet_synthetic", train_images=1_281_167),
         # root/train/<class>/*, root/val/<class>/*; its smoke run reads ImageNet's stand-in
         DatasetInfo("imagefolder", None, 224, 3, smoke_stand_in="imagenet_synthetic"),
         # random tensors: benchmarks
@@ -123,8 +125,8 @@ DATASET_TABLE: dict[str, DatasetInfo] = {
         DatasetInfo("imagenet_synthetic", 10, 224, 3, smoke_stand_in=None, needs_root=False),
         DatasetInfo("cifar100_synthetic", 10, 32, 3, smoke_stand_in=None, needs_root=False),
         # Dense prediction (paper Tables 3-4): img_size is the training crop (Tables 8-9).
-        DatasetInfo("coco", 80, 1024, 3, "detection", "coco_synthetic"),  # train2017, val2017, annotations
-        DatasetInfo("ade20k", 150, 512, 3, "segmentation", "ade20k_synthetic"),  # ADEChallengeData2016
+        DatasetInfo("coco", 80, 1024, 3, "detection", "coco_synthetic", train_images=118_287),  # train2017, val2017, annotations
+        DatasetInfo("ade20k", 150, 512, 3, "segmentation", "ade20k_synthetic", train_images=20_210),  # ADEChallengeData2016
         # their smoke stand-ins: a few generated images in the same on-disk format, 3 classes
         DatasetInfo("coco_synthetic", 3, 64, 3, "detection", None, needs_root=False),
         DatasetInfo("ade20k_synthetic", 3, 64, 3, "segmentation", None, needs_root=False),

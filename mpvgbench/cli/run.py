@@ -35,7 +35,8 @@ if TYPE_CHECKING:
                    "after another (breakpoints work; no isolation).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Local jobs at once (one GPU each when GPUs exist).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Device for local jobs.")
-@click.option("--dry-run", is_flag=True, help="Print the matrix (key, cell, new/done/failed) and run nothing.")
+@click.option("--dry-run", is_flag=True, help="Check as run does, print the matrix (key, cell, new/done/failed) with "
+                   "each job's estimated GPU-hours and their total, and run nothing.")
 @click.option("--smoke", is_flag=True, help="Run the whole matrix on generated stand-ins of its datasets, small size, a few steps.")
 @click.option("--force", is_flag=True, help="Rerun finished jobs too.")
 @click.option("--retry-failed", is_flag=True, help="Rerun jobs stored as failed.")
@@ -86,20 +87,11 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
     check_configs(spec, jobs)
     if smoke:
         db, runs_dir = _smoke_places(db, runs_dir)
-    if dry_run:
-        _print_matrix(jobs, db, spec)
-        return
     name = executor_name or spec.executor.name
-    # Every input is checked before the database is written or a job starts (docs/reliability.md).
-    check_data_roots(spec, jobs, local=name != "slurm", download=download or spec.data.download)
-    if name != "slurm" and any(job.config.loader == "dali" for job in jobs):
-        from mpvgbench.data_dali import require_dali
-
-        require_dali()  # one line, before anything is stored (a cluster may have it: not checked)
-    from mpvgbench.tracking import require_libraries
-
-    require_libraries(spec.tracking)  # one line naming `pip install 'mpvgbench[tracking]'`
-    device = preflight_device(device or spec.executor.device, local=name != "slurm", smoke=smoke)
+    device = _preflight(spec, jobs, name, device, download=download, smoke=smoke)
+    if dry_run:
+        _print_matrix(jobs, db, spec, gpu_name=_local_gpu_name(device, local=name != "slurm"))
+        return
     runs_root = resolve_runs_root(runs_dir, spec).resolve()
     check_writable_dir(runs_root, "runs dir", "pass --runs-dir DIR or set results.runs_dir in the spec")
     if name == "slurm":
@@ -117,6 +109,21 @@ def run(spec_path: Path, db: str | None, runs_dir: str | None, executor_name: st
         _launch(name, spec, jobs, todo, store, ctx, workers, wait, smoke=smoke)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _preflight(spec: Spec, jobs: Sequence[Job], name: str, device: str | None, *, download: bool,
+               smoke: bool) -> str:
+    """Every input is checked before the database is written or a job starts, by `run` and
+    `run --dry-run` alike (docs/reliability.md); returns the device the jobs run on."""
+    check_data_roots(spec, jobs, local=name != "slurm", download=download or spec.data.download)
+    if name != "slurm" and any(job.config.loader == "dali" for job in jobs):
+        from mpvgbench.data_dali import require_dali
+
+        require_dali()  # one line, before anything is stored (a cluster may have it: not checked)
+    from mpvgbench.tracking import require_libraries
+
+    require_libraries(spec.tracking)  # one line naming `pip install 'mpvgbench[tracking]'`
+    return preflight_device(device or spec.executor.device, local=name != "slurm", smoke=smoke)
 
 
 def _smoke_places(db: str | None, runs_dir: str | None) -> tuple[str, str]:
@@ -275,8 +282,19 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-# bundled or generated: no data.roots entry
-def _print_matrix(jobs: Sequence[Job], db: str | None, spec: Spec) -> None:
+def _local_gpu_name(device: str, *, local: bool) -> str | None:
+    """The CUDA device local jobs run on (the cost estimate's GPU); None on Slurm or the CPU."""
+    if not local or device not in ("auto", "cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def _print_matrix(jobs: Sequence[Job], db: str | None, spec: Spec, *, gpu_name: str | None) -> None:
+    """The matrix, one row per job with its state and estimated cost, then the totals."""
+    from mpvgbench.catalog import task_of
+    from mpvgbench.cost import assumption_for, estimate, read_throughputs, throughput_path
     from mpvgbench.store_migrations import MissingDatabaseError
 
     states: dict[str, str] = {}
@@ -284,18 +302,47 @@ def _print_matrix(jobs: Sequence[Job], db: str | None, spec: Spec) -> None:
         states = open_store(db, spec, must_exist=True).statuses([job.key for job in jobs])
     except MissingDatabaseError:
         pass  # every job is new
+    costs = estimate(jobs, gpu_name, read_throughputs(throughput_path(), gpu_name))
     label = {"finished": "done", "pending": "new", None: "new"}
     from mpvgbench.matrix import sweep_text
 
     swept = list(spec.sweep)  # each swept recipe field is a column, like any axis
     rows = [(j.key, j.model, j.method_label, j.dataset, str(j.seed), *(sweep_text(j, f) for f in swept),
-             label.get(states.get(j.key), states.get(j.key) or "new")) for j in jobs]
-    header = ("key", "model", "method", "dataset", "seed", *swept, "state")
+             label.get(states.get(j.key), states.get(j.key) or "new"),
+             _gflop(c.flops_per_image),
+             _hours(c.gpu_hours) + ("*" if c.measured else "")) for j, c in zip(jobs, costs)]
+    header = ("key", "model", "method", "dataset", "seed", *swept, "state", "GFLOP", "GPU-h")
+    state_at = header.index("state")
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-    counts = {s: sum(r[-1] == s for r in rows) for s in sorted({r[-1] for r in rows})}
+    right = {"GFLOP", "GPU-h"}
+    # one space between columns: a long method label still fits 80 columns with the cost
+    lines = [" ".join(c.rjust(w) if h in right else c.ljust(w) for c, w, h in zip(r, widths, header)).rstrip()
+             for r in [header, *rows]]
+    counts = {s: sum(r[state_at] == s for r in rows) for s in sorted({r[state_at] for r in rows})}
     lines.append(f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    todo = [c for r, c in zip(rows, costs) if r[state_at] != "done"]
+    unknown = sum(c.gpu_hours is None for c in todo)
+    total = sum(c.gpu_hours or 0.0 for c in todo)
+    lines.append(f"estimated cost of the {len(todo)} not done: {_hours(total)} GPU-hours (training"
+                 + (f"; {unknown} unknown: -" if unknown else "") + "; GFLOP per image)")
+    if any(task_of(job.dataset).name == "detection" for job in jobs):
+        lines.append("  detection: ViT-Adapter + FPN only (RPN, RoI heads not counted)")
+    if any(c.measured for c in costs):
+        lines.append(f"  *: measured img/s on {gpu_name} from {throughput_path()}")
+    if not all(c.measured for c in costs):
+        lines.append(f"  {'others' if any(c.measured for c in costs) else 'from'}: "
+                     f"{assumption_for(gpu_name).describe()}")
     click.echo("\n".join(lines))
+
+
+def _gflop(flops: float) -> str:
+    return f"{flops / 1e9:,.0f}" if flops >= 1e11 else f"{flops / 1e9:.3g}"
+
+
+def _hours(hours: float | None) -> str:
+    if hours is None:
+        return "-"
+    return f"{hours:,.0f}" if hours >= 100 else f"{hours:.2g}" if hours >= 0.01 else "<0.01"
 
 
 def _print_summary(store: Store, jobs: Sequence[Job]) -> None:

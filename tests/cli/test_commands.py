@@ -118,11 +118,14 @@ def test_dry_run_prints_the_matrix_and_writes_nothing(tmp_path: Path) -> None:
     res = invoke("run", spec, "--dry-run")
     assert res.exit_code == 0, res.output
     lines = res.output.strip().splitlines()
-    assert lines[0].split() == ["key", "model", "method", "dataset", "seed", "state"]
-    assert [line.split() for line in lines[1:-1]] == [
+    assert lines[0].split() == ["key", "model", "method", "dataset", "seed", "state", "GFLOP", "GPU-h"]
+    assert [line.split()[:6] for line in lines[1:5]] == [
         [j.key, "vit_micro", j.method_label, "digits", str(j.seed), "new"] for j in jobs]
+    assert all(len(line) <= 80 for line in lines), res.output
     assert "mpvg[last_ln_pe=2]" in res.output
-    assert lines[-1] == "4 jobs: 4 new"
+    assert lines[5] == "4 jobs: 4 new"
+    assert lines[6].startswith("estimated cost of the 4 not done: <0.01 GPU-hours"), res.output
+    assert "(assumed)" in lines[7]
     assert sorted(os.listdir(tmp_path)) == ["spec.yaml"]  # no database, no runs/
 
     # with a database: finished runs show as done
@@ -130,8 +133,8 @@ def test_dry_run_prints_the_matrix_and_writes_nothing(tmp_path: Path) -> None:
         fabricate_run(store, tmp_path / "runs", jobs[0].config, top1=60.0)
     res = invoke("run", spec, "--dry-run")
     assert res.exit_code == 0, res.output
-    assert res.output.strip().splitlines()[-1] == "4 jobs: 1 done, 3 new"
-    assert f"{jobs[0].key}  vit_micro" in res.output
+    assert "4 jobs: 1 done, 3 new\nestimated cost of the 3 not done" in res.output
+    assert f"{jobs[0].key} vit_micro" in res.output
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ def test_sweep_runs_and_reports_each_value_as_its_own_row(tmp_path: Path) -> Non
     res = invoke("run", spec, "--dry-run", "--set", "recipe.epochs=1")
     assert res.exit_code == 0, res.output
     header, *rows = res.output.splitlines()
-    assert header.split() == ["key", "model", "method", "dataset", "seed", "recipe.lr", "state"]
+    assert header.split() == ["key", "model", "method", "dataset", "seed", "recipe.lr", "state", "GFLOP", "GPU-h"]
     assert sorted(r.split()[5] for r in rows[:2]) == sorted(LRS) and "2 jobs: 2 new" in res.output
 
     res = invoke("run", spec, "--executor", "debug", "--set", "recipe.epochs=1")

@@ -41,3 +41,26 @@ def test_cpu_tiny_run_writes_the_report(tmp_path: Path) -> None:
     assert len(report["targets"]) == 4 * 2 and all(t["min"] == 0.95 for t in report["targets"])
     assert report["ddp"]["ran"] is True and report["ddp"]["backend"] == "gloo" and report["ddp"]["ok"] is True
     assert "gpu_check on" in proc.stdout and "DDP: 2-process gloo step ok" in proc.stdout
+
+
+def test_write_throughput_records_what_run_dry_run_reads(tmp_path: Path) -> None:
+    """--write-throughput: each measured model x method's training img/s under this device's name,
+    read back by the cost estimate (mpvgbench.cost); timm's reference row is not a job's model."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from mpvgbench.cost import read_throughputs
+
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps({"other GPU": [{"model": "deit_tiny", "method": "mpvg", "img_size": 224,
+                                               "train_img_s": 5.0}]}))
+    gpu_check.main(["--device", "cpu", "--tiny", "--models", "vit_micro", "--methods", "mpvg",
+                    "--backend", "none", "--steps", "1", "--chunks", "1", "--warmup", "1", "--ddp", "off",
+                    "--loader-seconds", "0", "--write-throughput", str(path)])
+    name = gpu_check._device_name(gpu_check.torch.device("cpu"))
+    rates = read_throughputs(path, name)
+    assert sorted(rates) == [("vit_micro", "default", 8), ("vit_micro", "mpvg", 8)]
+    assert all(rate > 0 for rate in rates.values())
+    assert read_throughputs(path, "other GPU") == {("deit_tiny", "mpvg", 224): 5.0}  # kept

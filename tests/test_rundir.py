@@ -142,7 +142,8 @@ def test_job_files_roundtrip(tmp_path: Path) -> None:
     job = read_job(rd.path)
     assert {k: v for k, v in job.items() if k != "source"} == {
         "key": config.key(), "data_root": "/data", "device": "cpu", "num_workers": 2, "download": False,
-        "amp": "auto", "compile": "auto", "checkpoint_every_steps": None, "checkpoint_every_min": 10.0}
+        "amp": "auto", "compile": "auto", "checkpoint_every_steps": None, "checkpoint_every_min": 10.0,
+        "tracking": None, "experiment": "test"}  # no tracker; the spec's name (MLflow's experiment)
     assert json.loads(rd.config.read_text()) == config.model_dump(mode="json")
 
     rd.job.write_text(json.dumps({"key": "k", "compile": "yes"}))

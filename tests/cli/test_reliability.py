@@ -216,10 +216,23 @@ def _limit_address_space() -> None:  # the worker inherits it: no allocation can
 
 @pytest.mark.slow
 def test_exception_and_oom_are_recorded_and_other_jobs_go_on(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path / "spec.yaml", models=["vit_lite_7_4", "vit_micro"], workers=2,
-                      model_overrides={"vit_lite_7_4": {"recipe": {"batch_size": 4096}},
-                                       "vit_micro": {"img_size": 65536}})
-    lite, micro = jobs_of(spec)
+    """Two failures only a worker can meet (the configuration checks before submit pass both):
+    an image folder with fewer classes than the spec says (a user error found in the data) and a
+    model too large for the memory (OOM). Both are recorded once, neither stops the other."""
+    from PIL import Image
+
+    folder = tmp_path / "folder"
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            (folder / split / label).mkdir(parents=True)
+            Image.new("RGB", (16, 16), (40, 80, 120)).save(folder / split / label / "a.png")
+    spec = write_spec(tmp_path / "spec.yaml", models=["vit_micro"], datasets=["synthetic"], workers=2,
+                      include=[{"model": "vit_lite_7_4", "dataset": "imagefolder"}],
+                      data={"roots": {"imagefolder": str(folder)}},
+                      dataset_overrides={"imagefolder": {"num_classes": 3}},
+                      model_overrides={"vit_micro": {"img_size": 65536}})
+    jobs = {job.model: job for job in jobs_of(spec)}
+    lite, micro = jobs["vit_lite_7_4"], jobs["vit_micro"]
     done = run_cli("run", spec, cwd=tmp_path, preexec_fn=_limit_address_space)
     assert done.returncode == 1, done.stdout
     assert "Traceback" not in done.stdout and "[retry]" not in done.stdout
@@ -227,10 +240,10 @@ def test_exception_and_oom_are_recorded_and_other_jobs_go_on(tmp_path: Path) -> 
     with Store(tmp_path / "results.db") as store:
         exc, oom = store.failure(lite.key), store.failure(micro.key)
     assert exc is not None and oom is not None
-    assert exc["kind"] == "user" and exc["attempts"] == 1
-    assert exc["error"].startswith("the digits training set (1437 images) is smaller than one per-process batch (4096)")
-    assert "classification.py" in exc["traceback_tail"]
-    assert oom["kind"] == "oom" and oom["attempts"] == 1
+    assert exc["kind"] == "user" and exc["attempts"] == 1, exc
+    assert exc["error"].startswith("data.roots.imagefolder: the training set has 2 classes but the config expects 3"), exc
+    assert "data.py" in exc["traceback_tail"]
+    assert oom["kind"] == "oom" and oom["attempts"] == 1, oom
     assert "can't allocate memory" in oom["error"] or "out of memory" in oom["error"].lower()
     assert oom["traceback_tail"]
 

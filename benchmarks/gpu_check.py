@@ -333,6 +333,7 @@ def data_bound_check(report: dict[str, Any], seconds: float, images: int = 100) 
     gpus = max(1, torch.cuda.device_count()) if report["device"].startswith("cuda") else 1
     cores_here = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = torch.get_num_threads()
+    rows: list[dict[str, Any]] = []
     try:
         used = {r["model"] for r in report["results"]}
         pipelines = [p for p in bench_loader.shipped_pipelines() if p.split == "train" and p.models & used]

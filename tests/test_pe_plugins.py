@@ -97,7 +97,8 @@ def test_the_walkthrough_trains_and_reports(walkthrough: Path) -> None:
     done = _cli("run", "my_pe.yaml", "--set", "recipe.epochs=1", "--set", "seeds=[0]",
                 cwd=walkthrough)
     assert done.returncode == 0, done.stderr[-2000:]
-    report = _cli("report", "--spec", "my_pe.yaml", cwd=walkthrough)
+    # the report selects the runs `run` made with the same overrides (job keys)
+    report = _cli("report", "my_pe.yaml", "--set", "recipe.epochs=1", "--set", "seeds=[0]", cwd=walkthrough)
     assert report.returncode == 0 and "axial_learned" in report.stdout
 
 

@@ -14,11 +14,9 @@ if TYPE_CHECKING:
     from mpvgbench.matrix import Job
     from mpvgbench.spec import Spec
 
-# Datasets read at their native size, never resized: the model must be built for that size.
+# Bundled datasets: read at their native size, never resized (the model must be built for that
+# size), and with a fixed class count.
 NATIVE_SIZE_DATASETS = frozenset({"digits"})
-# Training images of the datasets whose size is known without reading them (the trainer drops
-# the last partial batch, so a larger batch trains nothing at all).
-TRAIN_IMAGES = {"digits": 1437}  # sklearn's 1797 digits, the fixed stratified 80 % split
 
 
 def check_configs(spec: Spec, jobs: Sequence[Job]) -> None:
@@ -45,10 +43,12 @@ def _check_sizes(config: TrainConfig, where: str) -> None:
                         f"{info.img_size}x{info.img_size} and are not resized; set "
                         f"model_overrides.{config.model}.img_size: {info.img_size} (or drop it)")
     if info.num_classes is not None and config.num_classes != info.num_classes and \
-            config.dataset in TRAIN_IMAGES:
+            config.dataset in NATIVE_SIZE_DATASETS:
         raise SpecError(f"{where}: num_classes {config.num_classes}, but {config.dataset} has "
                         f"{info.num_classes} classes; drop dataset_overrides.{config.dataset}.num_classes")
-    images = TRAIN_IMAGES.get(config.dataset)
+    # the catalog's training-set size: the trainer drops the last partial batch, so a larger
+    # batch trains nothing at all
+    images = info.train_images
     if images is not None and config.recipe.batch_size > images:
         raise SpecError(f"{where}: recipe.batch_size {config.recipe.batch_size} is larger than its "
                         f"{images} training images, so no full batch (and no step) would run; "

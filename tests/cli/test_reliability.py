@@ -97,12 +97,18 @@ def test_kill_9_worker_then_coordinator_mid_epoch_resumes_exactly(tmp_path: Path
         assert (row.status, row.attempts) == ("running", 1)
         assert row.owner is not None and f":{proc.pid}:" in row.owner  # the dead coordinator's claim
 
-    # The same command: the dead owner's claim is taken over at once (its pid is gone). A claim
-    # that fails is a skip, never a wait, so "finished" proves no 120 s stale-heartbeat wait.
+    # The same command: the dead owner's claim is taken over (its pid is gone), long before the
+    # stale-heartbeat timeout would free it. Under load the first claim can lose a race with the
+    # dead worker's last moments ([skipped], then taken over by the waiting loop): allowed, as
+    # long as the run finishes here without that wait.
+    from mpvgbench.cli.status import STALE_AFTER_S
+
+    started = time.monotonic()
     rerun = invoke("run", spec)
+    assert time.monotonic() - started < STALE_AFTER_S, rerun.output
     assert rerun.exit_code == 0, rerun.output
     assert "tiny: 1 jobs, 0 finished, 0 failed, 1 to run" in rerun.output
-    assert f"[finished] {job.key}" in rerun.output and "[skipped]" not in rerun.output
+    assert f"[finished] {job.key}" in rerun.output
     with Store(tmp_path / "results.db") as store:
         (row,) = store.runs()
         assert (row.status, row.attempts, row.error) == ("finished", 2, None)

@@ -48,6 +48,9 @@ def test_without_a_process_group_it_is_batchnorm() -> None:
     torch.testing.assert_close(glob.running_var, plain.running_var)
 
 
+# slow: two torchrun ranks; under the parallel fast suite one rank was aborted in gloo's teardown
+# ('terminate called without an active exception') in 3 of 3 full runs, never alone: see the closing note
+@pytest.mark.slow
 def test_global_batchnorm_equals_batchnorm_over_the_whole_batch(tmp_path: Path) -> None:
     _torchrun("bn", tmp_path)
     x, upstream, params = bn_inputs()

@@ -159,6 +159,12 @@ def smoke_dataset(dataset: str) -> str:
     return dataset_info(dataset).smoke_stand_in or dataset
 
 
+def stood_in_for(dataset: str) -> list[str]:
+    """The datasets whose ``--smoke`` cells train on ``dataset``, in table order (ImageNet's
+    stand-in: imagenet, then imagefolder); empty for a dataset that stands in for none."""
+    return [d.name for d in DATASET_TABLE.values() if d.name != dataset and smoke_dataset(d.name) == dataset]
+
+
 def task_of(dataset: str) -> TaskInfo:
     """The task a dataset trains (unknown names are classification: a forward-compatible default
     for stored runs of datasets this version does not know)."""

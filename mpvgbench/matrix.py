@@ -23,7 +23,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple, Optional
 
-from mpvgbench.catalog import model_info
+from mpvgbench.catalog import model_info, stood_in_for
 from mpvgbench.config import Recipe, TrainConfig, config_key
 from mpvgbench.errors import MpvgbenchError, SpecError
 from mpvgbench.methods import DEFAULT_ENCODING, PEMethod
@@ -353,17 +353,11 @@ def _matches(job: Job, pattern: dict[str, set[Any]]) -> bool:
                 return False
         elif axis == "dataset":
             # a --smoke job trains on a stand-in: it matches the dataset it stands in for too
-            if not values & ({job.dataset} | _stood_in_for(job.dataset)):
+            if not values & {job.dataset, *stood_in_for(job.dataset)}:
                 return False
         elif cell[axis] not in values:
             return False
     return True
-
-
-def _stood_in_for(dataset: str) -> set[str]:
-    from mpvgbench.catalog import DATASET_TABLE, smoke_dataset
-
-    return {name for name in DATASET_TABLE if smoke_dataset(name) == dataset}
 
 
 def sweep_text(job: Job, path: str) -> str:

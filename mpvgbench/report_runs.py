@@ -25,15 +25,20 @@ from typing import Any, Optional
 
 from mpvgbench.methods import PEMethod
 from mpvgbench.paper import Metric
+from mpvgbench.catalog import stood_in_for
 from mpvgbench.recipes import DOWNSTREAM_TASKS, SMOKE_DATASETS
 from mpvgbench.store import Store
 from mpvgbench.store_schema import ResultRow, RunRow
 
 GENERATED_DATASETS: frozenset[str] = frozenset({"synthetic", *SMOKE_DATASETS.values()})
-# a stand-in reports as the dataset it stands in for (imagefolder's is ImageNet's: ImageNet)
-_STAND_IN_FOR: dict[str, str] = {}
-for _dataset, _stand_in in SMOKE_DATASETS.items():
-    _STAND_IN_FOR.setdefault(_stand_in, _dataset)
+
+
+def _reported_as(dataset: str) -> str:
+    """A real-format stand-in reports as the dataset it stands in for (ImageNet's stand-in:
+    ImageNet); ``synthetic`` tensors keep their name (they keep no trace of what they replaced)."""
+    if dataset not in SMOKE_DATASETS.values():
+        return dataset
+    return next(iter(stood_in_for(dataset)), dataset)
 #: config fields that name a cell or a seed, never a variant
 _CELL_FIELDS = frozenset({"model", "method", "dataset", "seed"})
 #: the dataset the paper pre-trains on; a smoke fine-tune never stands in for it
@@ -114,7 +119,7 @@ def load_runs(store: Store, selection: Optional[Mapping[str, str]] = None) -> li
     out = []
     for row in results:
         run = runs[row.key]
-        dataset = selection[row.key] if selection is not None else _STAND_IN_FOR.get(row.dataset, row.dataset)
+        dataset = selection[row.key] if selection is not None else _reported_as(row.dataset)
         init_from = run.config.get("init_from")
         out.append(ReportRun(row, run.config, dataset, is_generated(row.dataset), _provenance(run, row),
                              parent_datasets.get(init_from) if isinstance(init_from, str) else None))
@@ -123,7 +128,7 @@ def load_runs(store: Store, selection: Optional[Mapping[str, str]] = None) -> li
 
 def spec_selection(store: Store, spec_name: str) -> dict[str, str]:
     """The runs registered under a spec's *name* (library callers; the CLI selects by matrix)."""
-    return {run.key: _STAND_IN_FOR.get(run.dataset, run.dataset) for run in store.runs(spec_name=spec_name)}
+    return {run.key: _reported_as(run.dataset) for run in store.runs(spec_name=spec_name)}
 
 
 def _provenance(run: RunRow, row: ResultRow) -> Provenance:
